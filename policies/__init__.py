@@ -1,0 +1,1 @@
+"""Learners, networks, experts and exporters."""

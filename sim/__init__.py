@@ -1,0 +1,1 @@
+"""sonolab simulator: patients, ultrasound rendering, robots and backends (batched torch code)."""

@@ -1,0 +1,43 @@
+"""Batched rigid transforms. Quaternions are (w, x, y, z); poses are (x, y, z, qw, qx, qy, qz)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) from quaternions (..., 4) in (w, x, y, z); normalises q."""
+    q = q / q.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    rows = (
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    )  # fmt: skip
+    return torch.stack(rows, -1).reshape(*q.shape[:-1], 3, 3)
+
+
+def matrix_to_quat(m: torch.Tensor) -> torch.Tensor:
+    """Quaternions (..., 4) in (w, x, y, z) with w >= 0 from rotation matrices (..., 3, 3)."""
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    # Each candidate is 4*|component|^2; take the largest for numerical stability.
+    cands = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    best = cands.argmax(-1, keepdim=True)
+    c = cands.gather(-1, best)[..., 0].clamp_min(1e-12)  # 4 * largest component^2
+    d = torch.stack(
+        [
+            torch.stack([c, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+            torch.stack([m[..., 2, 1] - m[..., 1, 2], c, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], c, m[..., 1, 2] + m[..., 2, 1]], -1),
+            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], c], -1),
+        ],
+        -2,
+    )
+    q = d.gather(-2, best[..., None].expand(*best.shape[:-1], 1, 4)).squeeze(-2) / c.sqrt()[..., None]
+    q = q * torch.where(q[..., :1] < 0, -1.0, 1.0)
+    return q / q.norm(dim=-1, keepdim=True)
+
+
+def pose_to_matrix(pose: torch.Tensor) -> torch.Tensor:
+    """Homogeneous-free (..., 3, 4) [R | t] from poses (..., 7)."""
+    return torch.cat([quat_to_matrix(pose[..., 3:]), pose[..., :3, None]], -1)

@@ -1,0 +1,1 @@
+"""Task definitions: one folder per task with a config dataclass and MDP terms."""

@@ -1,0 +1,28 @@
+import math
+
+import torch
+
+from sim.transforms import matrix_to_quat, pose_to_matrix, quat_to_matrix
+
+
+def test_quat_matrix_known_rotation():
+    # 90 degrees about +z maps +x to +y.
+    q = torch.tensor([math.cos(math.pi / 4), 0.0, 0.0, math.sin(math.pi / 4)])
+    r = quat_to_matrix(q)
+    assert torch.allclose(r @ torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0]), atol=1e-6)
+
+
+def test_quat_roundtrip_batched():
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(64, 4, generator=g, dtype=torch.float64), dim=-1)
+    q = q * torch.where(q[:, :1] < 0, -1.0, 1.0)
+    assert torch.allclose(matrix_to_quat(quat_to_matrix(q)), q, atol=1e-9)
+    r = quat_to_matrix(q)
+    assert torch.allclose(r @ r.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(64, 3, 3), atol=1e-9)
+
+
+def test_pose_to_matrix_translation():
+    pose = torch.tensor([[1.0, 2.0, 3.0, 1.0, 0.0, 0.0, 0.0]])
+    m = pose_to_matrix(pose)
+    assert m.shape == (1, 3, 4)
+    assert torch.equal(m[0, :, 3], torch.tensor([1.0, 2.0, 3.0]))
