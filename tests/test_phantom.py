@@ -1,0 +1,121 @@
+"""Procedural phantom: grid, determinism, anatomy and CT sanity, bad inputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import ndimage
+
+from sim.anatomy.phantom import TISSUE_HU, PhantomParams, make_phantom
+from sim.anatomy.tissues import TISSUE_ID
+from sim.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = ["T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(seed=0, spacing_mm=2.0)
+
+
+def test_shapes_dtypes_affine(phantom):
+    p = phantom
+    assert p.tissue.dtype == np.uint8 and p.structures.dtype == np.uint8 and p.ct.dtype == np.float32
+    assert p.tissue.shape == p.structures.shape == p.ct.shape
+    assert np.allclose(p.affine[:3, :3], np.diag([0.002] * 3)) and np.allclose(p.affine[3], [0, 0, 0, 1])
+    extent = p.spacing * np.array(p.shape)
+    assert np.all(extent > [0.3, 0.2, 0.25]) and np.all(extent < [0.4, 0.35, 0.35])  # torso, T12-S1
+    for level in LEVELS:
+        assert f"vertebrae_{level}" in p.structure_names
+    for name in ["intervertebral_disc", "spinal_canal", "spinal_cord", "kidney_left", "kidney_right", "liver",
+                 "aorta", "inferior_vena_cava", "autochthon_left", "autochthon_right", "iliopsoas_left",
+                 "iliopsoas_right", "subcutaneous_fat"]:
+        sid = p.structure_names[name]
+        assert (p.structures == sid).any(), name
+
+
+def test_deterministic_and_distinct():
+    a, b = make_phantom(seed=5, spacing_mm=3.0), make_phantom(seed=5, spacing_mm=3.0)
+    assert np.array_equal(a.structures, b.structures) and np.array_equal(a.ct, b.ct)
+    assert np.array_equal(a.affine, b.affine)
+    c = make_phantom(seed=6, spacing_mm=3.0)
+    assert c.shape != a.shape or not np.array_equal(a.structures, c.structures)
+    assert a.name != c.name
+
+
+def _voxel(p, xyz_m):
+    return tuple(np.round(np.linalg.inv(p.affine) @ np.r_[xyz_m, 1.0]).astype(int)[:3])
+
+
+def test_bone_under_back_skin_at_midline(phantom):
+    p = phantom
+    i, _, k = _voxel(p, [0.0, 0.0, 0.0])  # the L3 body centre is the origin
+    column = p.tissue[i, :, k]
+    skin = np.argmax(column != TISSUE_ID["air"])
+    bone = np.argmax(column == TISSUE_ID["bone"])
+    depth = (bone - skin) * p.spacing[1]
+    assert 0.015 <= depth <= 0.06
+    assert column[skin] == TISSUE_ID["skin"] and column[skin + 3] == TISSUE_ID["fat"]
+    assert p.structures[i, bone, k] == p.structure_names["vertebrae_L3"]
+
+
+def test_vertebrae_connected_and_ordered(phantom):
+    p = phantom
+    heights = []
+    for level in LEVELS:
+        mask = p.structures == p.structure_names[f"vertebrae_{level}"]
+        _, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        assert n == 1, level
+        heights.append(np.argwhere(mask)[:, 2].mean())
+    assert np.all(np.diff(heights) < 0)  # T12 on top, S1 at the bottom
+
+
+def test_ct_per_tissue(phantom):
+    p = phantom
+    for name in ["fat", "muscle", "bone", "water", "blood", "air", "liver", "kidney", "skin"]:
+        values = p.ct[p.tissue == TISSUE_ID[name]]
+        assert abs(np.median(values) - TISSUE_HU[name]) < 15, name
+    assert 5 < np.std(p.ct[p.tissue == TISSUE_ID["fat"]]) < 20  # mild noise
+
+
+def test_sizes_follow_params():
+    thin = make_phantom(seed=1, spacing_mm=2.0, params=PhantomParams(fat_mm=(10.0, 10.0), muscle_mm=(12.0, 12.0)))
+    thick = make_phantom(seed=1, spacing_mm=2.0, params=PhantomParams(fat_mm=(30.0, 30.0), muscle_mm=(12.0, 12.0)))
+    fat = thin.structure_names["subcutaneous_fat"]
+    assert (thick.structures == fat).sum() > 2 * (thin.structures == fat).sum()
+
+
+def test_config_matches_defaults():
+    cfg = yaml.safe_load((ROOT / "conf" / "patient" / "phantom.yaml").read_text())
+    assert cfg["source"] == "phantom"
+    assert PhantomParams.from_dict(cfg["params"]) == PhantomParams()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(spacing_mm=0.0), "spacing_mm"),
+        (dict(spacing_mm=-1.0), "spacing_mm"),
+        (dict(spacing_mm=float("nan")), "spacing_mm"),
+        (dict(spacing_mm=0.05), "spacing_mm"),
+        (dict(seed=-1), "seed"),
+        (dict(seed=1.5), "seed"),
+        (dict(params={"fat_mm": (1, 2)}), "params"),
+    ],
+)
+def test_bad_inputs(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        make_phantom(**kwargs)
+
+
+def test_bad_params():
+    with pytest.raises(InputError, match="unknown"):
+        PhantomParams.from_dict({"fat_thickness": [1, 2]})
+    with pytest.raises(InputError, match="fat_mm"):
+        PhantomParams.from_dict({"fat_mm": [20, 10]})
+    with pytest.raises(InputError, match="lordosis_deg"):
+        PhantomParams.from_dict({"lordosis_deg": "steep"})
+    with pytest.raises(InputError, match="rotation_deg"):
+        PhantomParams(rotation_deg=-1.0)
