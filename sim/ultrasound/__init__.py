@@ -1,0 +1,7 @@
+"""Simulated ultrasound: probe geometry, tissue acoustics and the batched B-mode renderer."""
+
+from sim.ultrasound.probe import ProbeSpec
+from sim.ultrasound.renderer import Renderer, RendererConfig, RenderParams
+from sim.ultrasound.tissue import TissueTable
+
+__all__ = ["ProbeSpec", "Renderer", "RendererConfig", "RenderParams", "TissueTable"]

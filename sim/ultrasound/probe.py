@@ -1,0 +1,185 @@
+"""`ProbeSpec`: transducer geometry, scan lines in the probe frame and the scan-conversion map.
+
+Probe frame: origin at the centre of the probe face, +z along the beam into the body, +x lateral
+across the image, +y elevation. Convex probes have their centre of curvature at (0, 0, -radius);
+phased probes fan out from the face centre (radius 0). Metres and radians throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import yaml
+
+from sim.errors import InputError
+
+PROBE_PRESETS = Path(__file__).resolve().parents[2] / "conf" / "probe"
+KINDS = ("linear", "convex", "phased")
+SPEED_OF_SOUND_M_S = 1540.0
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Transducer and image geometry.
+
+    kind: "linear", "convex" or "phased".
+    frequency_mhz: centre frequency. depth_m: imaging depth along each line from the face.
+    width_m: aperture width (linear). fov_deg: field of view (convex, phased).
+    radius_m: face radius of curvature (convex). lines / samples: scan lines and samples per
+    line (None: the output width / height). elevation_m: slice thickness; elevation_rays > 1
+    averages tissue properties over that many rays across it. pulse_cycles: pulse length,
+    setting the axial point-spread function. image_height / image_width: output pixels.
+    """
+
+    kind: str = "linear"
+    frequency_mhz: float = 7.5
+    depth_m: float = 0.06
+    width_m: float = 0.05
+    fov_deg: float = 70.0
+    radius_m: float = 0.05
+    lines: int | None = None
+    samples: int | None = None
+    elevation_m: float = 0.002
+    elevation_rays: int = 1
+    pulse_cycles: float = 2.0
+    image_height: int = 200
+    image_width: int = 150
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field: str, expected: str) -> None:
+            if not ok:
+                raise InputError(f"probe {field}: expected {expected}, got {getattr(self, field)!r}")
+
+        need(self.kind in KINDS, "kind", f"one of {KINDS}")
+        need(0.5 <= self.frequency_mhz <= 30, "frequency_mhz", "a centre frequency in 0.5..30 MHz")
+        need(0.005 <= self.depth_m <= 0.4, "depth_m", "an imaging depth in 0.005..0.4 m")
+        need(self.kind != "linear" or 0.005 <= self.width_m <= 0.2, "width_m", "an aperture width in 0.005..0.2 m")
+        need(self.kind == "linear" or 5 <= self.fov_deg <= 170, "fov_deg", "a field of view in 5..170 degrees")
+        need(self.kind != "convex" or 0.005 <= self.radius_m <= 0.2, "radius_m", "a convex radius in 0.005..0.2 m")
+        need(self.lines is None or 2 <= self.lines <= 4096, "lines", "None or 2..4096 scan lines")
+        need(self.samples is None or 8 <= self.samples <= 8192, "samples", "None or 8..8192 samples per line")
+        need(0 <= self.elevation_m <= 0.02, "elevation_m", "a slice thickness in 0..0.02 m")
+        need(1 <= self.elevation_rays <= 16, "elevation_rays", "1..16 rays")
+        need(0.5 <= self.pulse_cycles <= 10, "pulse_cycles", "0.5..10 cycles")
+        need(8 <= self.image_height <= 4096, "image_height", "8..4096 pixels")
+        need(8 <= self.image_width <= 4096, "image_width", "8..4096 pixels")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ProbeSpec":
+        """Load `conf/probe/<name>.yaml` with keyword overrides."""
+        path = PROBE_PRESETS / f"{name}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in PROBE_PRESETS.glob("*.yaml"))
+            raise InputError(f"probe preset {name!r}: expected one of {known}")
+        return cls.from_dict({**yaml.safe_load(path.read_text()), **overrides})
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping) -> "ProbeSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise InputError(f"probe config keys {unknown}: expected keys among {sorted(known)}")
+        return cls(**dict(cfg))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def n_lines(self) -> int:
+        return self.lines or self.image_width
+
+    @property
+    def n_samples(self) -> int:
+        return self.samples or self.image_height
+
+    @property
+    def apex_radius_m(self) -> float:
+        """Distance from the centre of curvature to the face (0 for phased, unused for linear)."""
+        return self.radius_m if self.kind == "convex" else 0.0
+
+    @property
+    def sample_spacing_m(self) -> float:
+        return self.depth_m / (self.n_samples - 1)
+
+    @property
+    def wavelength_m(self) -> float:
+        return SPEED_OF_SOUND_M_S / (self.frequency_mhz * 1e6)
+
+    def scan_lines(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scan-line origins (L, 3), unit directions (L, 3) and sample distances (S,), metres."""
+        L, S = self.n_lines, self.n_samples
+        dist = torch.linspace(0.0, self.depth_m, S, dtype=torch.float64)
+        if self.kind == "linear":
+            x = torch.linspace(-self.width_m / 2, self.width_m / 2, L, dtype=torch.float64)
+            origins = torch.stack([x, torch.zeros(L, dtype=x.dtype), torch.zeros(L, dtype=x.dtype)], -1)
+            dirs = torch.tensor([0.0, 0.0, 1.0], dtype=x.dtype).expand(L, 3)
+        else:
+            half = math.radians(self.fov_deg) / 2
+            phi = torch.linspace(-half, half, L, dtype=torch.float64)
+            dirs = torch.stack([phi.sin(), torch.zeros_like(phi), phi.cos()], -1)
+            r = self.apex_radius_m
+            origins = dirs * r + torch.tensor([0.0, 0.0, -r], dtype=phi.dtype)
+        f32 = dict(dtype=torch.float32, device=device)
+        return origins.to(**f32), dirs.contiguous().to(**f32), dist.to(**f32)
+
+    def elevation_offsets(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(E,) elevation (+y) offsets of the rays averaged across the slice thickness, metres."""
+        if self.elevation_rays == 1:
+            return torch.zeros(1, device=device)
+        return torch.linspace(-self.elevation_m / 2, self.elevation_m / 2, self.elevation_rays, device=device)
+
+    def image_extent(self) -> tuple[float, float, float, float]:
+        """(x_min, x_max, z_min, z_max) of the output image in the probe frame, metres."""
+        if self.kind == "linear":
+            return -self.width_m / 2, self.width_m / 2, 0.0, self.depth_m
+        half, r = math.radians(self.fov_deg) / 2, self.apex_radius_m
+        reach = r + self.depth_m
+        x = reach * math.sin(half)
+        return -x, x, r * math.cos(half) - r, self.depth_m
+
+    def pixel_spacing_m(self) -> tuple[float, float]:
+        """(row, column) pixel size in metres. Sector images use square pixels (letterboxed)."""
+        x0, x1, z0, z1 = self.image_extent()
+        H, W = self.image_height, self.image_width
+        if self.kind == "linear":
+            return (z1 - z0) / (H - 1), (x1 - x0) / (W - 1)
+        s = max((z1 - z0) / (H - 1), (x1 - x0) / (W - 1))
+        return s, s
+
+    def pixel_positions(self) -> torch.Tensor:
+        """(H, W, 2) probe-frame (x, z) of each output pixel centre, metres (float64)."""
+        x0, x1, z0, z1 = self.image_extent()
+        dz, dx = self.pixel_spacing_m()
+        H, W = self.image_height, self.image_width
+        zc, xc = (z0 + z1) / 2, (x0 + x1) / 2
+        z = zc + (torch.arange(H, dtype=torch.float64) - (H - 1) / 2) * dz
+        x = xc + (torch.arange(W, dtype=torch.float64) - (W - 1) / 2) * dx
+        zz, xx = torch.meshgrid(z, x, indexing="ij")
+        return torch.stack([xx, zz], -1)
+
+    def scan_coordinates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each output pixel falls in the (sample, line) grid.
+
+        Returns (H, W, 2) float64 fractional (sample, line) indices and an (H, W) bool mask of
+        pixels inside the field of view.
+        """
+        xz = self.pixel_positions()
+        x, z = xz[..., 0], xz[..., 1]
+        L, S = self.n_lines, self.n_samples
+        if self.kind == "linear":
+            line = (x + self.width_m / 2) / self.width_m * (L - 1)
+            dist = z
+        else:
+            r = self.apex_radius_m
+            half = math.radians(self.fov_deg) / 2
+            phi = torch.atan2(x, z + r)
+            dist = torch.sqrt(x * x + (z + r) ** 2) - r
+            line = (phi + half) / (2 * half) * (L - 1)
+        sample = dist / self.depth_m * (S - 1)
+        tol = 1e-6
+        inside = (line >= -tol) & (line <= L - 1 + tol) & (sample >= -tol) & (sample <= S - 1 + tol)
+        return torch.stack([sample.clamp(0, S - 1), line.clamp(0, L - 1)], -1), inside
