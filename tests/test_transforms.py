@@ -26,3 +26,17 @@ def test_pose_to_matrix_translation():
     m = pose_to_matrix(pose)
     assert m.shape == (1, 3, 4)
     assert torch.equal(m[0, :, 3], torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_probe_pose_on_skin_points_the_beam_into_the_body():
+    from sim.ultrasound.placement import probe_pose_on_skin
+
+    point = torch.tensor([[0.0, -0.09, 0.0], [0.01, -0.08, 0.02]])
+    normal = torch.nn.functional.normalize(torch.tensor([[0.0, -1.0, 0.0], [0.2, -1.0, 0.1]]), dim=-1)
+    yaw = torch.tensor([0.0, 0.7])
+    pose = probe_pose_on_skin(point, normal, yaw, press_m=0.002)
+    rot = quat_to_matrix(pose[:, 3:])
+    assert torch.allclose(rot[:, :, 2], -normal, atol=1e-6)  # beam along -normal
+    assert torch.allclose(torch.det(rot), torch.ones(2), atol=1e-6)
+    assert torch.allclose(rot[0, :, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)  # yaw 0: image x = patient x
+    assert torch.allclose(pose[:, :3], point - normal * 0.002, atol=1e-7)

@@ -53,10 +53,14 @@ class RendererConfig:
     tissue_min_mrayl: impedance above which a sample counts as tissue for coupling.
     conform_m: how far past its face a scan line may first meet tissue and still be coupled (the
         skin conforms to the pressed face; convex faces add their own curvature to it).
-    speckle_cells, speckle_pitch_m, speckle_sigma_cells, speckle_seed: the scatterer tile
-        (pitch None: half the axial sample spacing).
+    speckle_cells, speckle_pitch_m, speckle_sigma_cells, speckle_seed: the scatterer tile, a
+        power-of-two number of cells per axis (pitch None: half the axial sample spacing).
+    property_step_m: spacing of the tissue lookups along a line, rounded to whole samples
+        (None: the finest voxel size in the bank); samples between are interpolated.
     randomization: per-environment ranges for `Renderer.sample_params` (uniform):
         gain_db and echogenicity_db are additive, the *_scale entries multiplicative.
+    chunk_samples: at most this many samples (environments x lines x samples per line) are in
+        flight at once; larger batches run in equal chunks, bounding memory.
     compile: fuse the pipeline with torch.compile (first call compiles, about a minute on CPU).
     """
 
@@ -65,10 +69,11 @@ class RendererConfig:
     dynamic_range_db: float = 60.0
     tissue_min_mrayl: float = 0.5
     conform_m: float = 0.002
-    speckle_cells: int = 160
+    speckle_cells: int = 128
     speckle_pitch_m: float | None = None
     speckle_sigma_cells: float = 1.5
     speckle_seed: int = 0
+    property_step_m: float | None = None
     randomization: dict = field(
         default_factory=lambda: {
             "gain_db": (-6.0, 6.0),
@@ -79,6 +84,7 @@ class RendererConfig:
             "echogenicity_db": (-4.0, 4.0),
         }
     )
+    chunk_samples: int = 8_000_000
     compile: bool = False
 
     @classmethod
@@ -107,7 +113,7 @@ class RenderParams:
 # ----------------------------------------------------------------------------- pure stages
 
 
-def sample_properties(
+def sample_tissue(
     tissue_flat: torch.Tensor,
     block_offset: torch.Tensor,
     dims: torch.Tensor,
@@ -115,24 +121,20 @@ def sample_properties(
     line_dir: torch.Tensor,
     dist: torch.Tensor,
     table: torch.Tensor,
-    tile: torch.Tensor,
-    tile_origin: torch.Tensor,
-    tile_dir: torch.Tensor,
-    tile_cells: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Trilinear tissue properties and speckle at every sample.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Trilinear tissue properties along every scan line.
 
     tissue_flat (V,) uint8; block_offset (N,) and dims (N, 3) locate each environment's padded
     volume; line_origin (N, E, L, 3) and line_dir (N, L, 3) are scan lines in voxel units for E
-    elevation rays; dist (S,) sample distances in metres; table (N, C, 3); tile (T^3, 2);
-    tile_origin (N, L, 3) and tile_dir (N, L, 3) the central ray in speckle-cell units.
-    Returns impedance, attenuation, echo amplitude, speckle I and Q, each (N, S, L).
+    elevation rays; dist (P,) distances along the lines in metres; table (N, C, 3).
+    Returns impedance (MRayl), attenuation (dB/cm/MHz) and echo amplitude, each (N, P, L),
+    averaged over the elevation rays.
     """
     n, n_classes = table.shape[0], table.shape[1]
     idx_t = torch.int32 if tissue_flat.numel() < 2**31 - 1 else torch.int64
-    d = dist[None, None, :, None]  # (1, 1, S, 1)
+    d = dist[None, None, :, None]  # (1, 1, P, 1)
     hi = (dims - 1).to(dist.dtype) - 1e-3
-    # Separate x, y, z tensors (N, E, S, L): fused loops vectorise over lines, not over xyz.
+    # Separate x, y, z tensors (N, E, P, L): fused loops vectorise over lines, not over xyz.
     x, y, z = (
         torch.minimum((line_origin[:, :, None, :, a] + line_dir[:, None, None, :, a] * d).clamp_min(0), hi[:, a, None, None, None])
         for a in range(3)
@@ -151,20 +153,34 @@ def sample_properties(
                 w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * (fz if dz else 1 - fz)
                 cls = tissue_flat[base + dx * s_i + dy * s_j + dz].to(idx_t) + row
                 props = [acc + col[cls] * w for acc, col in zip(props, columns)]
-    z_ac, alpha, echo = (v.mean(1) for v in props)  # average over elevation rays -> (N, S, L)
-    # Speckle at the central ray: nearest scatterer cell of the periodic tile.
-    cells = [
-        torch.remainder((tile_origin[:, None, :, a] + tile_dir[:, None, :, a] * d[0]).floor().to(idx_t), tile_cells)
-        for a in range(3)
-    ]
-    k = (cells[0] * tile_cells + cells[1]) * tile_cells + cells[2]
-    return z_ac, alpha, echo, tile[:, 0][k], tile[:, 1][k]
+    return tuple(v.mean(1) for v in props)
+
+
+def speckle(tile: torch.Tensor, tile_origin: torch.Tensor, tile_dir: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-phase and quadrature speckle (N, S, L) at the nearest cell of the periodic tile.
+
+    tile (T^3, 2) with T a power of two; tile_origin (N, L, 3) and tile_dir (N, L, 3) are the
+    central ray of each line in tile-cell units; dist (S,) metres.
+    """
+    cells = round(tile.shape[0] ** (1 / 3))
+    mask = cells - 1  # power-of-two period: a bitwise and instead of an integer modulo
+    d = dist[None, :, None]
+    c = [(tile_origin[:, None, :, a] + tile_dir[:, None, :, a] * d).floor().to(torch.int32) & mask for a in range(3)]
+    k = (c[0] * cells + c[1]) * cells + c[2]
+    return tile[:, 0][k], tile[:, 1][k]
+
+
+def along_lines(coarse: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation (N, P, L) -> (N, S, L) along the lines; index, weight (S,)."""
+    return coarse[:, index] * (1 - weight)[None, :, None] + coarse[:, index + 1] * weight[None, :, None]
 
 
 def echo_db(
-    z_ac: torch.Tensor,
-    alpha: torch.Tensor,
-    echo: torch.Tensor,
+    z_coarse: torch.Tensor,
+    alpha_coarse: torch.Tensor,
+    echo_coarse: torch.Tensor,
+    prop_index: torch.Tensor,
+    prop_weight: torch.Tensor,
     speckle_i: torch.Tensor,
     speckle_q: torch.Tensor,
     dist: torch.Tensor,
@@ -175,14 +191,21 @@ def echo_db(
 ) -> torch.Tensor:
     """Received echo level in dB re a perfect mirror at the face, before TGC and gain.
 
-    Inputs (N, S, L) from `sample_properties`; dist (S,) metres; frequency_mhz (N,); psf (K,)
-    axial point-spread taps (odd K, peak 1); contact_sample (L,) int64, the last sample at which
-    a line may first meet tissue and still count as coupled (the skin conforms to the face).
+    z/alpha/echo_coarse (N, P, L) from `sample_tissue`, interpolated to the S samples with
+    prop_index and prop_weight (S,); speckle_i/q (N, S, L); dist (S,) metres; frequency_mhz (N,); psf (K,)
+    axial point-spread taps (odd K, peak 1); contact_sample (1, H, L) int64, the last sample at
+    which a line may first meet tissue and still count as coupled (the skin conforms to the
+    face), with H > every entry (its size sets how many head samples are searched).
     Samples before a line meets tissue (impedance above `tissue_min_mrayl`) are coupling gel.
     Lines that never meet tissue in time are dark. Returns (N, S, L) dB.
     """
-    met = torch.cumsum((z_ac > tissue_min_mrayl).to(z_ac.dtype), dim=1) > 0
-    coupled = met.gather(1, contact_sample.expand(z_ac.shape[0], 1, -1))  # (N, 1, L)
+    z_ac, alpha, echo = (along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse))
+    # Only the first samples can hold the gel gap: a line that has not met tissue by its contact
+    # sample is dark anyway, so the scan for "tissue met yet" covers just that head.
+    n_head = contact_sample.shape[1]
+    head = torch.cumsum((z_ac[:, :n_head] > tissue_min_mrayl).to(z_ac.dtype), dim=1).clamp(max=1.0)
+    coupled = head.gather(1, contact_sample[:, :1].expand(z_ac.shape[0], 1, -1)) > 0  # (N, 1, L)
+    met = torch.nn.functional.pad(head, (0, 0, 0, z_ac.shape[1] - n_head), value=1.0) > 0
     z_ac = torch.where(met, z_ac, GEL_MRAYL)
     alpha = torch.where(met, alpha, 0.0)
     echo = torch.where(met, echo, 0.0)
@@ -260,7 +283,10 @@ class Renderer:
         self.psf = self._axial_psf().to(dev)
         cfg = self.config
         self.speckle_pitch_m = cfg.speckle_pitch_m or probe.sample_spacing_m / 2
+        if cfg.speckle_cells < 8 or cfg.speckle_cells & (cfg.speckle_cells - 1):
+            raise InputError(f"renderer speckle_cells: expected a power of two >= 8, got {cfg.speckle_cells}")
         self.tile = speckle_tile(cfg.speckle_cells, cfg.speckle_sigma_cells, cfg.speckle_seed, dev)
+        self.prop_dist, self.prop_index, self.prop_weight = self._property_samples()
         # Each patient sees the tile shifted by its own offset (cells), so patients differ.
         g = torch.Generator().manual_seed(cfg.speckle_seed + 1)
         self.patient_tile_offset = (torch.rand(len(bank), 3, generator=g) * cfg.speckle_cells).to(dev)
@@ -268,15 +294,17 @@ class Renderer:
         # A line is coupled if it meets tissue within conform_m past the lowest point of the face.
         sagitta = self.origins[:, 2].max() - self.origins[:, 2]
         reach = ((cfg.conform_m + sagitta) / probe.sample_spacing_m).floor().long()
-        self.contact_sample = reach.clamp(0, probe.n_samples - 1)[None, None, :]
-        lines = self._stages_lines
-        image = self._stages_image
+        reach = reach.clamp(0, probe.n_samples - 1)
+        # Shape (1, H, L) with H = max reach + 1, so the head length is static for compilation.
+        self.contact_sample = reach[None, None, :].expand(1, int(reach.max()) + 1, -1)
+        # Each stage is compiled on its own: its outputs are materialised, which keeps the
+        # scans (cumulative sums) and the axial filter from recomputing the lookups per tap.
+        stages = (sample_tissue, speckle, echo_db, to_image)
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             torch._inductor.config.assert_indirect_indexing = False
-            lines = torch.compile(lines, dynamic=False)
-            image = torch.compile(image, dynamic=False)
-        self._lines_fn, self._image_fn = lines, image
+            stages = tuple(torch.compile(f, dynamic=False) for f in stages)
+        self._sample_tissue, self._speckle, self._echo_db, self._to_image = stages
 
     # -- set-up helpers
 
@@ -292,6 +320,24 @@ class Renderer:
         half = max(1, math.ceil(3 * sigma))
         k = torch.arange(-half, half + 1, dtype=torch.float32)
         return torch.exp(-0.5 * (k / sigma) ** 2)
+
+    def _property_samples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Distances (P,) where tissue is sampled, and the (S,) index and weight that
+        interpolate them to every sample.
+
+        Trilinear tissue is piecewise linear within a voxel, so sampling it every `k` samples
+        with k * spacing no coarser than the finest voxel (about) loses little and divides the
+        cost of the 8-corner lookups by k.
+        """
+        p, cfg = self.probe, self.config
+        step = cfg.property_step_m or float(min(pt.spacing.min() for pt in self.bank.patients))
+        k = max(1, round(step / p.sample_spacing_m))
+        n_prop = -(-(p.n_samples - 1) // k) + 1
+        prop_dist = torch.clamp(torch.arange(n_prop) * k * p.sample_spacing_m, max=p.depth_m)
+        pos = torch.arange(p.n_samples, dtype=torch.float64) / k
+        index = pos.floor().long().clamp(max=n_prop - 2)
+        weight = (pos - index) * (k * p.sample_spacing_m) / (prop_dist[index + 1] - prop_dist[index]).double()
+        return prop_dist.float().to(self.device), index.to(self.device), weight.float().to(self.device)
 
     def _scan_conversion(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         p = self.probe
@@ -377,30 +423,52 @@ class Renderer:
         tile_dir = (self.dirs @ rot.transpose(-1, -2)) * scale
         return line_origin, line_dir, tile_origin, tile_dir
 
-    def _stages_lines(self, poses, patient_idx, frequency_mhz, tissue):
+    def _lines(self, poses, patient_idx, frequency_mhz, tissue):
         line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(poses, patient_idx)
-        props = sample_properties(
+        coarse = self._sample_tissue(
             self.bank.tissue_flat, self.bank.offsets[patient_idx], self.bank.dims[patient_idx],
-            line_origin, line_dir, self.dist, tissue, self.tile, tile_origin, tile_dir, self.config.speckle_cells,
+            line_origin, line_dir, self.prop_dist, tissue,
         )  # fmt: skip
-        return echo_db(*props, self.dist, frequency_mhz, self.psf, self.contact_sample, self.config.tissue_min_mrayl)
+        speckle_i, speckle_q = self._speckle(self.tile, tile_origin, tile_dir, self.dist)
+        return self._echo_db(
+            *coarse, self.prop_index, self.prop_weight, speckle_i, speckle_q, self.dist, frequency_mhz, self.psf,
+            self.contact_sample, self.config.tissue_min_mrayl,
+        )  # fmt: skip
 
-    def _stages_image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db):
-        level = self._stages_lines(poses, patient_idx, frequency_mhz, tissue)
+    def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db):
+        level = self._lines(poses, patient_idx, frequency_mhz, tissue)
         hw = (self.probe.image_height, self.probe.image_width)
-        return to_image(
+        return self._to_image(
             level, self.dist, frequency_mhz, gain_db, dynamic_range_db, self.config.tgc_db_cm_mhz,
             self.scan_index, self.scan_weight, hw,
         )  # fmt: skip
+
+    def _chunked(self, fn, *per_env: torch.Tensor) -> torch.Tensor:
+        """Run `fn` over equal chunks of environments (padding the last), bounding memory.
+
+        Equal chunk sizes keep one compiled kernel per batch size.
+        """
+        n = per_env[0].shape[0]
+        per_chunk = max(1, self.config.chunk_samples // (self.probe.n_lines * self.probe.n_samples))
+        chunks = -(-n // per_chunk)
+        size = -(-n // chunks)
+        if chunks == 1:
+            return fn(*per_env)
+        pad = chunks * size - n
+        padded = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) if pad else t for t in per_env]
+        out = torch.cat([fn(*(t[i * size : (i + 1) * size] for t in padded)) for i in range(chunks)])
+        return out[:n]
 
     @torch.no_grad()
     def render_lines(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None) -> torch.Tensor:
         """Echo level (N, S, L) in dB re a perfect mirror, before TGC, gain and compression."""
         poses, patient_idx, params = self._check(poses, patient_idx, params)
-        return self._lines_fn(poses, patient_idx, params.frequency_mhz, params.tissue)
+        return self._chunked(self._lines, poses, patient_idx, params.frequency_mhz, params.tissue)
 
     @torch.no_grad()
     def render(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None) -> torch.Tensor:
         """B-mode images (N, H, W) in [0, 1]."""
         poses, patient_idx, params = self._check(poses, patient_idx, params)
-        return self._image_fn(poses, patient_idx, params.frequency_mhz, params.tissue, params.gain_db, params.dynamic_range_db)
+        return self._chunked(
+            self._image, poses, patient_idx, params.frequency_mhz, params.tissue, params.gain_db, params.dynamic_range_db
+        )

@@ -1,0 +1,119 @@
+"""Benchmarks that print one JSON object (record results in BENCHMARKS.md).
+
+    python scripts/benchmark.py render --probe linear --batch 100 --height 200 --width 150 --json
+
+`render` times the B-mode renderer on the default phantom (1 mm) with probe poses spread over
+the lumbar back, after a warm-up that includes compilation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sim.anatomy.bank import PatientBank  # noqa: E402
+from sim.anatomy.prepare import prepare_patient  # noqa: E402
+from sim.anatomy.surface import skin_point  # noqa: E402
+from sim.ultrasound.placement import probe_pose_on_skin  # noqa: E402
+from sim.ultrasound.probe import ProbeSpec  # noqa: E402
+from sim.ultrasound.renderer import Renderer, RendererConfig  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def machine() -> dict:
+    return {
+        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+
+
+def lumbar_poses(patient, n: int, seed: int) -> torch.Tensor:
+    """n probe poses on the back over L1-L5: random position, yaw and a 2 mm press."""
+    rng = np.random.default_rng(seed)
+    centres = np.stack([lm.centre for lm in patient.landmarks.values()])
+    x = rng.uniform(-0.03, 0.03, n) + centres[:, 0].mean()
+    z = rng.uniform(centres[:, 2].min(), centres[:, 2].max(), n)
+    point, normal = skin_point(patient.skin, x, z)
+    yaw = rng.uniform(-np.pi, np.pi, n)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    return probe_pose_on_skin(t(point), t(normal), t(yaw))
+
+
+def bench_render(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    patient = prepare_patient({"source": "phantom", "seed": 0, "spacing_mm": args.spacing_mm}, progress=False)
+    bank = PatientBank([patient], device=args.device)
+    probe = ProbeSpec.preset(args.probe, image_height=args.height, image_width=args.width)
+    renderer = Renderer(bank, probe, config=RendererConfig(compile=not args.no_compile))
+    poses = lumbar_poses(patient, args.batch, seed=0).to(args.device)
+    idx = torch.zeros(args.batch, dtype=torch.long, device=args.device)
+    sync = torch.cuda.synchronize if bank.device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    renderer.render(poses, idx)
+    sync()
+    warmup_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        renderer.render(poses, idx)
+        sync()
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * float(np.median(times))
+    return {
+        "benchmark": "render",
+        "probe": args.probe,
+        "batch": args.batch,
+        "height": args.height,
+        "width": args.width,
+        "lines": probe.n_lines,
+        "samples": probe.n_samples,
+        "images_per_s": round(args.batch / (ms / 1000), 1),
+        "ms_per_batch": round(ms, 2),
+        "warmup_s": round(warmup_s, 1),
+        "compiled": not args.no_compile,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": str(bank.device),
+        "threads": torch.get_num_threads(),
+        **machine(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("render", help="B-mode renderer throughput")
+    r.add_argument("--probe", default="linear", help="probe preset in conf/probe/")
+    r.add_argument("--batch", type=int, default=100)
+    r.add_argument("--height", type=int, default=200)
+    r.add_argument("--width", type=int, default=150)
+    r.add_argument("--repeats", type=int, default=10)
+    r.add_argument("--spacing-mm", type=float, default=1.0, help="phantom voxel size")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
+    for p in (r,):
+        p.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args(argv)
+    result = {"render": bench_render}[args.what](args)
+    if not args.json:
+        print(f"{args.what}: {result}", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
