@@ -1,0 +1,115 @@
+"""3-D scenes of a patient, probes and their ultrasound images, with pyvista (VTK).
+
+`build_scene` fills any pyvista plotter (off-screen for pictures, interactive for a viewer):
+the translucent body, the bone meshes, a box per probe pose and each ultrasound image as a
+textured quad in its image plane, all in the patient frame (metres). `standard_plane_pose`
+places a probe on the back's skin at a vertebra's standard plane.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyvista as pv
+import torch
+
+from sim.anatomy.patient import Patient
+from sim.anatomy.surface import skin_point
+from sim.errors import InputError
+from sim.transforms import matrix_to_quat, pose_to_matrix
+from sim.ultrasound.probe import ProbeSpec
+
+BODY_COLOUR, BODY_OPACITY = "peachpuff", 0.18
+BONE_COLOUR, BONE_OPACITY = "ivory", 0.6  # see-through enough to show images behind bone
+PROBE_COLOUR = "dimgray"
+HOUSING_DEPTH_M, HOUSING_THICKNESS_M = 0.06, 0.012  # probe box behind the face, and across the slice
+
+
+def standard_plane_pose(patient: Patient, vertebra: str, view: str, press_m: float = 0.002) -> np.ndarray:
+    """Probe pose (7,) imaging `view` of `vertebra` from the back skin, pressed `press_m` in.
+
+    The probe frame takes the plane's axes (+x = u, +y = normal, +z = v, into the body); the
+    face centre sits where the line from the plane origin back along -v meets the skin, then
+    `press_m` metres deeper so the face is coupled. Needs `derive(patient)` (skin, landmarks).
+    """
+    if vertebra not in patient.landmarks or view not in patient.landmarks[vertebra].planes:
+        known = {name: sorted(lm.planes) for name, lm in patient.landmarks.items()}
+        raise InputError(f"standard plane {vertebra}/{view}: expected one of {known} (run derive(patient) first)")
+    plane = patient.landmarks[vertebra].planes[view]
+    face = plane.origin.copy()
+    # Fixed point: the skin height barely changes over the millimetres the face moves sideways.
+    for _ in range(5):
+        skin, _ = skin_point(patient.skin, face[0], face[2])
+        if not np.isfinite(skin).all():
+            raise InputError(f"standard plane {vertebra}/{view}: no skin above {face.round(4).tolist()} m")
+        face = plane.origin + (skin[1] - plane.origin[1]) / plane.v[1] * plane.v
+    rotation = np.stack([plane.u, plane.normal, plane.v], axis=1)  # columns: probe x, y, z
+    quat = matrix_to_quat(torch.from_numpy(rotation)).numpy()
+    return np.concatenate([face + press_m * plane.v, quat])
+
+
+def _to_patient(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Probe-frame points (P, 3) to the patient frame, for one pose (7,)."""
+    m = pose_to_matrix(torch.as_tensor(pose, dtype=torch.float64)).numpy()
+    return points @ m[:, :3].T + m[:, 3]
+
+
+def probe_housing(probe: ProbeSpec, pose: np.ndarray) -> pv.PolyData:
+    """A box for the probe's body: as wide as its face, behind the face (-z), at `pose` (7,)."""
+    if probe.kind == "linear":
+        half_width, face_z = probe.width_m / 2, 0.0
+    else:
+        half = np.radians(probe.fov_deg) / 2
+        r = max(probe.apex_radius_m, 0.005)  # phased: a small face around the apex
+        half_width, face_z = r * np.sin(half), probe.image_extent()[2]
+    half_thickness = HOUSING_THICKNESS_M / 2
+    box = pv.Box((-half_width, half_width, -half_thickness, half_thickness, face_z - HOUSING_DEPTH_M, face_z)).triangulate()
+    box.points = _to_patient(pose, np.asarray(box.points))
+    return box
+
+
+def image_quad(probe: ProbeSpec, pose: np.ndarray, image: np.ndarray) -> tuple[pv.PolyData, pv.Texture]:
+    """The image (H, W) in [0, 1] as a textured quad in its plane (probe y = 0) at `pose` (7,).
+
+    Row 0 is the face side, column 0 is probe -x. Pixels outside the field of view (sector
+    images) are transparent.
+    """
+    x0, x1, z0, z1 = probe.image_extent()
+    corners = np.array([[x0, 0, z0], [x1, 0, z0], [x1, 0, z1], [x0, 0, z1]], float)
+    quad = pv.PolyData(_to_patient(pose, corners), faces=[4, 0, 1, 2, 3])
+    # pyvista textures put array row 0 at the top (t = 1).
+    quad.active_texture_coordinates = np.array([[0, 1], [1, 1], [1, 0], [0, 0]], np.float32)
+    grey = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    _, inside = probe.scan_coordinates()
+    alpha = np.where(inside.numpy(), 255, 0).astype(np.uint8)
+    return quad, pv.Texture(np.stack([grey, grey, grey, alpha], axis=-1))
+
+
+def add_patient(plotter: pv.Plotter, patient: Patient) -> None:
+    """The translucent body and opaque bones from `patient.meshes` (see `derive`)."""
+    if "body" not in patient.meshes:
+        raise InputError(
+            f"patient '{patient.name}' meshes: expected 'body' and bone meshes (run derive(patient, meshes=True))"
+        )
+    plotter.add_mesh(pv.wrap(patient.meshes["body"]), color=BODY_COLOUR, opacity=BODY_OPACITY, smooth_shading=True)
+    for name, mesh in patient.meshes.items():
+        if name != "body":
+            plotter.add_mesh(pv.wrap(mesh), color=BONE_COLOUR, opacity=BONE_OPACITY, smooth_shading=True, specular=0.3)
+
+
+def build_scene(plotter: pv.Plotter, patient: Patient, poses: np.ndarray, images: np.ndarray, probe: ProbeSpec) -> None:
+    """Patient, probes and images in the patient frame.
+
+    poses (M, 7) probe poses (metres, quaternion w, x, y, z); images (M, H, W) in [0, 1] from
+    `probe` at those poses (torch tensors are accepted too).
+    """
+    poses, images = np.asarray(poses, float), np.asarray(images, np.float32)
+    if poses.ndim != 2 or poses.shape[1] != 7 or images.shape != (len(poses), probe.image_height, probe.image_width):
+        raise InputError(
+            f"build_scene: expected poses (M, 7) and images (M, {probe.image_height}, {probe.image_width}), "
+            f"got {poses.shape} and {images.shape}"
+        )
+    add_patient(plotter, patient)
+    for pose, image in zip(poses, images):
+        plotter.add_mesh(probe_housing(probe, pose), color=PROBE_COLOUR)
+        quad, texture = image_quad(probe, pose, image)
+        plotter.add_mesh(quad, texture=texture, lighting=False)
