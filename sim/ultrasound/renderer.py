@@ -125,18 +125,19 @@ def sample_tissue(
     """Trilinear tissue properties along every scan line.
 
     tissue_flat (V,) uint8; block_offset (N,) and dims (N, 3) locate each environment's padded
-    volume; line_origin (N, E, L, 3) and line_dir (N, L, 3) are scan lines in voxel units for E
-    elevation rays; dist (P,) distances along the lines in metres; table (N, C, 3).
+    volume; line_origin (3, N, E, L) and line_dir (3, N, L) are scan lines in voxel units for E
+    elevation rays, one contiguous block per axis (so fused loops vectorise over lines); dist
+    (P,) distances along the lines in metres; table (3, N, C) contiguous: impedance, attenuation
+    and echo amplitude per environment and class.
     Returns impedance (MRayl), attenuation (dB/cm/MHz) and echo amplitude, each (N, P, L),
     averaged over the elevation rays.
     """
-    n, n_classes = table.shape[0], table.shape[1]
+    n, n_classes = table.shape[1], table.shape[2]
     idx_t = torch.int32 if tissue_flat.numel() < 2**31 - 1 else torch.int64
     d = dist[None, None, :, None]  # (1, 1, P, 1)
     hi = (dims - 1).to(dist.dtype) - 1e-3
-    # Separate x, y, z tensors (N, E, P, L): fused loops vectorise over lines, not over xyz.
-    x, y, z = (
-        torch.minimum((line_origin[:, :, None, :, a] + line_dir[:, None, None, :, a] * d).clamp_min(0), hi[:, a, None, None, None])
+    x, y, z = (  # (N, E, P, L) each
+        torch.minimum((line_origin[a][:, :, None] + line_dir[a][:, None, None] * d).clamp_min(0), hi[:, a, None, None, None])
         for a in range(3)
     )
     x0, y0, z0 = x.floor(), y.floor(), z.floor()
@@ -145,7 +146,7 @@ def sample_tissue(
     s_j = dims[:, 2].to(idx_t)[:, None, None, None]
     base = block_offset.to(idx_t)[:, None, None, None] + x0.to(idx_t) * s_i + y0.to(idx_t) * s_j + z0.to(idx_t)
     row = (torch.arange(n, device=table.device, dtype=idx_t) * n_classes)[:, None, None, None]
-    columns = [table[..., c].reshape(-1) for c in range(3)]  # (N*C,) impedance, attenuation, echo
+    columns = [table[c].reshape(-1) for c in range(3)]  # (N*C,) each
     props = [0.0, 0.0, 0.0]
     for dx in (0, 1):
         for dy in (0, 1):
@@ -159,13 +160,13 @@ def sample_tissue(
 def speckle(tile: torch.Tensor, tile_origin: torch.Tensor, tile_dir: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """In-phase and quadrature speckle (N, S, L) at the nearest cell of the periodic tile.
 
-    tile (T^3, 2) with T a power of two; tile_origin (N, L, 3) and tile_dir (N, L, 3) are the
-    central ray of each line in tile-cell units; dist (S,) metres.
+    tile (T^3, 2) with T a power of two; tile_origin (3, N, L) and tile_dir (3, N, L) are the
+    central ray of each line in tile-cell units, one block per axis; dist (S,) metres.
     """
     cells = round(tile.shape[0] ** (1 / 3))
     mask = cells - 1  # power-of-two period: a bitwise and instead of an integer modulo
     d = dist[None, :, None]
-    c = [(tile_origin[:, None, :, a] + tile_dir[:, None, :, a] * d).floor().to(torch.int32) & mask for a in range(3)]
+    c = [(tile_origin[a][:, None] + tile_dir[a][:, None] * d).floor().to(torch.int32) & mask for a in range(3)]
     k = (c[0] * cells + c[1]) * cells + c[2]
     return tile[:, 0][k], tile[:, 1][k]
 
@@ -175,52 +176,67 @@ def along_lines(coarse: torch.Tensor, index: torch.Tensor, weight: torch.Tensor)
     return coarse[:, index] * (1 - weight)[None, :, None] + coarse[:, index + 1] * weight[None, :, None]
 
 
-def echo_db(
+def reflection(
     z_coarse: torch.Tensor,
     alpha_coarse: torch.Tensor,
     echo_coarse: torch.Tensor,
     prop_index: torch.Tensor,
     prop_weight: torch.Tensor,
-    speckle_i: torch.Tensor,
-    speckle_q: torch.Tensor,
     dist: torch.Tensor,
     frequency_mhz: torch.Tensor,
-    psf: torch.Tensor,
     contact_sample: torch.Tensor,
     tissue_min_mrayl: float,
-) -> torch.Tensor:
-    """Received echo level in dB re a perfect mirror at the face, before TGC and gain.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reflection and loss per sample step, from the tissue along the lines.
 
     z/alpha/echo_coarse (N, P, L) from `sample_tissue`, interpolated to the S samples with
-    prop_index and prop_weight (S,); speckle_i/q (N, S, L); dist (S,) metres; frequency_mhz (N,); psf (K,)
-    axial point-spread taps (odd K, peak 1); contact_sample (1, H, L) int64, the last sample at
-    which a line may first meet tissue and still count as coupled (the skin conforms to the
-    face), with H > every entry (its size sets how many head samples are searched).
-    Samples before a line meets tissue (impedance above `tissue_min_mrayl`) are coupling gel.
-    Lines that never meet tissue in time are dark. Returns (N, S, L) dB.
+    prop_index and prop_weight (S,); dist (S,) metres; frequency_mhz (N,); contact_sample
+    (1, H, L) int64, the last sample at which a line may first meet tissue and still count as
+    coupled (the skin conforms to the face), with H > every entry (H sets how many head samples
+    are searched). Samples before a line meets tissue (impedance above `tissue_min_mrayl`) are
+    coupling gel.
+    Returns the amplitude reflection coefficient r, the log round-trip amplitude change
+    (transmission ln(1 - r^2) and attenuation), the echo amplitude, all (N, S, L), and whether
+    each line is coupled (N, 1, L).
     """
     z_ac, alpha, echo = (along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse))
     # Only the first samples can hold the gel gap: a line that has not met tissue by its contact
     # sample is dark anyway, so the scan for "tissue met yet" covers just that head.
     n_head = contact_sample.shape[1]
     head = torch.cumsum((z_ac[:, :n_head] > tissue_min_mrayl).to(z_ac.dtype), dim=1).clamp(max=1.0)
-    coupled = head.gather(1, contact_sample[:, :1].expand(z_ac.shape[0], 1, -1)) > 0  # (N, 1, L)
+    coupled = head.gather(1, contact_sample[:, :1].expand(z_ac.shape[0], 1, -1)) > 0
     met = torch.nn.functional.pad(head, (0, 0, 0, z_ac.shape[1] - n_head), value=1.0) > 0
     z_ac = torch.where(met, z_ac, GEL_MRAYL)
     alpha = torch.where(met, alpha, 0.0)
     echo = torch.where(met, echo, 0.0)
     r = torch.zeros_like(z_ac)
     r[:, 1:] = (z_ac[:, 1:] - z_ac[:, :-1]) / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6)
+    step_cm = torch.zeros_like(dist)
+    step_cm[1:] = (dist[1:] - dist[:-1]) * 100.0
+    attenuation = (2 / DB_PER_NEPER) * alpha * frequency_mhz[:, None, None] * step_cm[None, :, None]
+    return r, torch.log((1 - r * r).clamp_min(1e-12)) - attenuation, echo, coupled
+
+
+def echo_db(
+    r: torch.Tensor,
+    log_loss: torch.Tensor,
+    echo: torch.Tensor,
+    coupled: torch.Tensor,
+    speckle_i: torch.Tensor,
+    speckle_q: torch.Tensor,
+    psf: torch.Tensor,
+) -> torch.Tensor:
+    """Received echo level in dB re a perfect mirror at the face, before TGC and gain.
+
+    r, log_loss, echo (N, S, L) and coupled (N, 1, L) from `reflection`; speckle_i/q (N, S, L)
+    from `speckle`; psf (K,) axial point-spread taps (odd K, peak 1). Uncoupled lines are dark.
+    Returns (N, S, L).
+    """
     half = psf.shape[0] // 2
     padded = torch.nn.functional.pad(r, (0, 0, half, half))
     blurred = sum(psf[k] * padded[:, k : k + r.shape[1]] for k in range(psf.shape[0]))
-    step_cm = torch.zeros_like(dist)
-    step_cm[1:] = (dist[1:] - dist[:-1]) * 100.0
-    transmit = torch.log((1 - r * r).clamp_min(1e-12))
-    # Log round-trip amplitude per step: transmission (1 - R) and attenuation 2 alpha f dz.
-    log_loss = transmit - (2 / DB_PER_NEPER) * alpha * frequency_mhz[:, None, None] * step_cm[None, :, None]
     # Exclusive of the sample's own interface: an echo is not dimmed by the jump it comes from.
-    path = torch.cumsum(log_loss, dim=1) - transmit
+    path = torch.cumsum(log_loss, dim=1) - torch.log((1 - r * r).clamp_min(1e-12))
     re = blurred + echo * speckle_i
     im = echo * speckle_q
     power = torch.where(coupled, re * re + im * im, 0.0)
@@ -299,12 +315,12 @@ class Renderer:
         self.contact_sample = reach[None, None, :].expand(1, int(reach.max()) + 1, -1)
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
         # scans (cumulative sums) and the axial filter from recomputing the lookups per tap.
-        stages = (sample_tissue, speckle, echo_db, to_image)
+        stages = (sample_tissue, speckle, reflection, echo_db, to_image)
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             torch._inductor.config.assert_indirect_indexing = False
             stages = tuple(torch.compile(f, dynamic=False) for f in stages)
-        self._sample_tissue, self._speckle, self._echo_db, self._to_image = stages
+        self._sample_tissue, self._speckle, self._reflection, self._echo_db, self._to_image = stages
 
     # -- set-up helpers
 
@@ -409,31 +425,42 @@ class Renderer:
         return poses.to(self.device, torch.float32), patient_idx, params
 
     def _line_geometry(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Scan lines of every environment in voxel units and in speckle-cell units."""
+        """Scan lines of every environment in voxel units and in speckle-cell units.
+
+        Returns line origins (3, N, E, L) and directions (3, N, L) in voxels, and the central
+        ray's origins and directions (3, N, L) in speckle cells: axis-major, so the fused
+        kernels read contiguous rows.
+        """
         probe_to_patient = pose_to_matrix(poses)  # (N, 3, 4)
         to_vox = self.bank.patient_to_voxel[patient_idx]  # (N, 3, 4)
         m = to_vox[:, :, :3] @ probe_to_patient  # probe frame -> voxel, (N, 3, 4)
         m[:, :, 3] += to_vox[:, :, 3]
-        origins = self.origins[None, None] + self.elevation[None, :, None, None] * torch.tensor([0.0, 1.0, 0.0], device=self.device)
-        line_origin = origins @ m[:, None, :, :3].transpose(-1, -2) + m[:, None, None, :, 3]  # (N, E, L, 3)
-        line_dir = self.dirs @ m[:, :, :3].transpose(-1, -2)  # (N, L, 3)
+        origins = self.origins[None] + self.elevation[:, None, None] * torch.tensor([0.0, 1.0, 0.0], device=self.device)
+        # Elementwise products and sums (not einsum/bmm), so each environment's numbers do not
+        # depend on the batch size: chunked and whole batches render identical speckle.
+        rot_v, t_v = m[:, :, :3], m[:, :, 3]
+        line_origin = (rot_v[:, None, None] * origins[None, :, :, None, :]).sum(-1) + t_v[:, None, None]  # (N, E, L, 3)
+        line_dir = (rot_v[:, None] * self.dirs[None, :, None, :]).sum(-1)  # (N, L, 3)
         rot, pos = probe_to_patient[:, :, :3], probe_to_patient[:, :, 3]
         scale = 1.0 / self.speckle_pitch_m
-        tile_origin = (self.origins @ rot.transpose(-1, -2) + pos[:, None]) * scale + self.patient_tile_offset[patient_idx][:, None]
-        tile_dir = (self.dirs @ rot.transpose(-1, -2)) * scale
-        return line_origin, line_dir, tile_origin, tile_dir
+        tile_origin = (rot[:, None] * self.origins[None, :, None, :]).sum(-1) * scale
+        tile_origin = tile_origin + (pos * scale + self.patient_tile_offset[patient_idx])[:, None]  # (N, L, 3)
+        tile_dir = (rot[:, None] * self.dirs[None, :, None, :]).sum(-1) * scale
+        line_origin, line_dir, tile_origin, tile_dir = (t.movedim(-1, 0) for t in (line_origin, line_dir, tile_origin, tile_dir))
+        return line_origin.contiguous(), line_dir.contiguous(), tile_origin.contiguous(), tile_dir.contiguous()
 
     def _lines(self, poses, patient_idx, frequency_mhz, tissue):
         line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(poses, patient_idx)
         coarse = self._sample_tissue(
             self.bank.tissue_flat, self.bank.offsets[patient_idx], self.bank.dims[patient_idx],
-            line_origin, line_dir, self.prop_dist, tissue,
+            line_origin, line_dir, self.prop_dist, tissue.permute(2, 0, 1).contiguous(),
+        )  # fmt: skip
+        reflected = self._reflection(
+            *coarse, self.prop_index, self.prop_weight, self.dist, frequency_mhz, self.contact_sample,
+            self.config.tissue_min_mrayl,
         )  # fmt: skip
         speckle_i, speckle_q = self._speckle(self.tile, tile_origin, tile_dir, self.dist)
-        return self._echo_db(
-            *coarse, self.prop_index, self.prop_weight, speckle_i, speckle_q, self.dist, frequency_mhz, self.psf,
-            self.contact_sample, self.config.tissue_min_mrayl,
-        )  # fmt: skip
+        return self._echo_db(*reflected, speckle_i, speckle_q, self.psf)
 
     def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db):
         level = self._lines(poses, patient_idx, frequency_mhz, tissue)
