@@ -54,9 +54,10 @@ class RendererConfig:
     conform_m: how far past its face a scan line may first meet tissue and still be coupled (the
         skin conforms to the pressed face; convex faces add their own curvature to it).
     speckle_cells, speckle_pitch_m, speckle_sigma_cells, speckle_seed: the scatterer tile, a
-        power-of-two number of cells per axis (pitch None: half the axial sample spacing).
+        power-of-two number of cells per axis (pitch None: the axial sample spacing); 64 cells
+        of 8 bytes stay in cache.
     property_step_m: spacing of the tissue lookups along a line, rounded to whole samples
-        (None: the finest voxel size in the bank); samples between are interpolated.
+        (None: 1.25 times the finest voxel size in the bank); samples between are interpolated.
     randomization: per-environment ranges for `Renderer.sample_params` (uniform):
         gain_db and echogenicity_db are additive, the *_scale entries multiplicative.
     chunk_samples: at most this many samples (environments x lines x samples per line) are in
@@ -69,9 +70,9 @@ class RendererConfig:
     dynamic_range_db: float = 60.0
     tissue_min_mrayl: float = 0.5
     conform_m: float = 0.002
-    speckle_cells: int = 128
+    speckle_cells: int = 64
     speckle_pitch_m: float | None = None
-    speckle_sigma_cells: float = 1.5
+    speckle_sigma_cells: float = 0.75
     speckle_seed: int = 0
     property_step_m: float | None = None
     randomization: dict = field(
@@ -84,7 +85,7 @@ class RendererConfig:
             "echogenicity_db": (-4.0, 4.0),
         }
     )
-    chunk_samples: int = 8_000_000
+    chunk_samples: int = 16_000_000
     compile: bool = False
 
     @classmethod
@@ -243,32 +244,39 @@ def echo_db(
     return (DB_PER_NEPER / 2) * torch.log(power.clamp_min(1e-30)) + DB_PER_NEPER * path
 
 
-def to_image(
+def compress(
     level_db: torch.Tensor,
     dist: torch.Tensor,
     frequency_mhz: torch.Tensor,
     gain_db: torch.Tensor,
     dynamic_range_db: torch.Tensor,
     tgc_db_cm_mhz: float,
-    scan_index: torch.Tensor | None,
-    scan_weight: torch.Tensor | None,
-    image_hw: tuple[int, int],
 ) -> torch.Tensor:
-    """TGC, gain, log compression to [0, 1] and scan conversion.
+    """TGC, gain and log compression over the dynamic range to [0, 1].
 
     level_db (N, S, L); dist (S,) metres; frequency_mhz, gain_db, dynamic_range_db (N,).
-    scan_index (H*W, 4) flat (sample, line) corners and scan_weight (H*W, 4) bilinear weights
-    (zero outside the field of view), or None when the grid already is the image.
-    Returns (N, H, W) in [0, 1].
+    Returns (N, S, L).
     """
     tgc = 2 * tgc_db_cm_mhz * frequency_mhz[:, None, None] * (dist * 100.0)[None, :, None]
     db = level_db + tgc + gain_db[:, None, None]
-    img = ((db + dynamic_range_db[:, None, None]) / dynamic_range_db[:, None, None]).clamp(0, 1)
-    if scan_index is None:
-        return img
-    n = img.shape[0]
-    corners = img.reshape(n, -1)[:, scan_index]  # (N, H*W, 4)
-    return (corners * scan_weight).sum(-1).reshape(n, *image_hw)
+    return ((db + dynamic_range_db[:, None, None]) / dynamic_range_db[:, None, None]).clamp(0, 1)
+
+
+def scan_convert(
+    lines: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixels: torch.Tensor, image_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Bilinear resampling of the (sample, line) grid (N, S, L) to the image (N, H, W).
+
+    index (C, M) flat (sample, line) corners and weight (C, M) their bilinear weights, one
+    contiguous row per corner, for the M output pixels `pixels` (M,) inside the field of view;
+    the other pixels are 0.
+    """
+    n = lines.shape[0]
+    flat = lines.reshape(n, -1)
+    values = sum(flat[:, index[c]] * weight[c] for c in range(index.shape[0]))
+    out = values.new_zeros(n, image_hw[0] * image_hw[1])
+    out[:, pixels] = values
+    return out.reshape(n, *image_hw)
 
 
 # ----------------------------------------------------------------------------- renderer
@@ -298,7 +306,7 @@ class Renderer:
         self.elevation = probe.elevation_offsets(dev)
         self.psf = self._axial_psf().to(dev)
         cfg = self.config
-        self.speckle_pitch_m = cfg.speckle_pitch_m or probe.sample_spacing_m / 2
+        self.speckle_pitch_m = cfg.speckle_pitch_m or probe.sample_spacing_m
         if cfg.speckle_cells < 8 or cfg.speckle_cells & (cfg.speckle_cells - 1):
             raise InputError(f"renderer speckle_cells: expected a power of two >= 8, got {cfg.speckle_cells}")
         self.tile = speckle_tile(cfg.speckle_cells, cfg.speckle_sigma_cells, cfg.speckle_seed, dev)
@@ -306,7 +314,7 @@ class Renderer:
         # Each patient sees the tile shifted by its own offset (cells), so patients differ.
         g = torch.Generator().manual_seed(cfg.speckle_seed + 1)
         self.patient_tile_offset = (torch.rand(len(bank), 3, generator=g) * cfg.speckle_cells).to(dev)
-        self.scan_index, self.scan_weight = self._scan_conversion()
+        self.scan_tables = self._scan_conversion()
         # A line is coupled if it meets tissue within conform_m past the lowest point of the face.
         sagitta = self.origins[:, 2].max() - self.origins[:, 2]
         reach = ((cfg.conform_m + sagitta) / probe.sample_spacing_m).floor().long()
@@ -315,12 +323,12 @@ class Renderer:
         self.contact_sample = reach[None, None, :].expand(1, int(reach.max()) + 1, -1)
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
         # scans (cumulative sums) and the axial filter from recomputing the lookups per tap.
-        stages = (sample_tissue, speckle, reflection, echo_db, to_image)
+        stages = (sample_tissue, speckle, reflection, echo_db, compress, scan_convert)
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             torch._inductor.config.assert_indirect_indexing = False
             stages = tuple(torch.compile(f, dynamic=False) for f in stages)
-        self._sample_tissue, self._speckle, self._reflection, self._echo_db, self._to_image = stages
+        self._sample_tissue, self._speckle, self._reflection, self._echo_db, self._compress, self._scan_convert = stages
 
     # -- set-up helpers
 
@@ -341,12 +349,11 @@ class Renderer:
         """Distances (P,) where tissue is sampled, and the (S,) index and weight that
         interpolate them to every sample.
 
-        Trilinear tissue is piecewise linear within a voxel, so sampling it every `k` samples
-        with k * spacing no coarser than the finest voxel (about) loses little and divides the
-        cost of the 8-corner lookups by k.
+        Trilinear tissue is piecewise linear within a voxel, so sampling it every `k` samples,
+        about a voxel apart, loses little and divides the cost of the 8-corner lookups by k.
         """
         p, cfg = self.probe, self.config
-        step = cfg.property_step_m or float(min(pt.spacing.min() for pt in self.bank.patients))
+        step = cfg.property_step_m or 1.25 * float(min(pt.spacing.min() for pt in self.bank.patients))
         k = max(1, round(step / p.sample_spacing_m))
         n_prop = -(-(p.n_samples - 1) // k) + 1
         prop_dist = torch.clamp(torch.arange(n_prop) * k * p.sample_spacing_m, max=p.depth_m)
@@ -355,20 +362,34 @@ class Renderer:
         weight = (pos - index) * (k * p.sample_spacing_m) / (prop_dist[index + 1] - prop_dist[index]).double()
         return prop_dist.float().to(self.device), index.to(self.device), weight.float().to(self.device)
 
-    def _scan_conversion(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _scan_conversion(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Bilinear scan-conversion tables: (C, M) flat (sample, line) corner indices, (C, M)
+        weights and (M,) the output pixels they fill (pixels outside the field of view stay 0).
+
+        Only the M pixels inside the field of view are computed, and only the C <= 4 corners
+        with a non-zero weight somewhere (two when image rows fall on samples). None when the
+        (sample, line) grid already is the image.
+        """
         p = self.probe
         if p.kind == "linear" and p.n_lines == p.image_width and p.n_samples == p.image_height:
-            return None, None
+            return None
         coords, inside = p.scan_coordinates()
-        s, l = coords[..., 0], coords[..., 1]
+        pixels = inside.reshape(-1).nonzero()[:, 0]
+        s, l = coords.reshape(-1, 2)[pixels].unbind(-1)
         s0 = s.floor().clamp(max=p.n_samples - 2)
         l0 = l.floor().clamp(max=p.n_lines - 2)
         fs, fl = s - s0, l - l0
         s0, l0 = s0.long(), l0.long()
         L = p.n_lines
-        index = torch.stack([s0 * L + l0, s0 * L + l0 + 1, (s0 + 1) * L + l0, (s0 + 1) * L + l0 + 1], -1)
-        weight = torch.stack([(1 - fs) * (1 - fl), (1 - fs) * fl, fs * (1 - fl), fs * fl], -1) * inside[..., None]
-        return index.reshape(-1, 4).to(self.device), weight.reshape(-1, 4).float().to(self.device)
+        index = torch.stack([s0 * L + l0, s0 * L + l0 + 1, (s0 + 1) * L + l0, (s0 + 1) * L + l0 + 1])
+        weight = torch.stack([(1 - fs) * (1 - fl), (1 - fs) * fl, fs * (1 - fl), fs * fl])
+        used = weight.abs().amax(dim=1) > 1e-9
+        index_t = torch.int32 if p.n_lines * p.n_samples < 2**31 else torch.int64
+        return (
+            index[used].contiguous().to(self.device, index_t),
+            weight[used].contiguous().float().to(self.device),
+            pixels.to(self.device, index_t),
+        )
 
     # -- parameters
 
@@ -465,10 +486,10 @@ class Renderer:
     def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db):
         level = self._lines(poses, patient_idx, frequency_mhz, tissue)
         hw = (self.probe.image_height, self.probe.image_width)
-        return self._to_image(
-            level, self.dist, frequency_mhz, gain_db, dynamic_range_db, self.config.tgc_db_cm_mhz,
-            self.scan_index, self.scan_weight, hw,
-        )  # fmt: skip
+        img = self._compress(level, self.dist, frequency_mhz, gain_db, dynamic_range_db, self.config.tgc_db_cm_mhz)
+        if self.scan_tables is None:
+            return img
+        return self._scan_convert(img, *self.scan_tables, hw)
 
     def _chunked(self, fn, *per_env: torch.Tensor) -> torch.Tensor:
         """Run `fn` over equal chunks of environments (padding the last), bounding memory.
