@@ -85,7 +85,7 @@ class RendererConfig:
             "echogenicity_db": (-4.0, 4.0),
         }
     )
-    chunk_samples: int = 16_000_000
+    chunk_samples: int = 8_000_000
     compile: bool = False
 
     @classmethod
@@ -112,6 +112,38 @@ class RenderParams:
 
 
 # ----------------------------------------------------------------------------- pure stages
+
+
+def line_geometry(
+    poses: torch.Tensor,
+    patient_to_voxel: torch.Tensor,
+    tile_offset: torch.Tensor,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    elevation: torch.Tensor,
+    speckle_pitch_m: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scan lines of every environment in voxel units and in speckle-cell units.
+
+    poses (N, 7) probe poses in the patient frame; patient_to_voxel (N, 3, 4) and tile_offset
+    (N, 3) of each environment's patient; origins and dirs (L, 3) scan lines in the probe frame;
+    elevation (E,) ray offsets along probe +y, metres.
+    Returns line origins (3, N, E, L) and directions (3, N, L) in voxels, and the central ray's
+    origins and directions (3, N, L) in speckle cells: axis-major, so the fused kernels read
+    contiguous rows. Products are summed elementwise (no batched matmul), so an environment's
+    numbers do not depend on the batch size: chunked batches render identical speckle.
+    """
+    probe = pose_to_matrix(poses)  # (N, 3, 4) probe -> patient
+    rot, pos = probe[:, :, :3], probe[:, :, 3]
+    to_vox = (patient_to_voxel[:, :, :3, None] * probe[:, None]).sum(2)  # (N, 3, 4) probe -> voxel
+    to_vox[:, :, 3] += patient_to_voxel[:, :, 3]
+    ray_origins = origins[None] + elevation[:, None, None] * torch.tensor([0.0, 1.0, 0.0], device=origins.device)
+    line_origin = (to_vox[:, None, None, :, :3] * ray_origins[None, :, :, None, :]).sum(-1) + to_vox[:, None, None, :, 3]
+    line_dir = (to_vox[:, None, :, :3] * dirs[None, :, None, :]).sum(-1)
+    scale = 1.0 / speckle_pitch_m
+    tile_origin = (rot[:, None] * origins[None, :, None, :]).sum(-1) * scale + (pos * scale + tile_offset)[:, None]
+    tile_dir = (rot[:, None] * dirs[None, :, None, :]).sum(-1) * scale
+    return tuple(t.movedim(-1, 0).contiguous() for t in (line_origin, line_dir, tile_origin, tile_dir))
 
 
 def sample_tissue(
@@ -236,8 +268,8 @@ def echo_db(
     half = psf.shape[0] // 2
     padded = torch.nn.functional.pad(r, (0, 0, half, half))
     blurred = sum(psf[k] * padded[:, k : k + r.shape[1]] for k in range(psf.shape[0]))
-    # Exclusive of the sample's own interface: an echo is not dimmed by the jump it comes from.
-    path = torch.cumsum(log_loss, dim=1) - torch.log((1 - r * r).clamp_min(1e-12))
+    # Exclusive: an echo is not dimmed by the interface it comes from (nor the last half step).
+    path = torch.cumsum(log_loss, dim=1) - log_loss
     re = blurred + echo * speckle_i
     im = echo * speckle_q
     power = torch.where(coupled, re * re + im * im, 0.0)
@@ -274,6 +306,8 @@ def scan_convert(
     n = lines.shape[0]
     flat = lines.reshape(n, -1)
     values = sum(flat[:, index[c]] * weight[c] for c in range(index.shape[0]))
+    if pixels.shape[0] == image_hw[0] * image_hw[1]:  # every pixel inside (linear probes)
+        return values.reshape(n, *image_hw)
     out = values.new_zeros(n, image_hw[0] * image_hw[1])
     out[:, pixels] = values
     return out.reshape(n, *image_hw)
@@ -323,12 +357,15 @@ class Renderer:
         self.contact_sample = reach[None, None, :].expand(1, int(reach.max()) + 1, -1)
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
         # scans (cumulative sums) and the axial filter from recomputing the lookups per tap.
-        stages = (sample_tissue, speckle, reflection, echo_db, compress, scan_convert)
+        stages = (line_geometry, sample_tissue, speckle, reflection, echo_db, compress, scan_convert)
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             torch._inductor.config.assert_indirect_indexing = False
             stages = tuple(torch.compile(f, dynamic=False) for f in stages)
-        self._sample_tissue, self._speckle, self._reflection, self._echo_db, self._compress, self._scan_convert = stages
+        (
+            self._line_geometry, self._sample_tissue, self._speckle, self._reflection, self._echo_db, self._compress,
+            self._scan_convert,
+        ) = stages  # fmt: skip
 
     # -- set-up helpers
 
@@ -341,7 +378,7 @@ class Renderer:
         """
         fwhm = self.probe.pulse_cycles * self.probe.wavelength_m / 2
         sigma = max(fwhm / 2.3548 / self.probe.sample_spacing_m, 1.0)
-        half = max(1, math.ceil(3 * sigma))
+        half = max(1, math.ceil(2 * sigma))  # taps beyond 2 sigma weigh about 1 %
         k = torch.arange(-half, half + 1, dtype=torch.float32)
         return torch.exp(-0.5 * (k / sigma) ** 2)
 
@@ -445,33 +482,12 @@ class Renderer:
             raise InputError(f"params.tissue: expected shape ({n}, {len(TISSUE_CLASSES)}, 3), got {tuple(params.tissue.shape)}")
         return poses.to(self.device, torch.float32), patient_idx, params
 
-    def _line_geometry(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Scan lines of every environment in voxel units and in speckle-cell units.
-
-        Returns line origins (3, N, E, L) and directions (3, N, L) in voxels, and the central
-        ray's origins and directions (3, N, L) in speckle cells: axis-major, so the fused
-        kernels read contiguous rows.
-        """
-        probe_to_patient = pose_to_matrix(poses)  # (N, 3, 4)
-        to_vox = self.bank.patient_to_voxel[patient_idx]  # (N, 3, 4)
-        m = to_vox[:, :, :3] @ probe_to_patient  # probe frame -> voxel, (N, 3, 4)
-        m[:, :, 3] += to_vox[:, :, 3]
-        origins = self.origins[None] + self.elevation[:, None, None] * torch.tensor([0.0, 1.0, 0.0], device=self.device)
-        # Elementwise products and sums (not einsum/bmm), so each environment's numbers do not
-        # depend on the batch size: chunked and whole batches render identical speckle.
-        rot_v, t_v = m[:, :, :3], m[:, :, 3]
-        line_origin = (rot_v[:, None, None] * origins[None, :, :, None, :]).sum(-1) + t_v[:, None, None]  # (N, E, L, 3)
-        line_dir = (rot_v[:, None] * self.dirs[None, :, None, :]).sum(-1)  # (N, L, 3)
-        rot, pos = probe_to_patient[:, :, :3], probe_to_patient[:, :, 3]
-        scale = 1.0 / self.speckle_pitch_m
-        tile_origin = (rot[:, None] * self.origins[None, :, None, :]).sum(-1) * scale
-        tile_origin = tile_origin + (pos * scale + self.patient_tile_offset[patient_idx])[:, None]  # (N, L, 3)
-        tile_dir = (rot[:, None] * self.dirs[None, :, None, :]).sum(-1) * scale
-        line_origin, line_dir, tile_origin, tile_dir = (t.movedim(-1, 0) for t in (line_origin, line_dir, tile_origin, tile_dir))
-        return line_origin.contiguous(), line_dir.contiguous(), tile_origin.contiguous(), tile_dir.contiguous()
 
     def _lines(self, poses, patient_idx, frequency_mhz, tissue):
-        line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(poses, patient_idx)
+        line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(
+            poses, self.bank.patient_to_voxel[patient_idx], self.patient_tile_offset[patient_idx], self.origins, self.dirs,
+            self.elevation, self.speckle_pitch_m,
+        )  # fmt: skip
         coarse = self._sample_tissue(
             self.bank.tissue_flat, self.bank.offsets[patient_idx], self.bank.dims[patient_idx],
             line_origin, line_dir, self.prop_dist, tissue.permute(2, 0, 1).contiguous(),
