@@ -42,6 +42,7 @@ from sim.ultrasound.tissue import TissueTable
 
 DB_PER_NEPER = 20.0 / math.log(10.0)
 GEL_MRAYL = 1.48  # coupling gel (water-like) between the face and the skin
+GEL_FILL_MRAYL = 1.2  # near the face, samples below this (air, mostly-air voxels) hold gel
 
 
 @dataclass
@@ -226,22 +227,23 @@ def reflection(
     prop_index and prop_weight (S,); dist (S,) metres; frequency_mhz (N,); contact_sample
     (1, H, L) int64, the last sample at which a line may first meet tissue and still count as
     coupled (the skin conforms to the face), with H > every entry (H sets how many head samples
-    are searched). Samples before a line meets tissue (impedance above `tissue_min_mrayl`) are
-    coupling gel.
+    are searched). Tissue is impedance above `tissue_min_mrayl`.
     Returns the amplitude reflection coefficient r, the log round-trip amplitude change
     (transmission ln(1 - r^2) and attenuation), the echo amplitude, all (N, S, L), and whether
     each line is coupled (N, 1, L).
     """
     z_ac, alpha, echo = (along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse))
-    # Only the first samples can hold the gel gap: a line that has not met tissue by its contact
-    # sample is dark anyway, so the scan for "tissue met yet" covers just that head.
+    # Near the face the skin conforms to the pressed probe and gel fills what air is left: within
+    # each line's contact reach, air and air-dominated partial voxels become gel. A line that
+    # meets no tissue within its reach is not coupled. Only the first H samples can be in reach.
     n_head = contact_sample.shape[1]
-    head = torch.cumsum((z_ac[:, :n_head] > tissue_min_mrayl).to(z_ac.dtype), dim=1).clamp(max=1.0)
-    coupled = head.gather(1, contact_sample[:, :1].expand(z_ac.shape[0], 1, -1)) > 0
-    met = torch.nn.functional.pad(head, (0, 0, 0, z_ac.shape[1] - n_head), value=1.0) > 0
-    z_ac = torch.where(met, z_ac, GEL_MRAYL)
-    alpha = torch.where(met, alpha, 0.0)
-    echo = torch.where(met, echo, 0.0)
+    head = z_ac[:, :n_head]
+    in_reach = torch.arange(n_head, device=z_ac.device)[None, :, None] <= contact_sample
+    coupled = ((head > tissue_min_mrayl) & in_reach).any(dim=1, keepdim=True)  # (N, 1, L)
+    fill = torch.nn.functional.pad((head < GEL_FILL_MRAYL) & in_reach, (0, 0, 0, z_ac.shape[1] - n_head), value=False)
+    z_ac = torch.where(fill, GEL_MRAYL, z_ac)
+    alpha = torch.where(fill, 0.0, alpha)
+    echo = torch.where(fill, 0.0, echo)
     r = torch.zeros_like(z_ac)
     r[:, 1:] = (z_ac[:, 1:] - z_ac[:, :-1]) / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6)
     step_cm = torch.zeros_like(dist)
