@@ -210,6 +210,26 @@ def along_lines(coarse: torch.Tensor, index: torch.Tensor, weight: torch.Tensor)
     return coarse[:, index] * (1 - weight)[None, :, None] + coarse[:, index + 1] * weight[None, :, None]
 
 
+def coupling(
+    z_coarse: torch.Tensor,
+    prop_index: torch.Tensor,
+    prop_weight: torch.Tensor,
+    dist: torch.Tensor,
+    contact_reach: torch.Tensor,
+    n_head: int,
+    tissue_min_mrayl: float,
+) -> torch.Tensor:
+    """Whether each line is coupled (N, 1, L): it meets tissue (impedance above
+    `tissue_min_mrayl`) within its contact reach, the skin conforming to the pressed face.
+
+    z_coarse (N, P, L) and prop_index/prop_weight (S,) as in `reflection`; dist (S,) metres;
+    contact_reach (L,) metres along each line, reached within the first (static) n_head samples.
+    """
+    z_head = along_lines(z_coarse, prop_index[:n_head], prop_weight[:n_head])
+    in_reach = dist[None, :n_head, None] <= contact_reach
+    return ((z_head > tissue_min_mrayl) & in_reach).any(dim=1, keepdim=True)
+
+
 def reflection(
     z_coarse: torch.Tensor,
     alpha_coarse: torch.Tensor,
@@ -218,38 +238,30 @@ def reflection(
     prop_weight: torch.Tensor,
     dist: torch.Tensor,
     frequency_mhz: torch.Tensor,
-    contact_sample: torch.Tensor,
-    tissue_min_mrayl: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    contact_reach: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reflection and loss per sample step, from the tissue along the lines.
 
     z/alpha/echo_coarse (N, P, L) from `sample_tissue`, interpolated to the S samples with
-    prop_index and prop_weight (S,); dist (S,) metres; frequency_mhz (N,); contact_sample
-    (1, H, L) int64, the last sample at which a line may first meet tissue and still count as
-    coupled (the skin conforms to the face), with H > every entry (H sets how many head samples
-    are searched). Tissue is impedance above `tissue_min_mrayl`.
+    prop_index and prop_weight (S,); dist (S,) metres; frequency_mhz (N,); contact_reach (L,)
+    metres, how far along each line the contact reaches.
     Returns the amplitude reflection coefficient r, the log round-trip amplitude change
-    (transmission ln(1 - r^2) and attenuation), the echo amplitude, all (N, S, L), and whether
-    each line is coupled (N, 1, L).
+    (transmission ln(1 - r^2) and attenuation) and the echo amplitude, all (N, S, L).
     """
     z_ac, alpha, echo = (along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse))
     # Near the face the skin conforms to the pressed probe and gel fills what air is left: within
-    # each line's contact reach, air and air-dominated partial voxels become gel. A line that
-    # meets no tissue within its reach is not coupled. Only the first H samples can be in reach.
-    n_head = contact_sample.shape[1]
-    head = z_ac[:, :n_head]
-    in_reach = torch.arange(n_head, device=z_ac.device)[None, :, None] <= contact_sample
-    coupled = ((head > tissue_min_mrayl) & in_reach).any(dim=1, keepdim=True)  # (N, 1, L)
-    fill = torch.nn.functional.pad((head < GEL_FILL_MRAYL) & in_reach, (0, 0, 0, z_ac.shape[1] - n_head), value=False)
-    z_ac = torch.where(fill, GEL_MRAYL, z_ac)
-    alpha = torch.where(fill, 0.0, alpha)
-    echo = torch.where(fill, 0.0, echo)
+    # each line's contact reach, air and air-dominated partial voxels become gel.
+    in_reach = (dist[None, :, None] <= contact_reach).to(z_ac.dtype)  # (1, S, L); float: cheaper masks
+    keep = 1.0 - in_reach * (z_ac < GEL_FILL_MRAYL).to(z_ac.dtype)
+    z_ac = z_ac * keep + GEL_MRAYL * (1.0 - keep)
+    alpha = alpha * keep
+    echo = echo * keep
     r = torch.zeros_like(z_ac)
     r[:, 1:] = (z_ac[:, 1:] - z_ac[:, :-1]) / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6)
     step_cm = torch.zeros_like(dist)
     step_cm[1:] = (dist[1:] - dist[:-1]) * 100.0
     attenuation = (2 / DB_PER_NEPER) * alpha * frequency_mhz[:, None, None] * step_cm[None, :, None]
-    return r, torch.log((1 - r * r).clamp_min(1e-12)) - attenuation, echo, coupled
+    return r, torch.log((1 - r * r).clamp_min(1e-12)) - attenuation, echo
 
 
 def echo_db(
@@ -263,7 +275,7 @@ def echo_db(
 ) -> torch.Tensor:
     """Received echo level in dB re a perfect mirror at the face, before TGC and gain.
 
-    r, log_loss, echo (N, S, L) and coupled (N, 1, L) from `reflection`; speckle_i/q (N, S, L)
+    r, log_loss, echo (N, S, L) from `reflection`; coupled (N, 1, L) from `coupling`; speckle_i/q (N, S, L)
     from `speckle`; psf (K,) axial point-spread taps (odd K, peak 1). Uncoupled lines are dark.
     Returns (N, S, L).
     """
@@ -353,20 +365,18 @@ class Renderer:
         self.scan_tables = self._scan_conversion()
         # A line is coupled if it meets tissue within conform_m past the lowest point of the face.
         sagitta = self.origins[:, 2].max() - self.origins[:, 2]
-        reach = ((cfg.conform_m + sagitta) / probe.sample_spacing_m).floor().long()
-        reach = reach.clamp(0, probe.n_samples - 1)
-        # Shape (1, H, L) with H = max reach + 1, so the head length is static for compilation.
-        self.contact_sample = reach[None, None, :].expand(1, int(reach.max()) + 1, -1)
+        self.contact_reach = cfg.conform_m + sagitta  # (L,) metres along each line
+        self.n_head = int((self.dist <= self.contact_reach.max()).sum())  # samples that can be in reach
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
-        # scans (cumulative sums) and the axial filter from recomputing the lookups per tap.
-        stages = (line_geometry, sample_tissue, speckle, reflection, echo_db, compress, scan_convert)
+        # scans (cumulative sums), reductions and the axial filter from recomputing the lookups.
+        stages = (line_geometry, sample_tissue, speckle, coupling, reflection, echo_db, compress, scan_convert)
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             torch._inductor.config.assert_indirect_indexing = False
             stages = tuple(torch.compile(f, dynamic=False) for f in stages)
         (
-            self._line_geometry, self._sample_tissue, self._speckle, self._reflection, self._echo_db, self._compress,
-            self._scan_convert,
+            self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._reflection, self._echo_db,
+            self._compress, self._scan_convert,
         ) = stages  # fmt: skip
 
     # -- set-up helpers
@@ -495,11 +505,14 @@ class Renderer:
             line_origin, line_dir, self.prop_dist, tissue.permute(2, 0, 1).contiguous(),
         )  # fmt: skip
         reflected = self._reflection(
-            *coarse, self.prop_index, self.prop_weight, self.dist, frequency_mhz, self.contact_sample,
+            *coarse, self.prop_index, self.prop_weight, self.dist, frequency_mhz, self.contact_reach
+        )  # fmt: skip
+        coupled = self._coupling(
+            coarse[0], self.prop_index, self.prop_weight, self.dist, self.contact_reach, self.n_head,
             self.config.tissue_min_mrayl,
         )  # fmt: skip
         speckle_i, speckle_q = self._speckle(self.tile, tile_origin, tile_dir, self.dist)
-        return self._echo_db(*reflected, speckle_i, speckle_q, self.psf)
+        return self._echo_db(*reflected, coupled, speckle_i, speckle_q, self.psf)
 
     def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db):
         level = self._lines(poses, patient_idx, frequency_mhz, tissue)
