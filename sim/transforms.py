@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from sim.errors import InputError
+
 
 def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """Rotation matrices (..., 3, 3) from quaternions (..., 4) in (w, x, y, z); normalises q."""
@@ -41,3 +43,13 @@ def matrix_to_quat(m: torch.Tensor) -> torch.Tensor:
 def pose_to_matrix(pose: torch.Tensor) -> torch.Tensor:
     """Homogeneous-free (..., 3, 4) [R | t] from poses (..., 7)."""
     return torch.cat([quat_to_matrix(pose[..., 3:]), pose[..., :3, None]], -1)
+
+
+def check_poses(poses: torch.Tensor) -> None:
+    """Raise `InputError` unless poses is (N, 7), finite, with non-zero quaternions."""
+    if poses.ndim != 2 or poses.shape[1] != 7:
+        raise InputError(f"poses: expected shape (N, 7) (position xyz, quaternion wxyz), got {tuple(poses.shape)}")
+    if not torch.isfinite(poses).all():
+        raise InputError("poses: expected finite values, got NaN or infinity")
+    if (poses[:, 3:].norm(dim=-1) < 1e-6).any():
+        raise InputError("poses: expected non-zero quaternions (w, x, y, z)")

@@ -20,7 +20,7 @@ from scipy import ndimage
 from sim.anatomy.patient import Patient
 from sim.anatomy.tissue_map import TissueMap
 from sim.anatomy.tissues import TISSUE_CLASSES, TISSUE_ID
-from sim.errors import InputError
+from sim.errors import InputError, check_keys
 
 Range = tuple[float, float]
 
@@ -81,10 +81,8 @@ class PhantomParams:
     def from_dict(cls, overrides: Mapping[str, object] | None) -> "PhantomParams":
         """Defaults with `overrides` (e.g. the `params` block of conf/patient/phantom.yaml) applied."""
         overrides = dict(overrides or {})
+        check_keys(overrides, cls, "phantom params")
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - set(known))
-        if unknown:
-            raise InputError(f"phantom params {unknown}: unknown; expected names among {sorted(known)}")
         values = {}
         for key, value in overrides.items():
             try:

@@ -25,6 +25,7 @@ import torch
 
 from sim.anatomy.bank import PatientBank
 from sim.errors import InputError
+from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import RenderParams
 from sim.ultrasound.slicing import PlaneSlicer
@@ -120,12 +121,7 @@ class LearnedRenderer:
         return y[:, 0].float().clamp(0.0, 1.0) * self.inside
 
     def _check(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if poses.ndim != 2 or poses.shape[1] != 7:
-            raise InputError(f"poses: expected shape (N, 7) (position xyz, quaternion wxyz), got {tuple(poses.shape)}")
-        if not torch.isfinite(poses).all():
-            raise InputError("poses: expected finite values, got NaN or infinity")
-        if (poses[:, 3:].norm(dim=-1) < 1e-6).any():
-            raise InputError("poses: expected non-zero quaternions (w, x, y, z)")
+        check_poses(poses)
         patient_idx = self.bank.check_index(patient_idx, poses.shape[0])
         return poses.to(self.bank.device, torch.float32), patient_idx
 

@@ -8,14 +8,14 @@ phased probes fan out from the face centre (radius 0). Metres and radians throug
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 import yaml
 
-from sim.errors import InputError
+from sim.errors import InputError, check_keys
 
 PROBE_PRESETS = Path(__file__).resolve().parents[2] / "conf" / "probe"
 KINDS = ("linear", "convex", "phased")
@@ -79,10 +79,7 @@ class ProbeSpec:
 
     @classmethod
     def from_dict(cls, cfg: Mapping) -> "ProbeSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"probe config keys {unknown}: expected keys among {sorted(known)}")
+        check_keys(cfg, cls, "probe config")
         return cls(**dict(cfg))
 
     def to_dict(self) -> dict:

@@ -27,15 +27,15 @@ kernels on CUDA (`RendererConfig.compile`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch._inductor.config
 
 from sim.anatomy.bank import PatientBank
 from sim.anatomy.tissues import TISSUE_CLASSES
-from sim.errors import InputError
-from sim.transforms import pose_to_matrix
+from sim.errors import InputError, check_keys
+from sim.transforms import check_poses, pose_to_matrix
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.speckle import speckle_tile
 from sim.ultrasound.tissue import TissueTable
@@ -91,10 +91,7 @@ class RendererConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "RendererConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"renderer config keys {unknown}: expected keys among {sorted(known)}")
+        check_keys(cfg, cls, "renderer config")
         return cls(**dict(cfg))
 
 
@@ -481,12 +478,7 @@ class Renderer:
     # -- rendering
 
     def _check(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None) -> tuple:
-        if poses.ndim != 2 or poses.shape[1] != 7:
-            raise InputError(f"poses: expected shape (N, 7) (position xyz, quaternion wxyz), got {tuple(poses.shape)}")
-        if not torch.isfinite(poses).all():
-            raise InputError("poses: expected finite values, got NaN or infinity")
-        if (poses[:, 3:].norm(dim=-1) < 1e-6).any():
-            raise InputError("poses: expected non-zero quaternions (w, x, y, z)")
+        check_poses(poses)
         n = poses.shape[0]
         patient_idx = self.bank.check_index(patient_idx, n)
         params = params or self.default_params(n)
