@@ -128,3 +128,23 @@ def test_speckle_is_fixed_in_the_patient_frame():
 
     assert corr(a, moved) > 0.9
     assert abs(corr(a, elsewhere)) < 0.2
+
+
+def test_elevation_thickness_averages_across_the_slice():
+    """A thin bone plate beside the image plane shows only when the slice is thick enough."""
+    spacing = 0.0002
+    patient = slab_patient([("soft_tissue", 150)], 200, spacing)
+    # Plate 20 mm deep, 0.6 mm thick along z (elevation), centred 1 mm beside the image plane.
+    z_centre = 100 + int(0.001 / spacing)
+    patient.tissue[:, 100:105, z_centre - 1 : z_centre + 2] = TISSUE_ID["bone"]
+    bank = PatientBank([patient])
+    quiet = TissueTable.load().replace(soft_tissue={"echogenicity_db": None, "attenuation_db_cm_mhz": 0.0})
+
+    def peak_echo(elevation_m: float, rays: int) -> float:
+        probe = ProbeSpec(kind="linear", depth_m=0.025, width_m=0.01, image_height=120, image_width=16,
+                          elevation_m=elevation_m, elevation_rays=rays)  # fmt: skip
+        r = Renderer(bank, probe, quiet, RendererConfig(tgc_db_cm_mhz=0.0))
+        return envelope(r.render_lines(poses_at(0.001), torch.zeros(1, dtype=torch.long))).max().item()
+
+    assert peak_echo(0.0, 1) < 1e-3  # a thin beam misses the plate
+    assert peak_echo(0.004, 5) > 0.05  # a 4 mm slice catches it
