@@ -5,8 +5,6 @@ Test patients are small slabs of tissue built here; the probe looks down +y (ant
 back, as it does on a prone patient.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch

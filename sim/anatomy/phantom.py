@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from sim.anatomy.patient import Patient
 from sim.anatomy.tissue_map import TissueMap
-from sim.anatomy.tissues import TISSUE_CLASSES, TISSUE_ID
+from sim.anatomy.tissues import TISSUE_CLASSES
 from sim.errors import InputError, check_keys
 
 Range = tuple[float, float]

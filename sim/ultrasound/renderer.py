@@ -20,8 +20,8 @@ patients or tissue classes):
    conversion of sector (convex, phased) images.
 
 Steps 1-7 work in the log domain, so (1 - R) and attenuation become one cumulative sum. The
-functions below are pure tensor code; `torch.compile` fuses them into a few loops on CPU and
-kernels on CUDA (`RendererConfig.compile`).
+stages are pure tensor functions in `stages.py`; `torch.compile` fuses each into a few loops on
+CPU and kernels on CUDA (`RendererConfig.compile`).
 """
 
 from __future__ import annotations
@@ -35,14 +35,21 @@ import torch._inductor.config
 from sim.anatomy.bank import PatientBank
 from sim.anatomy.tissues import TISSUE_CLASSES
 from sim.errors import InputError, check_keys
-from sim.transforms import check_poses, pose_to_matrix
+from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.speckle import speckle_tile
+from sim.ultrasound.stages import (
+    compress,
+    coupling,
+    echo_db,
+    line_geometry,
+    reflection,
+    sample_tissue,
+    scan_convert,
+    speckle,
+)
 from sim.ultrasound.tissue import TissueTable
 
-DB_PER_NEPER = 20.0 / math.log(10.0)
-GEL_MRAYL = 1.48  # coupling gel (water-like) between the face and the skin
-GEL_FILL_MRAYL = 1.2  # near the face, samples below this (air, mostly-air voxels) hold gel
 
 
 @dataclass
@@ -109,222 +116,6 @@ class RenderParams:
     tissue: torch.Tensor
 
 
-# ----------------------------------------------------------------------------- pure stages
-
-
-def line_geometry(
-    poses: torch.Tensor,
-    patient_to_voxel: torch.Tensor,
-    tile_offset: torch.Tensor,
-    origins: torch.Tensor,
-    dirs: torch.Tensor,
-    elevation: torch.Tensor,
-    speckle_pitch_m: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scan lines of every environment in voxel units and in speckle-cell units.
-
-    poses (N, 7) probe poses in the patient frame; patient_to_voxel (N, 3, 4) and tile_offset
-    (N, 3) of each environment's patient; origins and dirs (L, 3) scan lines in the probe frame;
-    elevation (E,) ray offsets along probe +y, metres.
-    Returns line origins (3, N, E, L) and directions (3, N, L) in voxels, and the central ray's
-    origins and directions (3, N, L) in speckle cells: axis-major, so the fused kernels read
-    contiguous rows. Products are summed elementwise (no batched matmul), so an environment's
-    numbers do not depend on the batch size: chunked batches render identical speckle.
-    """
-    probe = pose_to_matrix(poses)  # (N, 3, 4) probe -> patient
-    rot, pos = probe[:, :, :3], probe[:, :, 3]
-    to_vox = (patient_to_voxel[:, :, :3, None] * probe[:, None]).sum(2)  # (N, 3, 4) probe -> voxel
-    to_vox[:, :, 3] += patient_to_voxel[:, :, 3]
-    ray_origins = origins[None] + elevation[:, None, None] * torch.tensor([0.0, 1.0, 0.0], device=origins.device)
-    line_origin = (to_vox[:, None, None, :, :3] * ray_origins[None, :, :, None, :]).sum(-1) + to_vox[:, None, None, :, 3]
-    line_dir = (to_vox[:, None, :, :3] * dirs[None, :, None, :]).sum(-1)
-    scale = 1.0 / speckle_pitch_m
-    tile_origin = (rot[:, None] * origins[None, :, None, :]).sum(-1) * scale + (pos * scale + tile_offset)[:, None]
-    tile_dir = (rot[:, None] * dirs[None, :, None, :]).sum(-1) * scale
-    return tuple(t.movedim(-1, 0).contiguous() for t in (line_origin, line_dir, tile_origin, tile_dir))
-
-
-def sample_tissue(
-    tissue_flat: torch.Tensor,
-    block_offset: torch.Tensor,
-    dims: torch.Tensor,
-    line_origin: torch.Tensor,
-    line_dir: torch.Tensor,
-    dist: torch.Tensor,
-    table: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Trilinear tissue properties along every scan line.
-
-    tissue_flat (V,) uint8; block_offset (N,) and dims (N, 3) locate each environment's padded
-    volume; line_origin (3, N, E, L) and line_dir (3, N, L) are scan lines in voxel units for E
-    elevation rays, one contiguous block per axis (so fused loops vectorise over lines); dist
-    (P,) distances along the lines in metres; table (3, N, C) contiguous: impedance, attenuation
-    and echo amplitude per environment and class.
-    Returns impedance (MRayl), attenuation (dB/cm/MHz) and echo amplitude, each (N, P, L),
-    averaged over the elevation rays.
-    """
-    n, n_classes = table.shape[1], table.shape[2]
-    idx_t = torch.int32 if tissue_flat.numel() < 2**31 - 1 else torch.int64
-    d = dist[None, None, :, None]  # (1, 1, P, 1)
-    hi = (dims - 1).to(dist.dtype) - 1e-3
-    x, y, z = (  # (N, E, P, L) each
-        torch.minimum((line_origin[a][:, :, None] + line_dir[a][:, None, None] * d).clamp_min(0), hi[:, a, None, None, None])
-        for a in range(3)
-    )
-    x0, y0, z0 = x.floor(), y.floor(), z.floor()
-    fx, fy, fz = x - x0, y - y0, z - z0
-    s_i = (dims[:, 1] * dims[:, 2]).to(idx_t)[:, None, None, None]
-    s_j = dims[:, 2].to(idx_t)[:, None, None, None]
-    base = block_offset.to(idx_t)[:, None, None, None] + x0.to(idx_t) * s_i + y0.to(idx_t) * s_j + z0.to(idx_t)
-    row = (torch.arange(n, device=table.device, dtype=idx_t) * n_classes)[:, None, None, None]
-    columns = [table[c].reshape(-1) for c in range(3)]  # (N*C,) each
-    props = [0.0, 0.0, 0.0]
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * (fz if dz else 1 - fz)
-                cls = tissue_flat[base + dx * s_i + dy * s_j + dz].to(idx_t) + row
-                props = [acc + col[cls] * w for acc, col in zip(props, columns)]
-    return tuple(v.mean(1) for v in props)
-
-
-def speckle(tile: torch.Tensor, tile_origin: torch.Tensor, tile_dir: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-phase and quadrature speckle (N, S, L) at the nearest cell of the periodic tile.
-
-    tile (T^3, 2) with T a power of two; tile_origin (3, N, L) and tile_dir (3, N, L) are the
-    central ray of each line in tile-cell units, one block per axis; dist (S,) metres.
-    """
-    cells = round(tile.shape[0] ** (1 / 3))
-    mask = cells - 1  # power-of-two period: a bitwise and instead of an integer modulo
-    d = dist[None, :, None]
-    c = [(tile_origin[a][:, None] + tile_dir[a][:, None] * d).floor().to(torch.int32) & mask for a in range(3)]
-    k = (c[0] * cells + c[1]) * cells + c[2]
-    return tile[:, 0][k], tile[:, 1][k]
-
-
-def along_lines(coarse: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation (N, P, L) -> (N, S, L) along the lines; index, weight (S,)."""
-    return coarse[:, index] * (1 - weight)[None, :, None] + coarse[:, index + 1] * weight[None, :, None]
-
-
-def coupling(
-    z_coarse: torch.Tensor,
-    prop_index: torch.Tensor,
-    prop_weight: torch.Tensor,
-    dist: torch.Tensor,
-    contact_reach: torch.Tensor,
-    n_head: int,
-    tissue_min_mrayl: float,
-) -> torch.Tensor:
-    """Whether each line is coupled (N, 1, L): it meets tissue (impedance above
-    `tissue_min_mrayl`) within its contact reach, the skin conforming to the pressed face.
-
-    z_coarse (N, P, L) and prop_index/prop_weight (S,) as in `reflection`; dist (S,) metres;
-    contact_reach (L,) metres along each line, reached within the first (static) n_head samples.
-    """
-    z_head = along_lines(z_coarse, prop_index[:n_head], prop_weight[:n_head])
-    in_reach = dist[None, :n_head, None] <= contact_reach
-    return ((z_head > tissue_min_mrayl) & in_reach).any(dim=1, keepdim=True)
-
-
-def reflection(
-    z_coarse: torch.Tensor,
-    alpha_coarse: torch.Tensor,
-    echo_coarse: torch.Tensor,
-    prop_index: torch.Tensor,
-    prop_weight: torch.Tensor,
-    dist: torch.Tensor,
-    frequency_mhz: torch.Tensor,
-    contact_reach: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reflection and loss per sample step, from the tissue along the lines.
-
-    z/alpha/echo_coarse (N, P, L) from `sample_tissue`, interpolated to the S samples with
-    prop_index and prop_weight (S,); dist (S,) metres; frequency_mhz (N,); contact_reach (L,)
-    metres, how far along each line the contact reaches.
-    Returns the amplitude reflection coefficient r, the log round-trip amplitude change
-    (transmission ln(1 - r^2) and attenuation) and the echo amplitude, all (N, S, L).
-    """
-    z_ac, alpha, echo = (along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse))
-    # Near the face the skin conforms to the pressed probe and gel fills what air is left: within
-    # each line's contact reach, air and air-dominated partial voxels become gel.
-    in_reach = (dist[None, :, None] <= contact_reach).to(z_ac.dtype)  # (1, S, L); float: cheaper masks
-    keep = 1.0 - in_reach * (z_ac < GEL_FILL_MRAYL).to(z_ac.dtype)
-    z_ac = z_ac * keep + GEL_MRAYL * (1.0 - keep)
-    alpha = alpha * keep
-    echo = echo * keep
-    r = torch.zeros_like(z_ac)
-    r[:, 1:] = (z_ac[:, 1:] - z_ac[:, :-1]) / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6)
-    step_cm = torch.zeros_like(dist)
-    step_cm[1:] = (dist[1:] - dist[:-1]) * 100.0
-    attenuation = (2 / DB_PER_NEPER) * alpha * frequency_mhz[:, None, None] * step_cm[None, :, None]
-    return r, torch.log((1 - r * r).clamp_min(1e-12)) - attenuation, echo
-
-
-def echo_db(
-    r: torch.Tensor,
-    log_loss: torch.Tensor,
-    echo: torch.Tensor,
-    coupled: torch.Tensor,
-    speckle_i: torch.Tensor,
-    speckle_q: torch.Tensor,
-    psf: torch.Tensor,
-) -> torch.Tensor:
-    """Received echo level in dB re a perfect mirror at the face, before TGC and gain.
-
-    r, log_loss, echo (N, S, L) from `reflection`; coupled (N, 1, L) from `coupling`; speckle_i/q (N, S, L)
-    from `speckle`; psf (K,) axial point-spread taps (odd K, peak 1). Uncoupled lines are dark.
-    Returns (N, S, L).
-    """
-    half = psf.shape[0] // 2
-    padded = torch.nn.functional.pad(r, (0, 0, half, half))
-    blurred = sum(psf[k] * padded[:, k : k + r.shape[1]] for k in range(psf.shape[0]))
-    # Exclusive: an echo is not dimmed by the interface it comes from (nor the last half step).
-    path = torch.cumsum(log_loss, dim=1) - log_loss
-    re = blurred + echo * speckle_i
-    im = echo * speckle_q
-    power = torch.where(coupled, re * re + im * im, 0.0)
-    return (DB_PER_NEPER / 2) * torch.log(power.clamp_min(1e-30)) + DB_PER_NEPER * path
-
-
-def compress(
-    level_db: torch.Tensor,
-    dist: torch.Tensor,
-    frequency_mhz: torch.Tensor,
-    gain_db: torch.Tensor,
-    dynamic_range_db: torch.Tensor,
-    tgc_db_cm_mhz: float,
-) -> torch.Tensor:
-    """TGC, gain and log compression over the dynamic range to [0, 1].
-
-    level_db (N, S, L); dist (S,) metres; frequency_mhz, gain_db, dynamic_range_db (N,).
-    Returns (N, S, L).
-    """
-    tgc = 2 * tgc_db_cm_mhz * frequency_mhz[:, None, None] * (dist * 100.0)[None, :, None]
-    db = level_db + tgc + gain_db[:, None, None]
-    return ((db + dynamic_range_db[:, None, None]) / dynamic_range_db[:, None, None]).clamp(0, 1)
-
-
-def scan_convert(
-    lines: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixels: torch.Tensor, image_hw: tuple[int, int]
-) -> torch.Tensor:
-    """Bilinear resampling of the (sample, line) grid (N, S, L) to the image (N, H, W).
-
-    index (C, M) flat (sample, line) corners and weight (C, M) their bilinear weights, one
-    contiguous row per corner, for the M output pixels `pixels` (M,) inside the field of view;
-    the other pixels are 0.
-    """
-    n = lines.shape[0]
-    flat = lines.reshape(n, -1)
-    values = sum(flat[:, index[c]] * weight[c] for c in range(index.shape[0]))
-    if pixels.shape[0] == image_hw[0] * image_hw[1]:  # every pixel inside (linear probes)
-        return values.reshape(n, *image_hw)
-    out = values.new_zeros(n, image_hw[0] * image_hw[1])
-    out[:, pixels] = values
-    return out.reshape(n, *image_hw)
-
-
-# ----------------------------------------------------------------------------- renderer
 
 
 class Renderer:
