@@ -7,7 +7,7 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from sim.anatomy.phantom import TISSUE_HU, PhantomParams, make_phantom
+from sim.anatomy.phantom import CANCELLOUS_HU, TISSUE_HU, PhantomParams, make_phantom
 from sim.anatomy.tissues import TISSUE_ID
 from sim.errors import InputError
 
@@ -74,9 +74,14 @@ def test_vertebrae_connected_and_ordered(phantom):
 
 def test_ct_per_tissue(phantom):
     p = phantom
-    for name in ["fat", "muscle", "bone", "water", "blood", "air", "liver", "kidney", "skin"]:
+    for name in ["fat", "muscle", "water", "blood", "air", "liver", "kidney", "skin"]:
         values = p.ct[p.tissue == TISSUE_ID[name]]
         assert abs(np.median(values) - TISSUE_HU[name]) < 15, name
+    # Bone is a cortical shell (TISSUE_HU) around cancellous vertebral bodies (CANCELLOUS_HU).
+    bone = p.ct[p.tissue == TISSUE_ID["bone"]]
+    split = (TISSUE_HU["bone"] + CANCELLOUS_HU) / 2
+    assert abs(np.median(bone[bone > split]) - TISSUE_HU["bone"]) < 15
+    assert abs(np.median(bone[bone <= split]) - CANCELLOUS_HU) < 15
     assert 5 < np.std(p.ct[p.tissue == TISSUE_ID["fat"]]) < 20  # mild noise
 
 

@@ -107,7 +107,7 @@ def _lamina(points: np.ndarray, centre: np.ndarray, axes: np.ndarray, side: floa
     half_width = np.percentile(np.abs(q[body, 2]), 99)
     lo, hi = cut + np.array(_LAMINA_BAND) * (tip - cut)
     lateral = side * q[:, 2]
-    sel = (q[:, 1] >= lo) & (q[:, 1] <= hi) & (lateral >= 0.004) & (lateral <= 0.8 * half_width)
+    sel = (q[:, 1] >= lo) & (q[:, 1] <= hi) & (lateral >= 0.004) & (lateral <= 0.5 * half_width)
     return points[sel].mean(0) if sel.any() else None
 
 

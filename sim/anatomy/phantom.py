@@ -320,7 +320,8 @@ def _vertebra_solids(v: _Vertebra) -> tuple[_Solid, list[_Solid]]:
         pedicle = (v.point((side * xp, -(D - 3), 0)), v.point((side * xp, arch_y - 1, 0)))
         parts.append(_segment("cylinder", *pedicle, ex, (4.5 * k, 7.0 * k)))
         lamina = (v.point((side * xp, arch_y, 0)), v.point((0, arch_y - 7 * k, 0)))
-        parts.append(_segment("box", *lamina, ez, (0.8 * H, 2.5 * k), extend=2.0))
+        # Half-height 0.4 H: laminae ~22 mm tall leave the interlaminar gaps a paramedian view shows.
+        parts.append(_segment("box", *lamina, ez, (0.4 * H, 2.5 * k), extend=2.0))
         tp_len, tp_ap, tp_h = v.tp
         tp_root = v.point((side * (xp + 2), -(D + cry), 0))
         parts.append(_segment("box", tp_root, tp_root + side * ex * tp_len, ez, (tp_h, tp_ap), extend=1.0))
@@ -335,7 +336,7 @@ def _vertebra_solids(v: _Vertebra) -> tuple[_Solid, list[_Solid]]:
     beta = np.deg2rad(v.spin_deg)
     root = v.point((0, arch_y - 5 * k, 0))
     tip = root + v.spin_len * (R @ np.array([0.0, -np.cos(beta), -np.sin(beta)]))
-    parts.append(_segment("box", root, tip, ex, (3.0 * k, 0.65 * H)))
+    parts.append(_segment("box", root, tip, ex, (3.0 * k, 0.45 * H)))  # ~24 mm tall: interspinous gaps
     return body, parts
 
 
