@@ -1,0 +1,22 @@
+"""scripts/benchmark.py runs end to end and prints the JSON fields BENCHMARKS.md relies on."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_render_benchmark_prints_one_json_object(tmp_path):
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "benchmark.py"), "render", "--probe", "convex", "--batch", "3",
+        "--height", "32", "--width", "32", "--repeats", "1", "--spacing-mm", "4", "--no-compile", "--json",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SONOLAB_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("images_per_s", "ms_per_batch", "peak_rss_mb", "device", "threads"):
+        assert key in result
+    assert result["batch"] == 3 and result["images_per_s"] > 0 and result["device"] == "cpu"
