@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
-    for p in (r,):
-        p.add_argument("--json", action="store_true", help="print only the JSON result")
+    r.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
     result = {"render": bench_render}[args.what](args)
     if not args.json:
