@@ -12,22 +12,13 @@ import pytest
 
 from sim.anatomy.loaders import load_class_map, load_dicom, load_nifti
 from sim.errors import InputError
-
-
-def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    nib.save(nib.Nifti1Image(data, affine), path)
-    return path
+from niftis import crop_pair, save_nifti
 
 
 @pytest.fixture
 def small_pair(real_ct: Path, real_seg: Path, tmp_path: Path) -> tuple[Path, Path, nib.Nifti1Image, nib.Nifti1Image]:
     """A 40 x 40 x 20 crop of the real CT and labels (fast to load), plus their images."""
-    ct_img, seg_img = nib.load(real_ct), nib.load(real_seg)
-    box = (slice(40, 80), slice(20, 60), slice(60, 80))
-    shift = np.eye(4)
-    shift[:3, 3] = [s.start for s in box]
-    ct = _save(np.asanyarray(ct_img.dataobj)[box], ct_img.affine @ shift, tmp_path / "ct.nii.gz")
-    seg = _save(np.asanyarray(seg_img.dataobj)[box], seg_img.affine @ shift, tmp_path / "seg.nii.gz")
+    ct, seg = crop_pair(real_ct, real_seg, (slice(40, 80), slice(20, 60), slice(60, 80)), tmp_path)
     return ct, seg, nib.load(ct), nib.load(seg)
 
 
@@ -63,12 +54,12 @@ def test_corrupt_nifti(small_pair, tmp_path: Path, damage: str) -> None:
 def test_label_grid_differs_from_ct(small_pair, tmp_path: Path) -> None:
     ct, seg, _, seg_img = small_pair
     data = np.asanyarray(seg_img.dataobj)
-    cropped = _save(data[:, :, :-1], seg_img.affine, tmp_path / "short.nii.gz")
+    cropped = save_nifti(data[:, :, :-1], seg_img.affine, tmp_path / "short.nii.gz")
     with pytest.raises(InputError, match=r"short\.nii\.gz: expected the grid of ct .*shape \(40, 40, 20\).*got shape \(40, 40, 19\)"):
         load_nifti(ct, cropped)
     moved = seg_img.affine.copy()
     moved[0, 3] += 1.5  # mm
-    shifted = _save(data, moved, tmp_path / "shifted.nii.gz")
+    shifted = save_nifti(data, moved, tmp_path / "shifted.nii.gz")
     with pytest.raises(InputError, match=r"shifted\.nii\.gz: expected the grid of ct .*origin"):
         load_nifti(ct, shifted)
 
@@ -78,8 +69,8 @@ def test_mask_folder_grids_must_agree(small_pair, tmp_path: Path) -> None:
     folder = tmp_path / "masks"
     folder.mkdir()
     data = np.asanyarray(seg_img.dataobj)
-    _save((data == 28).astype(np.uint8), seg_img.affine, folder / "vertebrae_L4.nii.gz")
-    _save((data[:-2] == 29).astype(np.uint8), seg_img.affine, folder / "vertebrae_L3.nii.gz")
+    save_nifti((data == 28).astype(np.uint8), seg_img.affine, folder / "vertebrae_L4.nii.gz")
+    save_nifti((data[:-2] == 29).astype(np.uint8), seg_img.affine, folder / "vertebrae_L3.nii.gz")
     with pytest.raises(InputError, match=r"vertebrae_L4\.nii\.gz: expected the grid of labels mask .*vertebrae_L3"):
         load_nifti(None, folder)
     empty = tmp_path / "empty"
@@ -93,7 +84,7 @@ def test_non_finite_hu(small_pair, tmp_path: Path) -> None:
     hu = np.asanyarray(ct_img.dataobj).astype(np.float32)
     hu[3, 4, 5] = np.nan
     hu[6, 7, 8] = np.inf
-    bad = _save(hu, ct_img.affine, tmp_path / "nan_ct.nii.gz")
+    bad = save_nifti(hu, ct_img.affine, tmp_path / "nan_ct.nii.gz")
     with pytest.raises(InputError, match=r"nan_ct\.nii\.gz: expected finite Hounsfield units, found 2 NaN or infinite voxels"):
         load_nifti(bad, seg)
 
@@ -102,7 +93,7 @@ def test_unknown_label_ids(small_pair, tmp_path: Path) -> None:
     ct, _, _, seg_img = small_pair
     data = np.asanyarray(seg_img.dataobj).copy()
     data[0, 0, 0] = 200
-    bad = _save(data, seg_img.affine, tmp_path / "odd_ids.nii.gz")
+    bad = save_nifti(data, seg_img.affine, tmp_path / "odd_ids.nii.gz")
     with pytest.raises(InputError, match=r"odd_ids\.nii\.gz: unknown label ids \[200\]"):
         load_nifti(ct, bad)
     # The same ids are fine with a class map that names them.
@@ -114,7 +105,7 @@ def test_non_integer_labels(small_pair, tmp_path: Path) -> None:
     ct, _, _, seg_img = small_pair
     data = np.asanyarray(seg_img.dataobj).astype(np.float32)
     data[1, 1, 1] = 2.5
-    bad = _save(data, seg_img.affine, tmp_path / "float_ids.nii.gz")
+    bad = save_nifti(data, seg_img.affine, tmp_path / "float_ids.nii.gz")
     with pytest.raises(InputError, match=r"float_ids\.nii\.gz: expected integer label ids"):
         load_nifti(ct, bad)
 
@@ -131,7 +122,7 @@ def test_bad_class_map(tmp_path: Path) -> None:
 def test_label_ids_above_255_are_renumbered(small_pair, tmp_path: Path) -> None:
     ct, _, _, seg_img = small_pair
     wide = np.asanyarray(seg_img.dataobj).astype(np.int16) * 3  # ids up to 351
-    path = _save(wide, seg_img.affine, tmp_path / "wide.nii.gz")
+    path = save_nifti(wide, seg_img.affine, tmp_path / "wide.nii.gz")
     names = {int(i): f"s{i}" for i in np.unique(wide) if i}
     p = load_nifti(ct, path, class_map=names)
     assert p.structures.dtype == np.uint8 and max(p.structure_names.values()) == len(names)

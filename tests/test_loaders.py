@@ -12,6 +12,7 @@ from skimage import measure
 from sim.anatomy.loaders import Volume, load_dicom, load_nifti, resample_nearest, upsample_labels
 from sim.anatomy.patient import Patient
 from sim.anatomy.tissues import TISSUE_ID
+from niftis import crop_pair, save_nifti
 
 LUMBAR = [f"vertebrae_L{i}" for i in range(1, 6)]
 
@@ -19,11 +20,6 @@ LUMBAR = [f"vertebrae_L{i}" for i in range(1, 6)]
 @pytest.fixture(scope="module")
 def patient(real_ct: Path, real_seg: Path, totalseg_dir: Path) -> Patient:
     return load_nifti(real_ct, real_seg, tissue_types=totalseg_dir / "tissue_types")
-
-
-def _save(data: np.ndarray, affine_mm: np.ndarray, path: Path) -> Path:
-    nib.save(nib.Nifti1Image(data, affine_mm), path)
-    return path
 
 
 def test_real_ct_grid_is_ras_in_metres(patient: Patient, real_ct: Path) -> None:
@@ -72,7 +68,7 @@ def test_tissue_types_with_their_own_cropped_flipped_grid(real_ct: Path, real_se
     affine = src.affine @ np.array([[-1, 0, 0, 99], [0, 1, 0, 0], [0, 0, 1, 10], [0, 0, 0, 1]], float)
     folder = tmp_path / "tissue_types"
     folder.mkdir()
-    _save(crop, affine, folder / "torso_fat.nii.gz")
+    save_nifti(crop, affine, folder / "torso_fat.nii.gz")
     p = load_nifti(real_ct, real_seg, tissue_types=folder)
     seg = np.asanyarray(nib.load(real_seg).dataobj)
     expected = np.zeros(p.shape, bool)
@@ -85,14 +81,14 @@ def test_folder_of_masks_matches_the_multilabel_file(patient: Patient, real_ct: 
     seg = np.asanyarray(img.dataobj)
     names = ["vertebrae_L3", "vertebrae_L4", "liver", "kidney_left", "spinal_cord"]
     for name in names:
-        _save((seg == patient.structure_names[name]).astype(np.uint8), img.affine, tmp_path / f"{name}.nii.gz")
-    _save(np.zeros(seg.shape, np.uint8), img.affine, tmp_path / "spleen.nii.gz")  # empty masks are skipped
+        save_nifti((seg == patient.structure_names[name]).astype(np.uint8), img.affine, tmp_path / f"{name}.nii.gz")
+    save_nifti(np.zeros(seg.shape, np.uint8), img.affine, tmp_path / "spleen.nii.gz")  # empty masks are skipped
     # A name TotalSegmentator does not know, inside the liver: later names win where masks overlap.
     centre = np.round(np.argwhere(seg == patient.structure_names["liver"]).mean(axis=0)).astype(int)
     box = tuple(slice(c - 2, c + 2) for c in centre)
     tumour = np.zeros(seg.shape, np.uint8)
     tumour[box] = 1
-    _save(tumour, img.affine, tmp_path / "my_tumour.nii.gz")
+    save_nifti(tumour, img.affine, tmp_path / "my_tumour.nii.gz")
 
     p = load_nifti(real_ct, tmp_path)
     assert set(p.structure_names) == set(names) | {"my_tumour"}
@@ -115,8 +111,8 @@ def test_reoriented_copy_loads_to_the_same_ras_volume(patient: Patient, real_ct:
     def reorient(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.transpose(a[::-1], (2, 0, 1)))
 
-    ct = _save(reorient(np.asanyarray(ct_img.dataobj)), affine, tmp_path / "ct.nii.gz")
-    seg = _save(reorient(np.asanyarray(seg_img.dataobj)), affine, tmp_path / "seg.nii.gz")
+    ct = save_nifti(reorient(np.asanyarray(ct_img.dataobj)), affine, tmp_path / "ct.nii.gz")
+    seg = save_nifti(reorient(np.asanyarray(seg_img.dataobj)), affine, tmp_path / "seg.nii.gz")
     assert nib.aff2axcodes(affine) == ("S", "L", "A")
     p = load_nifti(ct, seg)
     np.testing.assert_allclose(p.affine, patient.affine, atol=1e-9)
@@ -148,7 +144,7 @@ def test_dicom_with_nifti_labels_on_its_grid(real_dicom: tuple[Path, np.ndarray,
     seg = np.asanyarray(nib.load(real_seg).dataobj)[:, :, 50:58]
     mm = affine.copy()
     mm[:3] *= 1e3
-    labels = _save(seg, mm, tmp_path / "seg.nii.gz")
+    labels = save_nifti(seg, mm, tmp_path / "seg.nii.gz")
     p = load_dicom(folder, labels=labels)
     np.testing.assert_array_equal(p.structures, seg)
     assert np.all(p.tissue[p.structures == p.structure_names["vertebrae_L5"]] == TISSUE_ID["bone"])
@@ -185,13 +181,7 @@ def test_ct_only_input(real_ct: Path) -> None:
 
 def _l3_crop(real_ct: Path, real_seg: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A 60 x 45 x 24 voxel crop around L3, small enough to upsample in a test."""
-    ct_img, seg_img = nib.load(real_ct), nib.load(real_seg)
-    box = (slice(31, 91), slice(20, 65), slice(62, 86))
-    shift = np.eye(4)
-    shift[:3, 3] = [s.start for s in box]
-    ct = _save(np.asanyarray(ct_img.dataobj)[box], ct_img.affine @ shift, tmp_path / "ct.nii.gz")
-    seg = _save(np.asanyarray(seg_img.dataobj)[box], seg_img.affine @ shift, tmp_path / "seg.nii.gz")
-    return ct, seg
+    return crop_pair(real_ct, real_seg, (slice(31, 91), slice(20, 65), slice(62, 86)), tmp_path)
 
 
 def test_isotropic_upsampling_keeps_field_of_view_and_smooths_bone(real_ct: Path, real_seg: Path, tmp_path: Path) -> None:

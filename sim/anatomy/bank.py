@@ -31,24 +31,24 @@ class PatientBank:
             raise InputError("patient bank: expected at least one patient, got none")
         self.patients = list(patients)
         self.device = torch.device(device)
-        blocks, offsets, dims, to_vox = [], [], [], []
-        start = 0
+        dims = [tuple(np.array(p.shape) + 2) for p in self.patients]
+        offsets = np.concatenate([[0], np.cumsum([np.prod(d) for d in dims])[:-1]]).tolist()
+        to_vox = []
         for p in self.patients:
-            padded = np.pad(p.tissue, 1, constant_values=0)
-            blocks.append(padded.ravel())
-            offsets.append(start)
-            dims.append(padded.shape)
-            start += padded.size
             w2v = np.linalg.inv(p.affine)[:3]
             w2v[:, 3] += 1.0  # the air border shifts every index by one
             to_vox.append(w2v)
-        self.tissue_flat = torch.from_numpy(np.concatenate(blocks)).to(self.device)
+        self.tissue_flat = self.stack([p.tissue for p in self.patients])
         self.offsets = torch.tensor(offsets, dtype=torch.int64, device=self.device)
         self.dims = torch.tensor(dims, dtype=torch.int64, device=self.device)
         self.patient_to_voxel = torch.tensor(np.stack(to_vox), dtype=torch.float32, device=self.device)
         self.voxel_to_patient = torch.tensor(np.stack([p.affine for p in self.patients]), dtype=torch.float64)
-        # 32-bit indices are faster in fused kernels; fall back to 64-bit for huge banks.
-        self.index_dtype = torch.int32 if start < 2**31 - 1 else torch.int64
+
+    def stack(self, volumes: Sequence[np.ndarray]) -> torch.Tensor:
+        """(V,) one volume per patient in the bank's layout: each padded by one voxel of 0 on
+        every side and raveled back to back, so `offsets` and `dims` index it. On the bank's device.
+        """
+        return torch.from_numpy(np.concatenate([np.pad(v, 1, constant_values=0).ravel() for v in volumes])).to(self.device)
 
     def __len__(self) -> int:
         return len(self.patients)

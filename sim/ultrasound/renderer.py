@@ -15,7 +15,8 @@ patients or tissue classes):
 4. Attenuation: round trip 2 * alpha * f * depth dB, alpha proportional to frequency.
 5. Speckle: a complex Gaussian field fixed in the patient frame (`speckle.py`), scaled by the
    tissue's echogenicity, added coherently to the specular echo; the envelope is the magnitude.
-6. Coupling: lines whose face sample is not in tissue (probe lifted off the skin) go dark.
+6. Coupling: the skin conforms to the pressed face, so within a short reach past the face air
+   becomes gel; lines that meet no tissue within that reach (probe lifted off) go dark.
 7. Time-gain compensation, gain, log compression over a dynamic range to [0, 1], and scan
    conversion of sector (convex, phased) images.
 
@@ -49,7 +50,6 @@ from sim.ultrasound.stages import (
     speckle,
 )
 from sim.ultrasound.tissue import TissueTable
-
 
 
 @dataclass

@@ -14,8 +14,8 @@ import torch
 
 from sim.anatomy.bank import PatientBank
 from sim.errors import InputError
-from sim.transforms import pose_to_matrix
 from sim.ultrasound.probe import ProbeSpec
+from sim.ultrasound.stages import probe_to_voxel
 
 HU_MIN, HU_MAX = -1000.0, 1000.0  # CT window mapped to [0, 1]: air 0, dense bone 1
 INPUTS = ("ct", "labels")
@@ -33,15 +33,13 @@ def ct_flat(bank: PatientBank) -> torch.Tensor:
     air, and `bank.offsets` / `bank.dims` index it. Float16 halves the memory (2 bytes a voxel)
     and keeps about 1 HU of precision. Raises `InputError` for a patient without CT.
     """
-    blocks = []
-    for p in bank.patients:
-        if p.ct is None:
-            raise InputError(
-                f"patient '{p.name}' ct: expected a CT volume in HU for input='ct' (it has tissue labels only; "
-                "use input='labels')"
-            )
-        blocks.append(np.pad(normalise_hu(p.ct), 1, constant_values=0.0).astype(np.float16).ravel())
-    return torch.from_numpy(np.concatenate(blocks)).to(bank.device)
+    missing = [p.name for p in bank.patients if p.ct is None]
+    if missing:
+        raise InputError(
+            f"patients {missing} ct: expected a CT volume in HU for input='ct' (they have tissue labels only; "
+            "use input='labels')"
+        )
+    return bank.stack([normalise_hu(p.ct).astype(np.float16) for p in bank.patients])
 
 
 def plane_voxels(pixels_xz: torch.Tensor, poses: torch.Tensor, patient_to_voxel: torch.Tensor) -> torch.Tensor:
@@ -50,9 +48,7 @@ def plane_voxels(pixels_xz: torch.Tensor, poses: torch.Tensor, patient_to_voxel:
     pixels_xz (P, 2) probe-frame (x, z) in metres (the image plane is y = 0); poses (N, 7) probe
     poses in the patient frame; patient_to_voxel (N, 3, 4) each environment's patient's map.
     """
-    probe_to_patient = pose_to_matrix(poses)  # (N, 3, 4)
-    m = patient_to_voxel[:, :, :3] @ probe_to_patient  # probe frame -> voxel, (N, 3, 4)
-    m[:, :, 3] += patient_to_voxel[:, :, 3]
+    m = probe_to_voxel(poses, patient_to_voxel)
     # Only the x and z columns matter: every pixel has y = 0.
     return pixels_xz @ m[:, :, 0::2].transpose(-1, -2) + m[:, None, :, 3]
 

@@ -18,6 +18,18 @@ GEL_MRAYL = 1.48  # coupling gel (water-like) between the face and the skin
 GEL_FILL_MRAYL = 1.2  # near the face, samples below this (air, mostly-air voxels) hold gel
 
 
+def probe_to_voxel(poses: torch.Tensor, patient_to_voxel: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 4) maps from the probe frame (metres) to each environment's padded voxel indices.
+
+    poses (N, 7) in the patient frame; patient_to_voxel (N, 3, 4). Products are summed
+    elementwise (no batched matmul), so an environment's numbers do not depend on the batch size.
+    """
+    probe = pose_to_matrix(poses)
+    m = (patient_to_voxel[:, :, :3, None] * probe[:, None]).sum(2)
+    m[:, :, 3] += patient_to_voxel[:, :, 3]
+    return m
+
+
 def line_geometry(
     poses: torch.Tensor,
     patient_to_voxel: torch.Tensor,
@@ -39,8 +51,7 @@ def line_geometry(
     """
     probe = pose_to_matrix(poses)  # (N, 3, 4) probe -> patient
     rot, pos = probe[:, :, :3], probe[:, :, 3]
-    to_vox = (patient_to_voxel[:, :, :3, None] * probe[:, None]).sum(2)  # (N, 3, 4) probe -> voxel
-    to_vox[:, :, 3] += patient_to_voxel[:, :, 3]
+    to_vox = probe_to_voxel(poses, patient_to_voxel)
     ray_origins = origins[None] + elevation[:, None, None] * torch.tensor([0.0, 1.0, 0.0], device=origins.device)
     line_origin = (to_vox[:, None, None, :, :3] * ray_origins[None, :, :, None, :]).sum(-1) + to_vox[:, None, None, :, 3]
     line_dir = (to_vox[:, None, :, :3] * dirs[None, :, None, :]).sum(-1)
