@@ -28,7 +28,8 @@ from sim.anatomy.phantom import make_phantom
 from sim.errors import InputError
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer
-from sim.viz.scene import build_scene, standard_plane_pose
+from sim.ultrasound.placement import standard_plane_pose
+from sim.viz.scene import build_scene
 
 VERTEBRA = "vertebrae_L3"
 # (file stem, probe preset, standard plane)

@@ -40,6 +40,28 @@ def matrix_to_quat(m: torch.Tensor) -> torch.Tensor:
     return q / q.norm(dim=-1, keepdim=True)
 
 
+def rotation_log(rot: torch.Tensor) -> torch.Tensor:
+    """Axis-angle vectors (..., 3), angle in [0, pi] radians, of rotation matrices (..., 3, 3)."""
+    quat = matrix_to_quat(rot)  # w >= 0, so the angle is at most pi
+    w, v = quat[..., :1], quat[..., 1:]
+    norm = v.norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(norm, w)
+    # angle / norm -> 2 / w as the rotation vanishes; avoid 0 / 0.
+    scale = torch.where(norm > 1e-6, angle / norm.clamp_min(1e-12), 2 / w)
+    return v * scale
+
+
+def rotation_exp(vec: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) of axis-angle vectors (..., 3) (Rodrigues; angle = norm, radians)."""
+    angle = vec.norm(dim=-1, keepdim=True)[..., None]  # (..., 1, 1)
+    k = vec / angle[..., 0].clamp_min(1e-12)
+    zero = torch.zeros_like(k[..., 0])
+    kx = torch.stack([zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0], -k[..., 1], k[..., 0], zero], -1)
+    kx = kx.reshape(*k.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=vec.dtype, device=vec.device).expand_as(kx)
+    return eye + angle.sin() * kx + (1 - angle.cos()) * (kx @ kx)
+
+
 def pose_to_matrix(pose: torch.Tensor) -> torch.Tensor:
     """Homogeneous-free (..., 3, 4) [R | t] from poses (..., 7)."""
     return torch.cat([quat_to_matrix(pose[..., 3:]), pose[..., :3, None]], -1)

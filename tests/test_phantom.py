@@ -94,8 +94,9 @@ def test_sizes_follow_params():
 
 def test_config_matches_defaults():
     cfg = yaml.safe_load((ROOT / "conf" / "patient" / "phantom.yaml").read_text())
-    assert cfg["source"] == "phantom"
-    assert PhantomParams.from_dict(cfg["params"]) == PhantomParams()
+    assert cfg["common"]["source"] == "phantom"
+    assert PhantomParams.from_dict(cfg["common"]["params"]) == PhantomParams()
+    assert not {e["seed"] for e in cfg["train"]} & {e["seed"] for e in cfg["test"]}
 
 
 @pytest.mark.parametrize(

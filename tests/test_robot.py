@@ -63,7 +63,9 @@ def test_iiwa_limits_match_the_datasheet(iiwa):
 
 def test_iiwa_zero_pose_points_straight_up(iiwa):
     pose = iiwa.forward(torch.zeros(1, 7))
-    assert torch.allclose(pose, torch.tensor([[0, 0, IIWA_FLANGE_M + PROBE_M, 1, 0, 0, 0]]), atol=1e-6)
+    # The probe is clamped turned -90 deg about the flange z axis (assets/robots/README.md).
+    turned = [math.sqrt(0.5), 0, 0, -math.sqrt(0.5)]
+    assert torch.allclose(pose, torch.tensor([[0, 0, IIWA_FLANGE_M + PROBE_M, *turned]]), atol=1e-6)
     flange = Arm("iiwa14", tool_frame="iiwa_flange").forward(torch.zeros(1, 7))
     assert torch.allclose(flange[0, :3], torch.tensor([0, 0, IIWA_FLANGE_M]), atol=1e-6)
 

@@ -13,7 +13,7 @@ import torch
 
 from sim.errors import InputError
 from sim.robot.arm import Arm
-from sim.transforms import check_poses, matrix_to_quat, quat_to_matrix
+from sim.transforms import check_poses, quat_to_matrix, rotation_log
 
 
 class IKResult(NamedTuple):
@@ -31,17 +31,6 @@ class IKResult(NamedTuple):
     angle_error_rad: torch.Tensor
     reachable: torch.Tensor
     iterations: int
-
-
-def rotation_log(rot: torch.Tensor) -> torch.Tensor:
-    """Axis-angle vectors (..., 3), angle in [0, pi] radians, of rotation matrices (..., 3, 3)."""
-    quat = matrix_to_quat(rot)  # w >= 0, so the angle is at most pi
-    w, v = quat[..., :1], quat[..., 1:]
-    norm = v.norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(norm, w)
-    # angle / norm -> 2 / w as the rotation vanishes; avoid 0 / 0.
-    scale = torch.where(norm > 1e-6, angle / norm.clamp_min(1e-12), 2 / w)
-    return v * scale
 
 
 def pose_error(tool: torch.Tensor, target_rot: torch.Tensor, target_pos: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,7 @@
 
 `build_scene` fills any pyvista plotter (off-screen for pictures, interactive for a viewer):
 the translucent body, the bone meshes, a box per probe pose and each ultrasound image as a
-textured quad in its image plane, all in the patient frame (metres). `standard_plane_pose`
-places a probe on the back's skin at a vertebra's standard plane.
+textured quad in its image plane, all in the patient frame (metres).
 """
 
 from __future__ import annotations
@@ -13,38 +12,14 @@ import pyvista as pv
 import torch
 
 from sim.anatomy.patient import Patient
-from sim.anatomy.surface import skin_point
 from sim.errors import InputError
-from sim.transforms import matrix_to_quat, pose_to_matrix
+from sim.transforms import pose_to_matrix
 from sim.ultrasound.probe import ProbeSpec
 
 BODY_COLOUR, BODY_OPACITY = "peachpuff", 0.18
 BONE_COLOUR, BONE_OPACITY = "ivory", 0.6  # see-through enough to show images behind bone
 PROBE_COLOUR = "dimgray"
 HOUSING_DEPTH_M, HOUSING_THICKNESS_M = 0.06, 0.012  # probe box behind the face, and across the slice
-
-
-def standard_plane_pose(patient: Patient, vertebra: str, view: str, press_m: float = 0.002) -> np.ndarray:
-    """Probe pose (7,) imaging `view` of `vertebra` from the back skin, pressed `press_m` in.
-
-    The probe frame takes the plane's axes (+x = u, +y = normal, +z = v, into the body); the
-    face centre sits where the line from the plane origin back along -v meets the skin, then
-    `press_m` metres deeper so the face is coupled. Needs `derive(patient)` (skin, landmarks).
-    """
-    if vertebra not in patient.landmarks or view not in patient.landmarks[vertebra].planes:
-        known = {name: sorted(lm.planes) for name, lm in patient.landmarks.items()}
-        raise InputError(f"standard plane {vertebra}/{view}: expected one of {known} (run derive(patient) first)")
-    plane = patient.landmarks[vertebra].planes[view]
-    face = plane.origin.copy()
-    # Fixed point: the skin height barely changes over the millimetres the face moves sideways.
-    for _ in range(5):
-        skin, _ = skin_point(patient.skin, face[0], face[2])
-        if not np.isfinite(skin).all():
-            raise InputError(f"standard plane {vertebra}/{view}: no skin above {face.round(4).tolist()} m")
-        face = plane.origin + (skin[1] - plane.origin[1]) / plane.v[1] * plane.v
-    rotation = np.stack([plane.u, plane.normal, plane.v], axis=1)  # columns: probe x, y, z
-    quat = matrix_to_quat(torch.from_numpy(rotation)).numpy()
-    return np.concatenate([face + press_m * plane.v, quat])
 
 
 def _to_patient(pose: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""`BatchedEnv`: N environments stepped together on one device, with per-environment resets.
+
+A task subclasses it and fills in four hooks over batched state tensors (no Python loop over
+environments): `_apply_action`, `_evaluate`, `_reset_idx` and `get_observations`. The base class
+sanitises actions, counts episode steps, ends episodes (terminated or truncated), resets the
+ended environments in the same step and keeps all randomness in one seeded generator, so one
+seed gives the same rollouts on CPU. `state_dict` / `load_state_dict` capture everything a
+rollout depends on, for exact resume.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from tensordict import TensorDict
+
+from sim.errors import InputError
+
+
+class BatchedEnv(abc.ABC):
+    """Base of sonolab's batched environments.
+
+    Subclasses set `num_actions`, `max_episode_length` (steps) and `state_names` (attributes
+    holding per-environment state tensors), and call `super().__init__` first.
+    `step(actions)` returns (obs TensorDict, reward (N,), terminated (N,) bool, truncated (N,) bool,
+    extras) where extras["log"] holds per-episode metrics of the environments that just ended and
+    extras["final_obs"] (when `keep_final_obs`) their observations before the reset.
+    """
+
+    num_actions: int
+    max_episode_length: int
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, num_envs: int, device: torch.device | str, seed: int) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise InputError(f"num_envs: expected a positive int, got {num_envs!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise InputError(f"seed: expected a non-negative int, got {seed!r}")
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.seed = seed
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.keep_final_obs = False
+
+    # -- hooks
+
+    @abc.abstractmethod
+    def _apply_action(self, actions: torch.Tensor) -> None:
+        """Advance every environment by one control step under actions (N, A) in [-1, 1]."""
+
+    @abc.abstractmethod
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Reward (N,), terminated (N,) bool and per-environment episode metrics {name: (N,)},
+        reported for the environments whose episode ends this step."""
+
+    @abc.abstractmethod
+    def _reset_idx(self, env_ids: torch.Tensor) -> None:
+        """Start new episodes in environments env_ids (M,) int64."""
+
+    @abc.abstractmethod
+    def get_observations(self) -> TensorDict:
+        """Observation groups for every environment, computed from the state alone."""
+
+    # -- API
+
+    def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions (N, A) as float32 in [-1, 1]: NaN becomes 0, +-inf and huge values saturate."""
+        if not isinstance(actions, torch.Tensor):
+            raise InputError(f"actions: expected a torch.Tensor of shape ({self.num_envs}, {self.num_actions}), got {type(actions).__name__}")
+        if actions.shape != (self.num_envs, self.num_actions):
+            raise InputError(f"actions: expected shape ({self.num_envs}, {self.num_actions}), got {tuple(actions.shape)}")
+        if not (actions.is_floating_point() or actions.dtype in (torch.int32, torch.int64)):
+            raise InputError(f"actions: expected a real dtype, got {actions.dtype}")
+        actions = actions.to(self.device, torch.float32)
+        return torch.nan_to_num(actions, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
+
+    def reset(self) -> TensorDict:
+        """Start new episodes everywhere; returns the observations."""
+        self.episode_length_buf.zero_()
+        self._reset_idx(torch.arange(self.num_envs, device=self.device))
+        return self.get_observations()
+
+    def step(self, actions: torch.Tensor) -> tuple[TensorDict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        actions = self.check_actions(actions)
+        self._apply_action(actions)
+        self.episode_length_buf += 1
+        reward, terminated, metrics = self._evaluate()
+        truncated = (self.episode_length_buf >= self.max_episode_length) & ~terminated
+        done = terminated | truncated
+        ids = done.nonzero()[:, 0]
+        extras: dict = {"time_outs": truncated, "log": {}}
+        if len(ids):
+            extras["log"] = {f"Episode/{k}": v[ids].float() for k, v in metrics.items()}
+            if self.keep_final_obs:
+                extras["final_obs"] = self.get_observations()
+            self.episode_length_buf[ids] = 0
+            self._reset_idx(ids)
+        return self.get_observations(), reward, terminated, truncated, extras
+
+    # -- exact resume
+
+    def state_dict(self) -> dict:
+        """Everything later steps depend on: state tensors, episode counters and the generator."""
+        state = {name: getattr(self, name).clone() for name in self.state_names}
+        state["episode_length_buf"] = self.episode_length_buf.clone()
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = {*self.state_names, "episode_length_buf", "generator"}
+        if set(state) != expected:
+            raise InputError(f"environment state: expected keys {sorted(expected)}, got {sorted(state)}")
+        for name in self.state_names:
+            current = getattr(self, name)
+            if state[name].shape != current.shape:
+                raise InputError(f"environment state {name!r}: expected shape {tuple(current.shape)}, got {tuple(state[name].shape)}")
+            current.copy_(state[name])
+        self.episode_length_buf.copy_(state["episode_length_buf"])
+        self.generator.set_state(state["generator"])

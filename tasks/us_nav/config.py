@@ -1,0 +1,121 @@
+"""`UsNavCfg`: goal-conditioned probe navigation to lumbar standard planes (Hydra: `task.*`).
+
+Units: metres, radians, newtons, seconds. One control step lasts 1 / control_hz seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sim.robot.mount import RobotCfg
+
+
+@dataclass
+class ActionCfg:
+    """Probe motion per control step for an action in [-1, 1] (5 numbers, in this order).
+
+    0, 1: translation along the probe's x (lateral, across the image) and y (elevation) axes,
+    projected onto the skin, at most translation_m. 2: rotation about the beam, at most yaw_rad.
+    3, 4: tilt about the probe's x and y axes, at most tilt_rad; the total tilt from the skin
+    normal stays within max_tilt_rad; the yaw within yaw_range_rad (the wrist's range: the arm
+    turns the probe through joint A7, which cannot spin forever). press_m: how far the face is
+    pressed into the skin. A command the arm lags more than lag_steps steps behind is not taken,
+    so commands never run away from a probe held at a joint limit.
+    """
+
+    translation_m: float = 0.005
+    yaw_rad: float = 0.1
+    tilt_rad: float = 0.05
+    max_tilt_rad: float = 0.6
+    yaw_range_rad: tuple[float, float] = (-3.6, 0.5)
+    press_m: float = 0.002
+    lag_steps: float = 2.0
+
+
+@dataclass
+class GoalCfg:
+    """Goals: a standard plane of one of `levels` (landmark names) seen in one of `views`."""
+
+    levels: tuple[str, ...] = ("vertebrae_L1", "vertebrae_L2", "vertebrae_L3", "vertebrae_L4", "vertebrae_L5")
+    views: tuple[str, ...] = ("transverse", "parasagittal_left", "parasagittal_right")
+
+
+@dataclass
+class StartCfg:
+    """Episode starts: the probe somewhere on the back, beam along the skin normal.
+
+    half_extent_m: (x, z) half-size of the start box around the anchor vertebra (left-right,
+    head-foot). yaw_rad: [low, high] of the start rotation about the beam (0: image x along
+    patient +x; the lumbar standard planes sit at -pi (transverse) and -pi/2 (parasagittal)).
+    """
+
+    half_extent_m: tuple[float, float] = (0.04, 0.09)
+    yaw_rad: tuple[float, float] = (-math.pi, 0.0)
+
+
+@dataclass
+class RewardCfg:
+    """Reward weights. progress_*: reward per metre / radian of error removed this step.
+
+    success: once, when the goal has been held; in_tolerance: every step within tolerance;
+    force: per newton above max_force_n; action_rate: per squared change of the action.
+    """
+
+    progress_position_per_m: float = 100.0
+    progress_angle_per_rad: float = 10.0
+    success: float = 10.0
+    in_tolerance: float = 0.5
+    force_per_n: float = 0.1
+    max_force_n: float = 10.0
+    action_rate: float = 0.01
+
+
+@dataclass
+class SuccessCfg:
+    """Success: within position_m and angle_rad of the goal pose for hold_steps steps in a row."""
+
+    position_m: float = 0.005
+    angle_rad: float = math.radians(5.0)
+    hold_steps: int = 3
+
+
+@dataclass
+class ObservationCfg:
+    """What the policy sees.
+
+    images: the current ultrasound image (history frames, newest first) and the goal image;
+    False gives the relative goal pose instead (`us_nav_state`). image_size: policy image side
+    in pixels. randomize_imaging: per-episode gain, dynamic range, frequency and tissue draws.
+    position_scale_m / angle_scale_rad: relative-pose units the observation divides by.
+    """
+
+    images: bool = True
+    image_size: int = 64
+    history: int = 2
+    randomize_imaging: bool = False
+    position_scale_m: float = 0.05
+    angle_scale_rad: float = 1.0
+
+
+@dataclass
+class UsNavCfg:
+    """The `us_nav` task. anchor: the landmark the robot and the start box are placed around.
+
+    probe: a preset name under conf/probe or a mapping of `ProbeSpec` fields; the policy image
+    size overrides its image size. renderer: `RendererConfig` settings.
+    """
+
+    name: str = "us_nav"
+    episode_steps: int = 100
+    control_hz: float = 10.0
+    anchor: str = "vertebrae_L3"
+    workspace_half_extent_m: tuple[float, float] = (0.07, 0.13)
+    actions: ActionCfg = field(default_factory=ActionCfg)
+    goal: GoalCfg = field(default_factory=GoalCfg)
+    start: StartCfg = field(default_factory=StartCfg)
+    reward: RewardCfg = field(default_factory=RewardCfg)
+    success: SuccessCfg = field(default_factory=SuccessCfg)
+    observation: ObservationCfg = field(default_factory=ObservationCfg)
+    robot: RobotCfg = field(default_factory=RobotCfg)
+    renderer: dict = field(default_factory=lambda: {"compile": False})

@@ -1,0 +1,248 @@
+"""`UsNavEnv`: a robot-held probe navigates to a requested standard plane of the lumbar spine.
+
+Per environment: a patient from the bank, a goal (lumbar level x view), the commanded probe
+state on the skin, the arm's joint angles and the probe pose they reach. Each step moves the
+commanded probe state by the action, the arm follows through DLS IK (so the probe lags what it
+cannot reach), contact and the ultrasound image come from the pose the arm actually reached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Mapping, Sequence
+
+import torch
+from tensordict import TensorDict
+
+from sim.anatomy.bank import PatientBank
+from sim.anatomy.patient import Patient
+from sim.backends import make_backend
+from sim.config import build
+from sim.envs.base import BatchedEnv
+from sim.errors import InputError, require
+from sim.ultrasound.placement import probe_pose_on_skin
+from sim.ultrasound.probe import ProbeSpec
+from sim.ultrasound.renderer import Renderer, RendererConfig, RenderParams
+from tasks.us_nav.config import UsNavCfg
+from tasks.us_nav.mdp import actions, goals, observations, rewards, terminations
+
+RENDER_PARAM_NAMES = ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue")
+
+
+def probe_spec(probe: str | Mapping | ProbeSpec, image_size: int) -> ProbeSpec:
+    """The probe (preset name, field mapping or spec) with a square policy image of image_size px."""
+    if isinstance(probe, str):
+        probe = ProbeSpec.preset(probe)
+    elif not isinstance(probe, ProbeSpec):
+        probe = ProbeSpec.from_dict(probe)
+    return replace(probe, image_height=image_size, image_width=image_size, lines=None, samples=None)
+
+
+class UsNavEnv(BatchedEnv):
+    """Goal-conditioned probe navigation over N environments (see `UsNavCfg` for units).
+
+    Observation groups: "policy" (N, D) for the actor (proprioception, plus the relative goal
+    pose when cfg.observation.images is False), "image" (N, history + 1, S, S) ultrasound
+    history and goal image when images are on, "critic" (N, Dc) privileged state.
+    Actions (N, 5) in [-1, 1], see `ActionCfg`.
+    """
+
+    num_actions = 5
+
+    def __init__(
+        self,
+        cfg: UsNavCfg | Mapping | None,
+        patients: Sequence[Patient],
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        probe: str | Mapping | ProbeSpec = "linear",
+        backend: str = "torch",
+    ) -> None:
+        super().__init__(num_envs, device, seed)
+        cfg = build(UsNavCfg, cfg, "task config")
+        self._check_cfg(cfg)
+        require(len(patients) > 0, "patients", "at least one patient", "none")
+        self.cfg = cfg
+        self.patients = list(patients)
+        self.max_episode_length = cfg.episode_steps
+        self.dt = 1.0 / cfg.control_hz
+        dev = self.device
+        self.backend = make_backend(backend, self.patients, cfg.robot, cfg.anchor, dev)
+        self.goal_names = goals.goal_names(cfg.goal.levels, cfg.goal.views)
+        missing = [(p.name, lv) for p in self.patients for lv in cfg.goal.levels if lv not in p.landmarks]
+        if missing:
+            raise InputError(f"task goal levels: patients lack landmarks {missing}")
+        self.goal_poses = goals.goal_pose_table(self.patients, self.backend.skin, cfg.goal.levels, cfg.goal.views, cfg.actions.press_m)
+        anchor_xz = self.backend.anchor[:, [0, 2]]
+        extent = torch.tensor(cfg.workspace_half_extent_m, device=dev)
+        self.box_low, self.box_high = anchor_xz - extent, anchor_xz + extent
+        self.anchor_xz = anchor_xz
+        n = num_envs
+        self.patient_idx = torch.zeros(n, dtype=torch.long, device=dev)
+        self.goal_idx = torch.zeros(n, dtype=torch.long, device=dev)
+        self.xz = anchor_xz[self.patient_idx].clone()
+        self.yaw = torch.zeros(n, device=dev)
+        self.tilt = torch.zeros(n, 2, device=dev)
+        self.q = self.backend.home(n)
+        self.poses = torch.zeros(n, 7, device=dev)
+        self.force = torch.zeros(n, device=dev)
+        self.action = torch.zeros(n, self.num_actions, device=dev)
+        self.last_action = torch.zeros(n, self.num_actions, device=dev)
+        self.pos_err = torch.zeros(n, device=dev)
+        self.ang_err = torch.zeros(n, device=dev)
+        self.hold = torch.zeros(n, dtype=torch.long, device=dev)
+        names = ["patient_idx", "goal_idx", "xz", "yaw", "tilt", "q", "poses", "force", "action", "last_action", "pos_err", "ang_err", "hold"]
+        self.renderer = None
+        if cfg.observation.images:
+            self._init_imaging(probe)
+            names.append("history")
+            if cfg.observation.randomize_imaging:
+                names += [f"render_{k}" for k in RENDER_PARAM_NAMES]
+        self.state_names = tuple(names)
+        self.reset()
+
+    @staticmethod
+    def _check_cfg(cfg: UsNavCfg) -> None:
+        require(cfg.episode_steps >= 1, "task.episode_steps", "a positive number of steps", cfg.episode_steps)
+        require(cfg.control_hz > 0, "task.control_hz", "a positive rate in Hz", cfg.control_hz)
+        require(len(cfg.goal.levels) > 0 and len(cfg.goal.views) > 0, "task.goal", "at least one level and one view", cfg.goal)
+        require(cfg.success.hold_steps >= 1, "task.success.hold_steps", "at least 1", cfg.success.hold_steps)
+        require(cfg.observation.history >= 1, "task.observation.history", "at least 1 frame", cfg.observation.history)
+        require(8 <= cfg.observation.image_size <= 512, "task.observation.image_size", "8..512 pixels", cfg.observation.image_size)
+        for key in ("translation_m", "yaw_rad", "tilt_rad", "max_tilt_rad"):
+            value = getattr(cfg.actions, key)
+            require(math.isfinite(value) and value >= 0, f"task.actions.{key}", "a finite non-negative bound", value)
+
+    def _init_imaging(self, probe: str | Mapping | ProbeSpec) -> None:
+        cfg, dev = self.cfg, self.device
+        self.bank = PatientBank(self.patients, dev)
+        self.probe = probe_spec(probe, cfg.observation.image_size)
+        render_cfg = build(RendererConfig, cfg.renderer, "task.renderer")
+        self.renderer = Renderer(self.bank, self.probe, config=render_cfg)
+        # Resets render a varying number of environments; a compiled renderer would recompile
+        # for every new batch size, so they use an eager twin over the same bank.
+        self.reset_renderer = Renderer(self.bank, self.probe, config=replace(render_cfg, compile=False)) if render_cfg.compile else self.renderer
+        p, g = self.goal_poses.shape[:2]
+        patient = torch.arange(p, device=dev).repeat_interleave(g)
+        images = self.reset_renderer.render(self.goal_poses.reshape(p * g, 7), patient)
+        self.goal_images = images.reshape(p, g, *images.shape[1:])
+        size = cfg.observation.image_size
+        self.history = torch.zeros(self.num_envs, cfg.observation.history, size, size, device=dev)
+        if cfg.observation.randomize_imaging:
+            params = self.renderer.default_params(self.num_envs)
+            for k in RENDER_PARAM_NAMES:
+                setattr(self, f"render_{k}", getattr(params, k).clone())
+
+    def _render_params(self, ids: torch.Tensor | None) -> RenderParams | None:
+        if not self.cfg.observation.randomize_imaging:
+            return None
+        sel = slice(None) if ids is None else ids
+        return RenderParams(**{k: getattr(self, f"render_{k}")[sel] for k in RENDER_PARAM_NAMES})
+
+    # -- the current goal
+
+    @property
+    def goal_pose(self) -> torch.Tensor:
+        """(N, 7) goal probe poses, patient frame."""
+        return self.goal_poses[self.patient_idx, self.goal_idx]
+
+    # -- hooks
+
+    def _skin_targets(self, ids: torch.Tensor | slice, xz: torch.Tensor, yaw: torch.Tensor, tilt: torch.Tensor) -> torch.Tensor:
+        point, normal = self.backend.skin.query(self.patient_idx[ids], xz[:, 0], xz[:, 1])
+        return probe_pose_on_skin(point, normal, yaw, self.cfg.actions.press_m, tilt)
+
+    def _apply_action(self, action: torch.Tensor) -> None:
+        xz, yaw, tilt = actions.move_probe(
+            action, self.cfg.actions, self.xz, self.yaw, self.tilt, self.backend.skin, self.patient_idx,
+            self.box_low[self.patient_idx], self.box_high[self.patient_idx],
+        )  # fmt: skip
+        targets = self._skin_targets(slice(None), xz, yaw, tilt)
+        self.q = self.backend.follow(self.q, self.patient_idx, targets, self.dt)
+        self.poses = self.backend.probe_poses(self.q, self.patient_idx)
+        keep = actions.lagging(targets, self.poses, self.cfg.actions)
+        self.xz = torch.where(keep[:, None], self.xz, xz)
+        self.yaw = torch.where(keep, self.yaw, yaw)
+        self.tilt = torch.where(keep[:, None], self.tilt, tilt)
+        self.force = self.backend.contact(self.patient_idx, self.poses).force_n
+        self.action = action
+        if self.renderer is not None:
+            image = self.renderer.render(self.poses, self.patient_idx, self._render_params(None))
+            self.history = torch.cat([image[:, None], self.history[:, :-1]], 1)
+
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, w = self.cfg, self.cfg.reward
+        pos_err, ang_err = terminations.pose_errors(self.poses, self.goal_pose)
+        within = terminations.within_tolerance(pos_err, ang_err, cfg.success.position_m, cfg.success.angle_rad)
+        self.hold = terminations.update_hold(self.hold, within)
+        success = self.hold >= cfg.success.hold_steps
+        reward = (
+            w.progress_position_per_m * rewards.progress(self.pos_err, pos_err)
+            + w.progress_angle_per_rad * rewards.progress(self.ang_err, ang_err)
+            + w.success * success.float()
+            + w.in_tolerance * within.float()
+            - w.force_per_n * rewards.excess_force(self.force, w.max_force_n)
+            - w.action_rate * rewards.action_rate(self.action, self.last_action)
+        )
+        self.pos_err, self.ang_err = pos_err, ang_err
+        self.last_action = self.action
+        metrics = {
+            "success": success,
+            "position_error_mm": pos_err * 1000.0,
+            "angle_error_deg": torch.rad2deg(ang_err),
+            "steps": self.episode_length_buf.clone(),
+            "force_n": self.force,
+        }
+        return reward, success, metrics
+
+    def _reset_idx(self, ids: torch.Tensor) -> None:
+        cfg, gen, dev, m = self.cfg, self.generator, self.device, len(ids)
+        patient = torch.randint(len(self.patients), (m,), generator=gen, device=dev)
+        self.patient_idx[ids] = patient
+        self.goal_idx[ids] = torch.randint(len(self.goal_names), (m,), generator=gen, device=dev)
+        extent = torch.tensor(cfg.start.half_extent_m, device=dev)
+        xz = self.anchor_xz[patient] + (2 * torch.rand(m, 2, generator=gen, device=dev) - 1) * extent
+        point, _ = self.backend.skin.query(patient, xz[:, 0], xz[:, 1])
+        xz = torch.where(torch.isfinite(point).all(-1, keepdim=True), xz, self.anchor_xz[patient])
+        low, high = cfg.start.yaw_rad
+        yaw = low + (high - low) * torch.rand(m, generator=gen, device=dev)
+        tilt = torch.zeros(m, 2, device=dev)
+        self.xz[ids], self.yaw[ids], self.tilt[ids] = xz, yaw, tilt
+        targets = self._skin_targets(ids, xz, yaw, tilt)
+        # The arm starts from where it is (its last episode's end), as a real arm would.
+        q = self.backend.place(self.q[ids], patient, targets)
+        poses = self.backend.probe_poses(q, patient)
+        self.q[ids], self.poses[ids] = q, poses
+        self.force[ids] = self.backend.contact(patient, poses).force_n
+        pos_err, ang_err = terminations.pose_errors(poses, self.goal_poses[patient, self.goal_idx[ids]])
+        self.pos_err[ids], self.ang_err[ids] = pos_err, ang_err
+        self.hold[ids] = 0
+        self.action[ids] = 0.0
+        self.last_action[ids] = 0.0
+        if self.renderer is not None:
+            if cfg.observation.randomize_imaging:
+                params = self.renderer.sample_params(m, gen)
+                for k in RENDER_PARAM_NAMES:
+                    getattr(self, f"render_{k}")[ids] = getattr(params, k)
+            image = self.reset_renderer.render(poses, patient, self._render_params(ids))
+            self.history[ids] = image[:, None].expand(-1, cfg.observation.history, -1, -1)
+
+    def get_observations(self) -> TensorDict:
+        cfg = self.cfg
+        obs_cfg = cfg.observation
+        relative = observations.relative_goal_pose(self.poses, self.goal_pose, obs_cfg.position_scale_m, obs_cfg.angle_scale_rad)
+        arm = self.backend.arm
+        proprio = observations.proprioception(
+            self.q, arm.lower.float(), arm.upper.float(), self.yaw, self.tilt, cfg.actions.max_tilt_rad,
+            self.force, cfg.reward.max_force_n, self.last_action,
+        )  # fmt: skip
+        progress = observations.progress_state(self.pos_err, self.ang_err, self.hold, self.episode_length_buf, cfg)
+        groups = {"critic": torch.cat([relative, proprio, progress], -1)}
+        if self.renderer is not None:
+            groups["policy"] = proprio
+            groups["image"] = observations.image_stack(self.history, self.goal_images[self.patient_idx, self.goal_idx])
+        else:
+            groups["policy"] = torch.cat([relative, proprio], -1)
+        return TensorDict(groups, batch_size=[self.num_envs], device=self.device)

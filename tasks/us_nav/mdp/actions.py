@@ -1,0 +1,56 @@
+"""Probe motion in the skin-tangent frame: the commanded probe state and its update per step.
+
+Commanded state per environment: skin coordinates xz (N, 2) (patient x and z of the contact
+point, metres), yaw (N,) about the beam and tilt (N, 2) about the probe's x and y axes (radians).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sim.robot.contact import SkinBank
+from sim.ultrasound.placement import skin_rotation
+from tasks.us_nav.mdp.terminations import pose_errors
+from tasks.us_nav.config import ActionCfg
+
+
+def clamp_norm(v: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Vectors (N, D) scaled down to at most `max_norm` long."""
+    norm = v.norm(dim=-1, keepdim=True)
+    return v * (max_norm / norm.clamp_min(max_norm))
+
+
+def lagging(targets: torch.Tensor, poses: torch.Tensor, cfg: ActionCfg) -> torch.Tensor:
+    """(N,) bool: the probe poses (N, 7) lag their targets (N, 7) by more than cfg.lag_steps
+    steps' worth of motion (in position or angle)."""
+    position, angle = pose_errors(poses, targets)
+    return (position > cfg.lag_steps * cfg.translation_m) | (angle > cfg.lag_steps * max(cfg.yaw_rad, cfg.tilt_rad))
+
+
+def move_probe(
+    actions: torch.Tensor,
+    cfg: ActionCfg,
+    xz: torch.Tensor,
+    yaw: torch.Tensor,
+    tilt: torch.Tensor,
+    skin: SkinBank,
+    patient_idx: torch.Tensor,
+    box_low: torch.Tensor,
+    box_high: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """New commanded (xz, yaw, tilt) after actions (N, 5) in [-1, 1] (see `ActionCfg`).
+
+    The translation runs along the untilted probe's lateral and elevation axes on the skin,
+    taken in the (x, z) plane; the contact point stays inside the workspace box [box_low,
+    box_high] (N, 2) and on the skin (a step that would leave the body is not taken).
+    """
+    _, normal = skin.query(patient_idx, xz[:, 0], xz[:, 1])
+    axes = skin_rotation(normal, yaw)[:, :, :2]  # (N, 3, 2): probe x and y in the patient frame
+    step = (axes @ (actions[:, :2] * cfg.translation_m)[:, :, None])[:, :, 0]
+    moved = torch.minimum(torch.maximum(xz + step[:, [0, 2]], box_low), box_high)
+    point, _ = skin.query(patient_idx, moved[:, 0], moved[:, 1])
+    on_body = torch.isfinite(point).all(-1, keepdim=True)
+    xz = torch.where(on_body, moved, xz)
+    yaw = (yaw + actions[:, 2] * cfg.yaw_rad).clamp(*cfg.yaw_range_rad)
+    tilt = clamp_norm(tilt + actions[:, 3:5] * cfg.tilt_rad, cfg.max_tilt_rad)
+    return xz, yaw, tilt
