@@ -1,9 +1,12 @@
 """Benchmarks that print one JSON object (record results in BENCHMARKS.md).
 
     python scripts/benchmark.py render --probe linear --batch 100 --height 200 --width 150 --json
+    python scripts/benchmark.py env --task us_nav --num-envs 256 --steps 200 --json
 
 `render` times the B-mode renderer on the default phantom (1 mm) with probe poses spread over
-the lumbar back, after a warm-up that includes compilation.
+the lumbar back, after a warm-up that includes compilation. `env` times whole environment steps
+(actions, IK, contact, rendering, rewards, resets) of a task as conf/ composes it, under
+uniformly random actions, after warm-up steps that include compilation.
 """
 
 from __future__ import annotations
@@ -93,6 +96,52 @@ def bench_render(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_env(args: argparse.Namespace) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from policies.workflow import build_env
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    overrides = [f"task={args.task}", f"num_envs={args.num_envs}", f"device={args.device}", f"backend={args.backend}", *args.override]
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    env = build_env(cfg, "train")
+    gen = torch.Generator(env.device).manual_seed(0)
+    sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
+
+    def run(steps: int) -> tuple[float, int]:
+        episodes = 0
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            actions = 2 * torch.rand(env.num_envs, env.num_actions, generator=gen, device=env.device) - 1
+            _, _, terminated, truncated, _ = env.step(actions)
+            episodes += int((terminated | truncated).sum())
+        sync()
+        return time.perf_counter() - t0, episodes
+
+    warmup_s, _ = run(args.warmup)
+    seconds, episodes = run(args.steps)
+    obs = env.get_observations()
+    return {
+        "benchmark": "env",
+        "task": args.task,
+        "backend": args.backend,
+        "num_envs": args.num_envs,
+        "steps": args.steps,
+        "env_steps_per_s": round(args.num_envs * args.steps / seconds, 1),
+        "ms_per_step": round(1000 * seconds / args.steps, 2),
+        "episodes_ended": episodes,
+        "warmup_s": round(warmup_s, 1),
+        "observation_shapes": {k: list(v.shape[1:]) for k, v in obs.items()},
+        "patients": len(env.patients),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": str(env.device),
+        "threads": torch.get_num_threads(),
+        **machine(),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -107,8 +156,18 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
     r.add_argument("--json", action="store_true", help="print only the JSON result")
+    e = sub.add_parser("env", help="environment steps per second, rendering included")
+    e.add_argument("--task", default="us_nav", help="task config in conf/task/")
+    e.add_argument("--backend", default="torch", help="backend config in conf/backend/")
+    e.add_argument("--num-envs", type=int, default=256)
+    e.add_argument("--steps", type=int, default=200, help="timed steps")
+    e.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    e.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. patient.common.spacing_mm=2")
+    e.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
-    result = {"render": bench_render}[args.what](args)
+    result = {"render": bench_render, "env": bench_env}[args.what](args)
     if not args.json:
         print(f"{args.what}: {result}", file=sys.stderr)
     print(json.dumps(result))

@@ -82,8 +82,18 @@ class BatchedEnv(abc.ABC):
         self._reset_idx(torch.arange(self.num_envs, device=self.device))
         return self.get_observations()
 
+    @staticmethod
+    def action_excess(actions: torch.Tensor) -> torch.Tensor:
+        """(N,) sum of squared overshoot of the raw actions beyond [-1, 1] (capped at 9 per entry;
+        NaN counts as 0). Learners with unbounded Gaussian policies get no signal from the clamp;
+        tasks can penalise this so the policy keeps its means where the clamp does not flatten them."""
+        finite = torch.nan_to_num(actions.float(), nan=0.0, posinf=10.0, neginf=-10.0).clamp(-10.0, 10.0)
+        return (finite.abs() - 1.0).clamp_min(0.0).square().sum(-1)
+
     def step(self, actions: torch.Tensor) -> tuple[TensorDict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-        actions = self.check_actions(actions)
+        clean = self.check_actions(actions)
+        self.last_action_excess = self.action_excess(actions.to(self.device))
+        actions = clean
         self._apply_action(actions)
         self.episode_length_buf += 1
         reward, terminated, metrics = self._evaluate()

@@ -59,7 +59,8 @@ class RewardCfg:
     """Reward weights. progress_*: reward per metre / radian of error removed this step.
 
     success: once, when the goal has been held; in_tolerance: every step within tolerance;
-    force: per newton above max_force_n; action_rate: per squared change of the action.
+    force: per newton above max_force_n; action_rate: per squared change of the action;
+    action_excess: per squared overshoot of the policy's raw actions beyond [-1, 1].
     """
 
     progress_position_per_m: float = 100.0
@@ -69,6 +70,7 @@ class RewardCfg:
     force_per_n: float = 0.1
     max_force_n: float = 10.0
     action_rate: float = 0.01
+    action_excess: float = 0.2
 
 
 @dataclass
@@ -87,7 +89,8 @@ class ObservationCfg:
     images: the current ultrasound image (history frames, newest first) and the goal image;
     False gives the relative goal pose instead (`us_nav_state`). image_size: policy image side
     in pixels. randomize_imaging: per-episode gain, dynamic range, frequency and tissue draws.
-    position_scale_m / angle_scale_rad: relative-pose units the observation divides by.
+    position_scale_m / angle_scale_rad: relative-pose units the observation divides by;
+    workspace_scale_m: the unit of the probe position (anchor frame) in the proprioception.
     """
 
     images: bool = True
@@ -96,6 +99,7 @@ class ObservationCfg:
     randomize_imaging: bool = False
     position_scale_m: float = 0.05
     angle_scale_rad: float = 1.0
+    workspace_scale_m: float = 0.1
 
 
 @dataclass

@@ -185,6 +185,7 @@ class UsNavEnv(BatchedEnv):
             + w.in_tolerance * within.float()
             - w.force_per_n * rewards.excess_force(self.force, w.max_force_n)
             - w.action_rate * rewards.action_rate(self.action, self.last_action)
+            - w.action_excess * self.last_action_excess
         )
         self.pos_err, self.ang_err = pos_err, ang_err
         self.last_action = self.action
@@ -234,8 +235,9 @@ class UsNavEnv(BatchedEnv):
         obs_cfg = cfg.observation
         relative = observations.relative_goal_pose(self.poses, self.goal_pose, obs_cfg.position_scale_m, obs_cfg.angle_scale_rad)
         arm = self.backend.arm
+        probe_position = (self.poses[:, :3] - self.backend.anchor[self.patient_idx]) / obs_cfg.workspace_scale_m
         proprio = observations.proprioception(
-            self.q, arm.lower.float(), arm.upper.float(), self.yaw, self.tilt, cfg.actions.max_tilt_rad,
+            self.q, arm.lower.float(), arm.upper.float(), probe_position, self.yaw, self.tilt, cfg.actions.max_tilt_rad,
             self.force, cfg.reward.max_force_n, self.last_action,
         )  # fmt: skip
         progress = observations.progress_state(self.pos_err, self.ang_err, self.hold, self.episode_length_buf, cfg)

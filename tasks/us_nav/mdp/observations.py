@@ -21,6 +21,7 @@ def proprioception(
     q: torch.Tensor,
     lower: torch.Tensor,
     upper: torch.Tensor,
+    probe_position: torch.Tensor,
     yaw: torch.Tensor,
     tilt: torch.Tensor,
     max_tilt_rad: float,
@@ -28,11 +29,13 @@ def proprioception(
     max_force_n: float,
     last_action: torch.Tensor,
 ) -> torch.Tensor:
-    """(N, dof + 10): joint angles mapped to [-1, 1] by their limits, sin and cos of the yaw,
+    """(N, dof + 13): joint angles mapped to [-1, 1] by their limits, the probe position
+    (N, 3) as given (the task passes it in the anchor frame, scaled), sin and cos of the yaw,
     tilt / max tilt, contact force / max force, and the last action."""
     q_unit = 2 * (q - lower) / (upper - lower) - 1
     return torch.cat(
-        [q_unit, yaw.sin()[:, None], yaw.cos()[:, None], tilt / max_tilt_rad, (force_n / max_force_n)[:, None], last_action], -1
+        [q_unit, probe_position, yaw.sin()[:, None], yaw.cos()[:, None], tilt / max_tilt_rad, (force_n / max_force_n)[:, None], last_action],
+        -1,
     )
 
 

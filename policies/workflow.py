@@ -1,0 +1,94 @@
+"""What train.py and play.py share: environments from a Hydra config, run folders, checkpoints."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from policies import checkpoints
+from sim.anatomy.patient_set import load_patients
+from sim.envs.base import BatchedEnv
+from sim.errors import InputError
+from tasks import make_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_CONFIG = "config.yaml"
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can use it here; InputError naming it otherwise."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise InputError(f"device {device!r}: expected cpu, cuda or cuda:<index> ({err})") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: CUDA is not available on this machine; use device=cpu")
+    return str(dev)
+
+
+def build_env(cfg: DictConfig, split: str = "train", num_envs: int | None = None) -> BatchedEnv:
+    """The task environment of `cfg` over the `split` patients of `cfg.patient`."""
+    patients = load_patients(cfg.patient, split)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    probe = OmegaConf.to_container(cfg.probe, resolve=True)
+    return make_env(task, patients, int(num_envs or cfg.num_envs), check_device(cfg.device), int(cfg.seed), probe, cfg.backend.name)
+
+
+def train_config(cfg: DictConfig) -> dict:
+    """rsl-rl's plain train config: the agent group plus the chosen log writer."""
+    agent = OmegaConf.to_container(cfg.agent, resolve=True)
+    if cfg.logger == "tensorboard":
+        agent["logger"] = "tensorboard"
+    elif cfg.logger == "wandb":
+        agent["logger"] = {"class_name": "WandbLogWriter", "project_name": "sonolab"}
+    else:
+        raise InputError(f"logger {cfg.logger!r}: expected tensorboard or wandb")
+    return agent
+
+
+def new_run_dir(cfg: DictConfig) -> Path:
+    """A fresh <log_root>/<task>/<timestamp>/ folder."""
+    root = Path(cfg.log_root) / cfg.task.name
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    run = root / stamp
+    suffix = 1
+    while run.exists():
+        run, suffix = root / f"{stamp}_{suffix}", suffix + 1
+    run.mkdir(parents=True)
+    return run
+
+
+def write_run_info(run_dir: Path, cfg: DictConfig) -> None:
+    """The resolved config and the git state of the code that trains."""
+    (run_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    git = ["git", "-C", str(REPO_ROOT)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run([*git, "status", "--short"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        commit, status = "unknown (not a git checkout)", ""
+    (run_dir / "git.txt").write_text(f"commit {commit}\n{'dirty' if status else 'clean'}\n{status}")
+
+
+def find_run(spec: str | bool, cfg: DictConfig) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for `spec`: true / "last" (newest run of the task), a run folder,
+    or a checkpoint file."""
+    if spec is True or spec == "last":
+        run = checkpoints.latest_run(Path(cfg.log_root) / cfg.task.name)
+        return run, checkpoints.latest_checkpoint(run)
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        return path, checkpoints.latest_checkpoint(path)
+    if path.is_file():
+        return path.parent, path
+    raise InputError(f"checkpoint {spec!r}: expected last, a run folder or a checkpoint file")
+
+
+def run_config(run_dir: Path) -> DictConfig | None:
+    """The config a run was trained with, if the run folder has one."""
+    path = run_dir / RUN_CONFIG
+    return OmegaConf.load(path) if path.is_file() else None

@@ -1,0 +1,63 @@
+"""Gymnasium vector API over a `BatchedEnv`, so any Gymnasium-compatible library can train on it.
+
+Observations are a dict of the env's observation groups as numpy arrays (N, ...); actions a
+numpy or torch array (N, A) in [-1, 1]. Episodes reset in the same step they end
+(`AutoresetMode.SAME_STEP`): infos["final_obs"] then holds every group's observation before the
+reset and infos["_final_obs"] marks the environments it applies to; infos[<metric>] holds the
+task's per-episode metrics (NaN where no episode ended).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from sim.envs.base import BatchedEnv
+
+
+def _numpy(obs) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in obs.items()}
+
+
+class GymVectorEnv(VectorEnv):
+    """`env` as a `gymnasium.vector.VectorEnv` with `num_envs` sub-environments."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, env: BatchedEnv) -> None:
+        self.env = env
+        self.num_envs = env.num_envs
+        env.keep_final_obs = True
+        obs = env.get_observations()
+        self.single_observation_space = gym.spaces.Dict(
+            {k: gym.spaces.Box(-np.inf, np.inf, tuple(v.shape[1:]), np.float32) for k, v in obs.items()}
+        )
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (env.num_actions,), np.float32)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self.env.generator.manual_seed(int(seed))
+        return _numpy(self.env.reset()), {}
+
+    def step(self, actions):
+        actions = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions, device=self.env.device)
+        obs, reward, terminated, truncated, extras = self.env.step(actions)
+        infos: dict[str, Any] = {}
+        done = (terminated | truncated).cpu().numpy()
+        if done.any():
+            if "final_obs" in extras:
+                infos["final_obs"] = _numpy(extras["final_obs"])
+                infos["_final_obs"] = done
+            ids = np.flatnonzero(done)
+            for key, value in extras["log"].items():
+                full = np.full(self.num_envs, np.nan, np.float32)
+                full[ids] = value.cpu().numpy()
+                infos[key.split("/")[-1]] = full
+        return _numpy(obs), reward.cpu().numpy(), terminated.cpu().numpy(), truncated.cpu().numpy(), infos

@@ -1,0 +1,174 @@
+"""us_nav environment: API, determinism, resets, rewards, success and bad actions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sim.anatomy.patient_set import load_patients
+from sim.envs.adapters.gymnasium import GymVectorEnv
+from sim.envs.adapters.rsl_rl import RslRlVecEnv
+from sim.errors import InputError
+from tasks import make_env
+from tasks.us_nav.expert import expert_actions
+from tests.tasks_helpers import small_patient_set
+
+STATE = {"name": "us_nav_state", "observation": {"images": False}}
+IMAGES = {"name": "us_nav", "observation": {"images": True, "image_size": 32, "history": 2}}
+
+
+@pytest.fixture(scope="module")
+def patients():
+    return load_patients(small_patient_set(), "train", progress=False)
+
+
+def random_actions(n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [2 * torch.rand(n, 5, generator=g) - 1 for _ in range(30)]
+
+
+def rollout(env, actions):
+    out = []
+    for a in actions:
+        obs, reward, terminated, truncated, _ = env.step(a)
+        out.append((obs["critic"].clone(), reward.clone(), terminated.clone(), truncated.clone()))
+    return out
+
+
+def test_observation_groups_shapes_and_dtypes(patients):
+    env = make_env(IMAGES, patients, 6, seed=0)
+    obs = env.get_observations()
+    assert set(obs.keys()) == {"policy", "image", "critic"}
+    assert obs["image"].shape == (6, 3, 32, 32) and obs["image"].dtype == torch.float32
+    assert 0.0 <= obs["image"].min() and obs["image"].max() <= 1.0
+    assert obs["image"][:, :2].std() > 0.01  # the probe touches the back: a real image, not blank
+    assert obs["policy"].shape == (6, 20) and obs["critic"].shape == (6, 30)
+    obs, reward, terminated, truncated, extras = env.step(torch.zeros(6, 5))
+    assert reward.shape == (6,) and reward.dtype == torch.float32
+    assert terminated.dtype == torch.bool and truncated.dtype == torch.bool
+    assert set(extras) >= {"time_outs", "log"}
+    state = make_env(STATE, patients, 6, seed=0).get_observations()
+    assert state["policy"].shape == (6, 26) and "image" not in state.keys()
+
+
+def test_adapters_follow_rsl_rl_and_gymnasium(patients):
+    env = make_env(STATE, patients, 4, seed=0)
+    vec = RslRlVecEnv(env)
+    assert (vec.num_envs, vec.num_actions, vec.max_episode_length) == (4, 5, 100)
+    vec.episode_length_buf = torch.full((4,), 99)
+    obs, rewards, dones, extras = vec.step(torch.zeros(4, 5))
+    assert dones.tolist() == [1, 1, 1, 1] and extras["time_outs"].all()
+    assert set(extras["log"]) >= {"Episode/success", "Episode/position_error_mm", "Episode/angle_error_deg"}
+    gym_env = GymVectorEnv(make_env(STATE, patients, 4, seed=0))
+    obs, _ = gym_env.reset(seed=3)
+    assert gym_env.observation_space.contains(obs)
+    obs, rewards, terminated, truncated, infos = gym_env.step(gym_env.action_space.sample())
+    assert rewards.shape == (4,) and terminated.dtype == np.bool_
+    gym_env.env.episode_length_buf.fill_(99)
+    obs, _, _, truncated, infos = gym_env.step(np.zeros((4, 5), np.float32))
+    assert truncated.all() and infos["_final_obs"].all() and np.isfinite(infos["position_error_mm"]).all()
+
+
+def test_same_seed_same_rollout_and_other_seed_differs(patients):
+    actions = random_actions(8, seed=1)
+    a = rollout(make_env(STATE, patients, 8, seed=5), actions)
+    b = rollout(make_env(STATE, patients, 8, seed=5), actions)
+    c = rollout(make_env(STATE, patients, 8, seed=6), actions)
+    assert all(torch.equal(x, y) for sa, sb in zip(a, b) for x, y in zip(sa, sb))
+    assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_reset_is_per_environment(patients):
+    env = make_env(STATE, patients, 4, seed=0)
+    for _ in range(3):
+        env.step(torch.zeros(4, 5))
+    env.episode_length_buf[1] = env.max_episode_length - 1
+    before = env.state_dict()
+    _, _, terminated, truncated, _ = env.step(torch.zeros(4, 5))
+    assert truncated.tolist() == [False, True, False, False]
+    assert env.episode_length_buf.tolist() == [4, 0, 4, 4]
+    # untouched environments keep their goal and patient; env 1 drew a new start
+    keep = torch.tensor([0, 2, 3])
+    assert torch.equal(env.goal_idx[keep], before["goal_idx"][keep])
+    assert torch.equal(env.patient_idx[keep], before["patient_idx"][keep])
+    assert not torch.equal(env.xz[1], before["xz"][1])
+
+
+def test_moving_toward_the_goal_is_rewarded(patients):
+    toward = make_env(STATE, patients, 32, seed=2)
+    away = make_env(STATE, patients, 32, seed=2)
+    obs_t, obs_a = toward.get_observations(), away.get_observations()
+    reward_t, reward_a = [], []
+    for _ in range(3):
+        obs_t, r_t, *_ = toward.step(expert_actions(obs_t, toward.cfg))
+        obs_a, r_a, *_ = away.step(-expert_actions(obs_a, away.cfg))
+        reward_t.append(r_t)
+        reward_a.append(r_a)
+    assert torch.stack(reward_t).mean() > 0.5 and torch.stack(reward_a).mean() < -0.2
+    assert (torch.stack(reward_t).sum(0) > torch.stack(reward_a).sum(0)).float().mean() > 0.9
+
+
+def test_holding_the_goal_ends_the_episode_with_success(patients):
+    env = make_env(STATE, patients, 32, seed=3)
+    obs = env.get_observations()
+    successes = 0
+    for _ in range(env.max_episode_length):
+        hold_before = env.hold.clone()
+        obs, reward, terminated, truncated, extras = env.step(expert_actions(obs, env.cfg))
+        if terminated.any():
+            ids = terminated.nonzero()[:, 0]
+            assert (hold_before[ids] == env.cfg.success.hold_steps - 1).all()
+            assert (extras["log"]["Episode/success"] == terminated[terminated | truncated].float()).all()
+            assert (extras["log"]["Episode/position_error_mm"][extras["log"]["Episode/success"] > 0] <= 5.0).all()
+            assert (reward[ids] >= env.cfg.reward.success).all()
+            successes += len(ids)
+    assert successes >= 28  # the scripted expert reaches almost every goal
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e30])
+def test_nan_inf_and_huge_actions_never_corrupt_state(patients, bad):
+    env = make_env(IMAGES, patients, 4, seed=4)
+    ref = make_env(IMAGES, patients, 4, seed=4)
+    actions = torch.full((4, 5), bad)
+    clamped = torch.nan_to_num(actions, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+    for _ in range(5):
+        obs, reward, *_ = env.step(actions)
+        obs_ref, reward_ref, *_ = ref.step(clamped)
+        assert all(torch.isfinite(v).all() for v in obs.values()) and torch.isfinite(reward).all()
+        assert torch.equal(obs["critic"], obs_ref["critic"]) and torch.equal(obs["image"], obs_ref["image"])
+        # Only the penalty on raw actions beyond [-1, 1] tells them apart (NaN counts as 0).
+        excess = 0.0 if math.isnan(bad) else 5 * 9.0 * env.cfg.reward.action_excess
+        assert torch.allclose(reward_ref - reward, torch.full_like(reward, excess))
+    assert all(torch.isfinite(v.float()).all() for k, v in env.state_dict().items() if k != "generator")
+
+
+def test_actions_move_the_probe_by_at_most_their_bounds(patients):
+    env = make_env(STATE, patients, 16, seed=5)
+    cfg = env.cfg.actions
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        xz, yaw, tilt = env.xz.clone(), env.yaw.clone(), env.tilt.clone()
+        env.step(2 * torch.rand(16, 5, generator=g) - 1)
+        moved = env.episode_length_buf > 0
+        assert ((env.xz - xz)[moved].norm(dim=-1) <= cfg.translation_m * math.sqrt(2) + 1e-6).all()
+        assert ((env.yaw - yaw)[moved].abs() <= cfg.yaw_rad + 1e-6).all()
+        assert (env.tilt.norm(dim=-1) <= cfg.max_tilt_rad + 1e-6).all()
+
+
+def test_bad_input_names_the_input(patients):
+    env = make_env(STATE, patients, 2, seed=0)
+    with pytest.raises(InputError, match="actions"):
+        env.step(torch.zeros(3, 5))
+    with pytest.raises(InputError, match="actions"):
+        env.step(np.zeros((2, 5)))
+    with pytest.raises(InputError, match=r"task 'us_fly'"):
+        make_env({"name": "us_fly"}, patients, 2)
+    with pytest.raises(InputError, match=r"task config.observation keys \['colour'\]"):
+        make_env({"name": "us_nav", "observation": {"colour": True}}, patients, 2)
+    with pytest.raises(InputError, match="num_envs"):
+        make_env(STATE, patients, 0)
+    with pytest.raises(InputError, match="vertebrae_T9"):
+        make_env({"name": "us_nav_state", "goal": {"levels": ["vertebrae_T9"]}}, patients, 2)
