@@ -58,15 +58,15 @@ class StartCfg:
 class RewardCfg:
     """Reward weights. progress_*: reward per metre / radian of error removed this step.
 
-    success: once, when the goal has been held; in_tolerance: every step within tolerance;
-    force: per newton above max_force_n; action_rate: per squared change of the action;
-    action_excess: per squared overshoot of the policy's raw actions beyond [-1, 1].
+    success: once, when the goal has been held (no per-step bonus for being within tolerance: a
+    policy learns to hover near the goal collecting it instead of finishing); force: per newton
+    above max_force_n; action_rate: per squared change of the action; action_excess: per
+    squared overshoot of the policy's raw actions beyond [-1, 1].
     """
 
     progress_position_per_m: float = 100.0
     progress_angle_per_rad: float = 10.0
     success: float = 10.0
-    in_tolerance: float = 0.5
     force_per_n: float = 0.1
     max_force_n: float = 10.0
     action_rate: float = 0.01

@@ -182,7 +182,6 @@ class UsNavEnv(BatchedEnv):
             w.progress_position_per_m * rewards.progress(self.pos_err, pos_err)
             + w.progress_angle_per_rad * rewards.progress(self.ang_err, ang_err)
             + w.success * success.float()
-            + w.in_tolerance * within.float()
             - w.force_per_n * rewards.excess_force(self.force, w.max_force_n)
             - w.action_rate * rewards.action_rate(self.action, self.last_action)
             - w.action_excess * self.last_action_excess
