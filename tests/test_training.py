@@ -38,7 +38,8 @@ def config(*overrides: str):
 
 
 def test_short_state_training_improves_success():
-    cfg = config("task=us_nav_state", "num_envs=64", "seed=0", *SMALL_RUN)
+    # Looser tolerances than the task's 5 mm / 5 deg give a clear signal within a short run.
+    cfg = config("task=us_nav_state", "num_envs=64", "seed=0", "task.success.position_m=0.01", "task.success.angle_rad=0.175", *SMALL_RUN)
     torch.manual_seed(0)
     env = build_env(cfg, "train")
     runner = Runner(env, train_config(cfg), None, "cpu")

@@ -5,7 +5,9 @@ environments): `_apply_action`, `_evaluate`, `_reset_idx` and `get_observations`
 sanitises actions, counts episode steps, ends episodes (terminated or truncated), resets the
 ended environments in the same step and keeps all randomness in one seeded generator, so one
 seed gives the same rollouts on CPU. `state_dict` / `load_state_dict` capture everything a
-rollout depends on, for exact resume.
+rollout depends on, for exact resume. Stepping, resetting and loading run in inference mode
+(no autograd), so state created during a learner's inference-mode rollout can be updated in
+place anywhere else.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class BatchedEnv(abc.ABC):
         actions = actions.to(self.device, torch.float32)
         return torch.nan_to_num(actions, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
 
+    @torch.inference_mode()
     def reset(self) -> TensorDict:
         """Start new episodes everywhere; returns the observations."""
         self.episode_length_buf.zero_()
@@ -84,12 +87,13 @@ class BatchedEnv(abc.ABC):
 
     @staticmethod
     def action_excess(actions: torch.Tensor) -> torch.Tensor:
-        """(N,) sum of squared overshoot of the raw actions beyond [-1, 1] (capped at 9 per entry;
+        """(N,) sum of squared overshoot of the raw actions beyond [-1, 1] (overshoot capped at 9;
         NaN counts as 0). Learners with unbounded Gaussian policies get no signal from the clamp;
         tasks can penalise this so the policy keeps its means where the clamp does not flatten them."""
         finite = torch.nan_to_num(actions.float(), nan=0.0, posinf=10.0, neginf=-10.0).clamp(-10.0, 10.0)
         return (finite.abs() - 1.0).clamp_min(0.0).square().sum(-1)
 
+    @torch.inference_mode()
     def step(self, actions: torch.Tensor) -> tuple[TensorDict, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         clean = self.check_actions(actions)
         self.last_action_excess = self.action_excess(actions.to(self.device))
@@ -118,6 +122,7 @@ class BatchedEnv(abc.ABC):
         state["generator"] = self.generator.get_state()
         return state
 
+    @torch.inference_mode()
     def load_state_dict(self, state: dict) -> None:
         expected = {*self.state_names, "episode_length_buf", "generator"}
         if set(state) != expected:
