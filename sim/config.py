@@ -51,14 +51,3 @@ def build(cls: type[T], cfg: Mapping | T | None, what: str) -> T:
     except (TypeError, ValueError) as err:
         raise InputError(f"{what}: {err}") from err
 
-
-def as_dict(cfg: Any) -> dict:
-    """A plain dict of dataclass `cfg` (tuples become lists), for logs and checkpoints."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import yaml
@@ -13,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_patient_set() -> dict:
     """conf/patient/phantom.yaml at 2 mm with two training phantoms and one test phantom."""
     pset = yaml.safe_load((ROOT / "conf" / "patient" / "phantom.yaml").read_text())
-    pset = copy.deepcopy(pset)
     pset["common"]["spacing_mm"] = 2.0
     pset["train"] = pset["train"][:2]
     pset["test"] = pset["test"][:1]

@@ -155,6 +155,7 @@ def test_actions_move_the_probe_by_at_most_their_bounds(patients):
         moved = env.episode_length_buf > 0
         assert ((env.xz - xz)[moved].norm(dim=-1) <= cfg.translation_m * math.sqrt(2) + 1e-6).all()
         assert ((env.yaw - yaw)[moved].abs() <= cfg.yaw_rad + 1e-6).all()
+        assert ((env.tilt - tilt)[moved].abs() <= cfg.tilt_rad + 1e-6).all()
         assert (env.tilt.norm(dim=-1) <= cfg.max_tilt_rad + 1e-6).all()
 
 

@@ -25,6 +25,7 @@ from sim.anatomy.derive import derive
 from sim.anatomy.loaders import load_dicom, load_nifti
 from sim.anatomy.patient import Patient
 from sim.anatomy.phantom import PhantomParams, make_phantom
+from sim.config import to_container
 from sim.errors import InputError, require
 
 COMMON_KEYS = frozenset({"source", "name", "split", "meshes"})
@@ -48,10 +49,7 @@ class Prepared:
 
 def normalise_config(cfg: Mapping) -> dict:
     """A plain dict of `cfg` with its keys checked against its source; paths made absolute."""
-    if hasattr(cfg, "_metadata"):  # OmegaConf containers: resolve interpolations first
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg = to_container(cfg)  # OmegaConf containers: interpolations resolved
     require(isinstance(cfg, Mapping), "patient config", "a mapping", type(cfg).__name__)
     cfg = {k: v for k, v in dict(cfg).items() if v is not None}
     source = cfg.get("source")
