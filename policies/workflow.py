@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from policies import checkpoints
 from sim.anatomy.patient_set import load_patients
@@ -86,6 +86,17 @@ def find_run(spec: str | bool, cfg: DictConfig) -> tuple[Path, Path]:
     if path.is_file():
         return path.parent, path
     raise InputError(f"checkpoint {spec!r}: expected last, a run folder or a checkpoint file")
+
+
+def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
+    """(run folder, checkpoint) of `cfg.checkpoint`, with the run's task, agent and probe settings
+    (what the policy was trained with) put into cfg in place."""
+    run_dir, checkpoint = find_run(cfg.checkpoint, cfg)
+    saved = run_config(run_dir)
+    if saved is not None:
+        with open_dict(cfg):
+            cfg.task, cfg.agent, cfg.probe = saved.task, saved.agent, saved.probe
+    return run_dir, checkpoint
 
 
 def run_config(run_dir: Path) -> DictConfig | None:

@@ -3,11 +3,17 @@
     python scripts/play.py task=us_nav_state checkpoint=last num_envs=256 split=test
     python scripts/play.py task=us_nav checkpoint=logs/us_nav/<run>/model_999.pt video=true
     python scripts/play.py task=us_nav_state patient=totalseg_example split=test   # the real CT
+    python scripts/play.py task=us_nav_state checkpoint=last viewer=true              # interactive
 
 The task, agent and probe settings come from the run's config.yaml (what the policy was trained
 with); patients, split, num_envs, seed and device from the command line. video=true writes
-<run>/videos/play_<split>.mp4. The last line printed is one JSON object: success_rate,
-pos_err_mm_mean, ang_err_deg_mean, episodes and more.
+<run>/videos/play_<split>.mp4 (the 3-D scene of environment 0 beside its ultrasound image,
+rendered off screen). The last line printed is one JSON object: success_rate,
+pos_err_mm_mean, ang_err_deg_mean, episodes and more. viewer=true instead opens an interactive
+3-D window (needs a display; keys in sim/viz/viewer.py) and prints viewer_steps when closed.
+trajectory=true writes environment 0's first episode (policy inputs, actions, probe poses, joint
+angles per step) to <run>/trajectories/play_<split>.npz; scripts/deploy.py on the simulator
+reproduces it.
 """
 
 from __future__ import annotations
@@ -17,35 +23,45 @@ import sys
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from policies.evaluation import evaluate
+from policies.export import actor_inputs
 from policies.runner import Runner
-from policies.workflow import build_env, find_run, run_config, train_config
+from policies.trajectory import Env0Recorder
+from policies.workflow import build_env, train_config, trained_run
 from sim.errors import InputError
 from sim.ultrasound.probe import ProbeSpec
 
 
 def play(cfg: DictConfig) -> dict:
-    run_dir, checkpoint = find_run(cfg.checkpoint, cfg)
-    saved = run_config(run_dir)
-    if saved is not None:
-        with open_dict(cfg):
-            cfg.task, cfg.agent, cfg.probe = saved.task, saved.agent, saved.probe
+    if cfg.viewer and (cfg.video or cfg.trajectory):
+        raise InputError("viewer=true: expected video=false and trajectory=false (the viewer runs no evaluation)")
+    run_dir, checkpoint = trained_run(cfg)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, str(cfg.split))
     runner = Runner(env, train_config(cfg), None, cfg.device)
     runner.load(str(checkpoint))
     policy = runner.get_inference_policy(cfg.device)
+    probe = ProbeSpec.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))  # full size, for the viewer and videos
+    if cfg.viewer:
+        from sim.viz.viewer import PlayViewer  # VTK loads only for the viewer and videos
+
+        steps = PlayViewer(env, policy, probe).show()
+        return {"viewer_steps": steps, "task": cfg.task.name, "split": str(cfg.split), "checkpoint": str(checkpoint)}
     video = None
     if cfg.video:
         from sim.viz.play_video import PlayVideo
 
-        video = PlayVideo(env, ProbeSpec.from_dict(OmegaConf.to_container(cfg.probe, resolve=True)))
-    metrics = evaluate(env, policy, on_step=video, min_steps=int(cfg.video_steps) if video else 0)
+        video = PlayVideo(env, probe, run_dir / "videos" / f"play_{cfg.split}.mp4", fps=env.cfg.control_hz)
+    recorder = Env0Recorder(env, policy, actor_inputs(policy)) if cfg.trajectory else None
+    hooks = [hook for hook in (video, recorder and recorder.on_step) if hook is not None]
+    metrics = evaluate(env, recorder or policy, on_step=lambda e: [hook(e) for hook in hooks], min_steps=int(cfg.video_steps) if video else 0)
     metrics.update(task=cfg.task.name, split=str(cfg.split), patients=[p.name for p in env.patients], checkpoint=str(checkpoint))
     if video is not None:
-        metrics["video"] = str(video.write(run_dir / "videos" / f"play_{cfg.split}.mp4", fps=env.cfg.control_hz))
+        metrics["video"] = str(video.close())
+    if recorder is not None:
+        metrics["trajectory"] = str(recorder.trajectory.save(run_dir / "trajectories" / f"play_{cfg.split}.npz"))
     return metrics
 
 

@@ -44,6 +44,7 @@ class BatchedEnv(abc.ABC):
         self.seed = seed
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.last_action_excess = torch.zeros(num_envs, device=self.device)  # set by each step
         self.keep_final_obs = False
 
     # -- hooks

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sim.anatomy.patient import Patient
+from sim.anatomy.patient import Patient, SkinSurface
 from sim.errors import InputError
 from sim.transforms import check_poses
 
@@ -35,17 +35,27 @@ class SkinBank:
         missing = [p.name for p in patients if p.skin is None]
         if missing:
             raise InputError(f"patients {missing}: expected a skin surface (run sim.anatomy.derive first)")
-        shape = np.max([p.skin.y.shape for p in patients], axis=0)
-        maps = np.full((len(patients), *shape, 4), np.nan, np.float32)
-        for i, p in enumerate(patients):  # preprocessing, once per bank
-            a, b = p.skin.y.shape
-            maps[i, :a, :b, 0] = p.skin.y
-            maps[i, :a, :b, 1:] = p.skin.normal
+        self._stack([p.skin for p in patients], device)
+
+    @classmethod
+    def from_surfaces(cls, surfaces: Sequence[SkinSurface], device: torch.device | str = "cpu") -> "SkinBank":
+        """A bank of bare skin height maps (a robot's surface scan, say), no patients needed."""
+        bank = cls.__new__(cls)
+        bank._stack(surfaces, device)
+        return bank
+
+    def _stack(self, surfaces: Sequence[SkinSurface], device: torch.device | str) -> None:
+        shape = np.max([s.y.shape for s in surfaces], axis=0)
+        maps = np.full((len(surfaces), *shape, 4), np.nan, np.float32)
+        for i, s in enumerate(surfaces):  # preprocessing, once per bank
+            a, b = s.y.shape
+            maps[i, :a, :b, 0] = s.y
+            maps[i, :a, :b, 1:] = s.normal
         self.device = torch.device(device)
         self.maps = torch.from_numpy(maps).to(self.device)
-        self.origin = torch.tensor([[p.skin.x0, p.skin.z0] for p in patients], dtype=torch.float32, device=self.device)
-        self.step = torch.tensor([[p.skin.dx, p.skin.dz] for p in patients], dtype=torch.float32, device=self.device)
-        self.size = torch.tensor([p.skin.y.shape for p in patients], dtype=torch.int64, device=self.device)
+        self.origin = torch.tensor([[s.x0, s.z0] for s in surfaces], dtype=torch.float32, device=self.device)
+        self.step = torch.tensor([[s.dx, s.dz] for s in surfaces], dtype=torch.float32, device=self.device)
+        self.size = torch.tensor([s.y.shape for s in surfaces], dtype=torch.int64, device=self.device)
 
     def query(self, patient_idx: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Skin point (N, 3) and outward unit normal (N, 3) above (x, z) (N,) metres.

@@ -46,7 +46,7 @@ def _load_onnx(path: Path, device: torch.device) -> Generator:
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise InputError(f"model '{path}': ONNX models need onnxruntime (pip install 'sonolab[onnx]')") from e
+        raise InputError(f"model '{path}': ONNX models need onnxruntime (pip install onnxruntime)") from e
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")

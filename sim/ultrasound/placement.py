@@ -9,7 +9,7 @@ import torch
 from sim.anatomy.patient import Patient
 from sim.anatomy.surface import skin_point
 from sim.errors import InputError
-from sim.transforms import matrix_to_quat, rotation_exp
+from sim.transforms import matrix_to_quat, quat_to_matrix, rotation_exp, rotation_log
 
 
 def skin_rotation(normal: torch.Tensor, yaw: torch.Tensor, tilt: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,3 +72,14 @@ def standard_plane_pose(patient: Patient, vertebra: str, view: str, press_m: flo
     rotation = np.stack([plane.u, plane.normal, plane.v], axis=1)  # columns: probe x, y, z
     quat = matrix_to_quat(torch.from_numpy(rotation)).numpy()
     return np.concatenate([face + press_m * plane.v, quat])
+
+
+def skin_state_from_pose(pose: torch.Tensor, normal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(yaw (N,), tilt (N, 2)) of probe poses (N, 7) over skin with outward normals (N, 3): the
+    inverse of `skin_rotation` for the orientation (exact for untilted poses; a tilt is read as
+    the rotation vector left after the yaw, whose z part is dropped)."""
+    zero = torch.zeros(len(pose), dtype=pose.dtype, device=pose.device)
+    rel = skin_rotation(normal, zero).transpose(-1, -2) @ quat_to_matrix(pose[:, 3:])
+    yaw = torch.atan2(rel[:, 1, 0], rel[:, 0, 0])
+    tilt = rotation_log(skin_rotation(normal, yaw).transpose(-1, -2) @ quat_to_matrix(pose[:, 3:]))[:, :2]
+    return yaw, tilt

@@ -1,4 +1,4 @@
-"""Visualisation: 3-D scenes of patients, probes and ultrasound images (needs pyvista, `sonolab[viz]`)."""
+"""Visualisation: 3-D scenes of patients, probes and ultrasound images."""
 
 from sim.viz.scene import build_scene
 

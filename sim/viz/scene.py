@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyvista as pv
 import torch
+from scipy.ndimage import binary_erosion
 
 from sim.anatomy.patient import Patient
 from sim.errors import InputError
@@ -22,10 +23,17 @@ PROBE_COLOUR = "dimgray"
 HOUSING_DEPTH_M, HOUSING_THICKNESS_M = 0.06, 0.012  # probe box behind the face, and across the slice
 
 
+def pose_matrix(pose: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(4, 4) float64 homogeneous transform of one pose (7,) (metres, quaternion w, x, y, z)."""
+    m = np.eye(4)
+    m[:3] = pose_to_matrix(torch.as_tensor(pose, dtype=torch.float64).cpu()).numpy()
+    return m
+
+
 def _to_patient(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Probe-frame points (P, 3) to the patient frame, for one pose (7,)."""
-    m = pose_to_matrix(torch.as_tensor(pose, dtype=torch.float64)).numpy()
-    return points @ m[:, :3].T + m[:, 3]
+    m = pose_matrix(pose)
+    return points @ m[:3, :3].T + m[:3, 3]
 
 
 def probe_housing(probe: ProbeSpec, pose: np.ndarray) -> pv.PolyData:
@@ -42,33 +50,49 @@ def probe_housing(probe: ProbeSpec, pose: np.ndarray) -> pv.PolyData:
     return box
 
 
-def image_quad(probe: ProbeSpec, pose: np.ndarray, image: np.ndarray) -> tuple[pv.PolyData, pv.Texture]:
-    """The image (H, W) in [0, 1] as a textured quad in its plane (probe y = 0) at `pose` (7,).
-
-    Row 0 is the face side, column 0 is probe -x. Pixels outside the field of view (sector
-    images) are transparent.
-    """
+def image_plane(probe: ProbeSpec, pose: np.ndarray) -> pv.PolyData:
+    """The image's rectangle in its plane (probe y = 0) at `pose` (7,), with texture coordinates
+    for `image_texture`: row 0 on the face side, column 0 at probe -x."""
     x0, x1, z0, z1 = probe.image_extent()
     corners = np.array([[x0, 0, z0], [x1, 0, z0], [x1, 0, z1], [x0, 0, z1]], float)
     quad = pv.PolyData(_to_patient(pose, corners), faces=[4, 0, 1, 2, 3])
     # pyvista textures put array row 0 at the top (t = 1).
     quad.active_texture_coordinates = np.array([[0, 1], [1, 1], [1, 0], [0, 0]], np.float32)
+    return quad
+
+
+def image_texture(probe: ProbeSpec, image: np.ndarray) -> pv.Texture:
+    """Grey RGBA texture of an image (H, W) in [0, 1]; pixels outside the field of view (sector
+    images) are transparent."""
     grey = (np.clip(image, 0, 1) * 255).astype(np.uint8)
     _, inside = probe.scan_coordinates()
     alpha = np.where(inside.numpy(), 255, 0).astype(np.uint8)
-    return quad, pv.Texture(np.stack([grey, grey, grey, alpha], axis=-1))
+    return pv.Texture(np.stack([grey, grey, grey, alpha], axis=-1))
 
 
-def add_patient(plotter: pv.Plotter, patient: Patient) -> None:
-    """The translucent body and opaque bones from `patient.meshes` (see `derive`)."""
+def plane_texture(probe: ProbeSpec, rgb: tuple[int, int, int], fill_alpha: int = 100, border_px: int = 5) -> pv.Texture:
+    """A flat-coloured RGBA texture of the field of view for `image_plane`: translucent inside
+    (alpha `fill_alpha` of 255) with an opaque border `border_px` pixels wide (a goal plane)."""
+    _, inside = probe.scan_coordinates()
+    inside = inside.numpy()
+    border = inside & ~binary_erosion(inside, iterations=border_px, border_value=0)
+    alpha = np.where(border, 255, np.where(inside, fill_alpha, 0)).astype(np.uint8)
+    colour = np.broadcast_to(np.array(rgb, np.uint8), (*inside.shape, 3))
+    return pv.Texture(np.concatenate([colour, alpha[..., None]], -1))
+
+
+def add_patient(plotter: pv.Plotter, patient: Patient) -> list[pv.Actor]:
+    """The translucent body and see-through bones from `patient.meshes` (see `derive`); returns
+    their actors."""
     if "body" not in patient.meshes:
         raise InputError(
             f"patient '{patient.name}' meshes: expected 'body' and bone meshes (run derive(patient, meshes=True))"
         )
-    plotter.add_mesh(pv.wrap(patient.meshes["body"]), color=BODY_COLOUR, opacity=BODY_OPACITY, smooth_shading=True)
+    actors = [plotter.add_mesh(pv.wrap(patient.meshes["body"]), color=BODY_COLOUR, opacity=BODY_OPACITY, smooth_shading=True)]
     for name, mesh in patient.meshes.items():
         if name != "body":
-            plotter.add_mesh(pv.wrap(mesh), color=BONE_COLOUR, opacity=BONE_OPACITY, smooth_shading=True, specular=0.3)
+            actors.append(plotter.add_mesh(pv.wrap(mesh), color=BONE_COLOUR, opacity=BONE_OPACITY, smooth_shading=True, specular=0.3))
+    return actors
 
 
 def build_scene(plotter: pv.Plotter, patient: Patient, poses: np.ndarray, images: np.ndarray, probe: ProbeSpec) -> None:
@@ -86,5 +110,4 @@ def build_scene(plotter: pv.Plotter, patient: Patient, poses: np.ndarray, images
     add_patient(plotter, patient)
     for pose, image in zip(poses, images):
         plotter.add_mesh(probe_housing(probe, pose), color=PROBE_COLOUR)
-        quad, texture = image_quad(probe, pose, image)
-        plotter.add_mesh(quad, texture=texture, lighting=False)
+        plotter.add_mesh(image_plane(probe, pose), texture=image_texture(probe, image), lighting=False)

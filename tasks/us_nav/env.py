@@ -21,7 +21,6 @@ from sim.backends import make_backend
 from sim.config import build
 from sim.envs.base import BatchedEnv
 from sim.errors import InputError, require
-from sim.ultrasound.placement import probe_pose_on_skin
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer, RendererConfig, RenderParams
 from tasks.us_nav.config import UsNavCfg
@@ -150,24 +149,25 @@ class UsNavEnv(BatchedEnv):
 
     # -- hooks
 
-    def _skin_targets(self, ids: torch.Tensor | slice, xz: torch.Tensor, yaw: torch.Tensor, tilt: torch.Tensor) -> torch.Tensor:
-        point, normal = self.backend.skin.query(self.patient_idx[ids], xz[:, 0], xz[:, 1])
-        return probe_pose_on_skin(point, normal, yaw, self.cfg.actions.press_m, tilt)
-
     def _apply_action(self, action: torch.Tensor) -> None:
-        xz, yaw, tilt = actions.move_probe(
-            action, self.cfg.actions, self.xz, self.yaw, self.tilt, self.backend.skin, self.patient_idx,
+        cfg = self.cfg.actions
+        command = actions.move_probe(
+            action, cfg, self.xz, self.yaw, self.tilt, self.backend.skin, self.patient_idx,
             self.box_low[self.patient_idx], self.box_high[self.patient_idx],
         )  # fmt: skip
-        targets = self._skin_targets(slice(None), xz, yaw, tilt)
+        targets = actions.skin_targets(self.backend.skin, self.patient_idx, *command, cfg.press_m)
+        self.drive(targets)
+        lag = actions.lagging(targets, self.poses, cfg)
+        self.xz, self.yaw, self.tilt = actions.settle(lag, (self.xz, self.yaw, self.tilt), command)
+        self.action = action
+
+    def drive(self, targets: torch.Tensor) -> None:
+        """One control step of the arm toward probe targets (N, 7), patient frame: joint angles,
+        probe poses, contact force and (with images) the ultrasound history follow. The path of
+        both the task's actions and an external controller (`policies.deploy.sim_robot`)."""
         self.q = self.backend.follow(self.q, self.patient_idx, targets, self.dt)
         self.poses = self.backend.probe_poses(self.q, self.patient_idx)
-        keep = actions.lagging(targets, self.poses, self.cfg.actions)
-        self.xz = torch.where(keep[:, None], self.xz, xz)
-        self.yaw = torch.where(keep, self.yaw, yaw)
-        self.tilt = torch.where(keep[:, None], self.tilt, tilt)
         self.force = self.backend.contact(self.patient_idx, self.poses).force_n
-        self.action = action
         if self.renderer is not None:
             image = self.renderer.render(self.poses, self.patient_idx, self._render_params(None))
             self.history = torch.cat([image[:, None], self.history[:, :-1]], 1)
@@ -210,7 +210,7 @@ class UsNavEnv(BatchedEnv):
         yaw = low + (high - low) * torch.rand(m, generator=gen, device=dev)
         tilt = torch.zeros(m, 2, device=dev)
         self.xz[ids], self.yaw[ids], self.tilt[ids] = xz, yaw, tilt
-        targets = self._skin_targets(ids, xz, yaw, tilt)
+        targets = actions.skin_targets(self.backend.skin, patient, xz, yaw, tilt, cfg.actions.press_m)
         # The arm starts from where it is (its last episode's end), as a real arm would.
         q = self.backend.place(self.q[ids], patient, targets)
         poses = self.backend.probe_poses(q, patient)
@@ -234,16 +234,13 @@ class UsNavEnv(BatchedEnv):
         obs_cfg = cfg.observation
         relative = observations.relative_goal_pose(self.poses, self.goal_pose, obs_cfg.position_scale_m, obs_cfg.angle_scale_rad)
         arm = self.backend.arm
-        probe_position = (self.poses[:, :3] - self.backend.anchor[self.patient_idx]) / obs_cfg.workspace_scale_m
         proprio = observations.proprioception(
-            self.q, arm.lower.float(), arm.upper.float(), probe_position, self.yaw, self.tilt, cfg.actions.max_tilt_rad,
-            self.force, cfg.reward.max_force_n, self.last_action,
+            cfg, self.q, arm.lower.float(), arm.upper.float(), self.poses, self.backend.anchor[self.patient_idx],
+            self.yaw, self.tilt, self.force, self.last_action,
         )  # fmt: skip
         progress = observations.progress_state(self.pos_err, self.ang_err, self.hold, self.episode_length_buf, cfg)
-        groups = {"critic": torch.cat([relative, proprio, progress], -1)}
-        if self.renderer is not None:
-            groups["policy"] = proprio
-            groups["image"] = observations.image_stack(self.history, self.goal_images[self.patient_idx, self.goal_idx])
-        else:
-            groups["policy"] = torch.cat([relative, proprio], -1)
+        goal_image = self.goal_images[self.patient_idx, self.goal_idx] if self.renderer is not None else None
+        history = self.history if self.renderer is not None else None
+        groups = observations.actor_groups(cfg, proprio, relative, history, goal_image)
+        groups["critic"] = torch.cat([relative, proprio, progress], -1)
         return TensorDict(groups, batch_size=[self.num_envs], device=self.device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from sim.robot.contact import SkinBank
-from sim.ultrasound.placement import skin_rotation
+from sim.ultrasound.placement import probe_pose_on_skin, skin_rotation
 from tasks.us_nav.mdp.terminations import pose_errors
 from tasks.us_nav.config import ActionCfg
 
@@ -25,6 +25,23 @@ def lagging(targets: torch.Tensor, poses: torch.Tensor, cfg: ActionCfg) -> torch
     steps' worth of motion (in position or angle)."""
     position, angle = pose_errors(poses, targets)
     return (position > cfg.lag_steps * cfg.translation_m) | (angle > cfg.lag_steps * max(cfg.yaw_rad, cfg.tilt_rad))
+
+
+def settle(
+    lagging_mask: torch.Tensor, old: tuple[torch.Tensor, ...], new: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """The commanded state (xz, yaw, tilt): `new` where the arm kept up, `old` where it lags
+    (lagging_mask (N,) from `lagging`)."""
+    return tuple(torch.where(lagging_mask.reshape(-1, *[1] * (n.dim() - 1)), o, n) for o, n in zip(old, new))
+
+
+def skin_targets(
+    skin: SkinBank, patient_idx: torch.Tensor, xz: torch.Tensor, yaw: torch.Tensor, tilt: torch.Tensor, press_m: float
+) -> torch.Tensor:
+    """Probe targets (N, 7) for the commanded state: on the skin above xz (N, 2), turned by yaw
+    (N,), tilted by tilt (N, 2), pressed press_m into the skin."""
+    point, normal = skin.query(patient_idx, xz[:, 0], xz[:, 1])
+    return probe_pose_on_skin(point, normal, yaw, press_m, tilt)
 
 
 def move_probe(

@@ -18,25 +18,52 @@ def relative_goal_pose(poses: torch.Tensor, goals: torch.Tensor, position_scale_
 
 
 def proprioception(
+    cfg,
     q: torch.Tensor,
     lower: torch.Tensor,
     upper: torch.Tensor,
-    probe_position: torch.Tensor,
+    poses: torch.Tensor,
+    anchor: torch.Tensor,
     yaw: torch.Tensor,
     tilt: torch.Tensor,
-    max_tilt_rad: float,
     force_n: torch.Tensor,
-    max_force_n: float,
     last_action: torch.Tensor,
 ) -> torch.Tensor:
-    """(N, dof + 13): joint angles mapped to [-1, 1] by their limits, the probe position
-    (N, 3) as given (the task passes it in the anchor frame, scaled), sin and cos of the yaw,
-    tilt / max tilt, contact force / max force, and the last action."""
+    """(N, dof + 13): joint angles q (N, dof) mapped to [-1, 1] by their limits (dof,), the probe
+    position relative to the anchor point (N, 3) over cfg.observation.workspace_scale_m, sin and
+    cos of the commanded yaw (N,), tilt (N, 2) / max tilt, contact force (N,) / max force, and
+    the last action (N, A). cfg: the task's `UsNavCfg`; poses (N, 7) and anchor (N, 3) share a frame."""
     q_unit = 2 * (q - lower) / (upper - lower) - 1
+    probe_position = (poses[:, :3] - anchor) / cfg.observation.workspace_scale_m
     return torch.cat(
-        [q_unit, probe_position, yaw.sin()[:, None], yaw.cos()[:, None], tilt / max_tilt_rad, (force_n / max_force_n)[:, None], last_action],
+        [
+            q_unit,
+            probe_position,
+            yaw.sin()[:, None],
+            yaw.cos()[:, None],
+            tilt / cfg.actions.max_tilt_rad,
+            (force_n / cfg.reward.max_force_n)[:, None],
+            last_action,
+        ],
         -1,
     )
+
+
+def actor_groups(
+    cfg,
+    proprio: torch.Tensor,
+    relative: torch.Tensor | None = None,
+    history: torch.Tensor | None = None,
+    goal_image: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The actor's observation groups, as the environment and the deployment runtime build them.
+
+    With images (cfg.observation.images): {"policy": proprio, "image": history (N, K, S, S) and
+    goal_image (N, S, S) stacked}; without: {"policy": relative goal pose (N, 6) and proprio}.
+    """
+    if cfg.observation.images:
+        return {"policy": proprio, "image": image_stack(history, goal_image)}
+    return {"policy": torch.cat([relative, proprio], -1)}
 
 
 def image_stack(history: torch.Tensor, goal_images: torch.Tensor) -> torch.Tensor:

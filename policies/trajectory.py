@@ -1,0 +1,75 @@
+"""One episode of one robot or environment, step by step: what the policy saw and did.
+
+play.py records environment 0's first episode in this form and the deployment runtime records
+every episode it runs, so the two can be compared step for step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Trajectory:
+    """Per control step t: the policy inputs {name: (...)}, the action (A,), the measured probe
+    pose (7,) and joint angles (dof,) at which the inputs were taken. status: how it ended."""
+
+    inputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    actions: list[np.ndarray] = field(default_factory=list)
+    poses: list[np.ndarray] = field(default_factory=list)
+    q: list[np.ndarray] = field(default_factory=list)
+    status: str = ""
+
+    def append(self, inputs: dict[str, np.ndarray], action: np.ndarray, pose: np.ndarray, q: np.ndarray) -> None:
+        """One step, unbatched arrays."""
+        for name, value in inputs.items():
+            self.inputs.setdefault(name, []).append(np.asarray(value, np.float32))
+        self.actions.append(np.asarray(action, np.float32).reshape(-1))
+        self.poses.append(np.asarray(pose, np.float32).reshape(7))
+        self.q.append(np.asarray(q, np.float32).reshape(-1))
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Stacked arrays: input/<name> (T, ...), actions (T, A), poses (T, 7), q (T, dof)."""
+        out = {f"input/{k}": np.stack(v) for k, v in self.inputs.items()}
+        out.update(actions=np.stack(self.actions), poses=np.stack(self.poses), q=np.stack(self.q), status=np.array(self.status))
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **self.arrays())
+        return path
+
+
+def load_trajectory(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays `Trajectory.save` wrote."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+class Env0Recorder:
+    """Records environment 0's first episode while `evaluate` runs: wrap the policy with it and
+    pass `on_step` to evaluate. names: the observation groups the policy reads."""
+
+    def __init__(self, env, policy, names: list[str]) -> None:
+        self.env, self.policy, self.names = env, policy, names
+        self.trajectory = Trajectory()
+        self.finished = False
+
+    def __call__(self, obs):
+        actions = self.policy(obs)
+        if not self.finished:
+            env = self.env
+            inputs = {n: obs[n][0].cpu().numpy() for n in self.names}
+            self.trajectory.append(inputs, actions[0].cpu().numpy(), env.poses[0].cpu().numpy(), env.q[0].cpu().numpy())
+        return actions
+
+    def on_step(self, env) -> None:
+        if not self.finished and int(env.episode_length_buf[0]) == 0:  # environment 0 was just reset
+            self.finished, self.trajectory.status = True, "done"

@@ -1,0 +1,218 @@
+"""us_nav on a robot: what an exported policy expects (deploy.json) and the robot-side controller.
+
+`deployment_spec` describes the observation layout, the action's meaning and the robot for
+deploy.json. `Controller` is the task's robot-side twin: it builds the policy's inputs from
+robot signals (joint angles, probe pose, contact force, ultrasound frames) with the same
+observation terms the environment uses, and turns actions into Cartesian probe targets with the
+same probe-motion terms, so a policy sees on the robot exactly what it saw in training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from sim.anatomy.patient import SkinSurface
+from sim.robot.safety import SafetyLimits
+from sim.config import build
+from sim.robot.contact import SkinBank
+from sim.ultrasound.placement import skin_state_from_pose
+from tasks.us_nav.config import UsNavCfg
+from tasks.us_nav.mdp import actions, observations
+
+ACTION_NAMES = ("lateral", "elevation", "yaw", "tilt_x", "tilt_y")
+
+
+def observation_layout(cfg: UsNavCfg, dof: int) -> list[dict]:
+    """The segments of the "policy" input vector, in order: name, size and how it is computed."""
+    o, a = cfg.observation, cfg.actions
+    relative = [
+        {"name": "goal_position_in_probe", "size": 3, "compute": f"(goal - probe) position, probe frame, / {o.position_scale_m} m"},
+        {"name": "goal_rotation_in_probe", "size": 3, "compute": f"rotation vector of R_probe^T R_goal / {o.angle_scale_rad} rad"},
+    ]
+    proprio = [
+        {"name": "joint_positions", "size": dof, "compute": "2 (q - lower) / (upper - lower) - 1, robot.joints order"},
+        {"name": "probe_position", "size": 3, "compute": f"(probe position - anchor point), task frame, / {o.workspace_scale_m} m"},
+        {"name": "yaw_sin", "size": 1, "compute": "sin of the commanded yaw about the beam"},
+        {"name": "yaw_cos", "size": 1, "compute": "cos of the commanded yaw"},
+        {"name": "tilt", "size": 2, "compute": f"commanded tilt (about probe x, y) / {a.max_tilt_rad} rad"},
+        {"name": "contact_force", "size": 1, "compute": f"probe contact force / {cfg.reward.max_force_n} N"},
+        {"name": "last_action", "size": len(ACTION_NAMES), "compute": "the previous step's action after clamping, 0 at episode start"},
+    ]
+    return proprio if o.images else relative + proprio
+
+
+def deployment_spec(env, safety: Mapping) -> dict:
+    """deploy.json's task part for a `UsNavEnv`: control, observation, action, robot, safety.
+
+    safety: {max_force_n, speed_margin, workspace_margin_m, stop_margin_m} (conf `export.*`):
+    targets may move speed_margin times faster than one full action step per period; the box
+    is the task's workspace and skin height range widened by workspace_margin_m.
+    """
+    cfg: UsNavCfg = env.cfg
+    arm, a, o = env.backend.arm, cfg.actions, cfg.observation
+    inputs = [{"name": "policy", "dtype": "float32", "shape": ["batch", int(env.get_observations()["policy"].shape[1])], "layout": observation_layout(cfg, arm.dof)}]
+    if o.images:
+        inputs.append(
+            {
+                "name": "image",
+                "dtype": "float32",
+                "shape": ["batch", o.history + 1, o.image_size, o.image_size],
+                "channels": [*[f"ultrasound frame t-{k}" for k in range(o.history)], "goal image"],
+                "compute": "B-mode frames in [0, 1] (row 0 at the probe face, column 0 at probe -x) resized to "
+                f"{o.image_size} x {o.image_size} px (area averaging); newest first; at episode start the first frame fills the history",
+            }
+        )
+    step = [a.translation_m, a.translation_m, a.yaw_rad, a.tilt_rad, a.tilt_rad]
+    low, high = workspace_box(env, safety["workspace_margin_m"])
+    max_speed = safety["speed_margin"] * math.hypot(a.translation_m, a.translation_m) * cfg.control_hz
+    limits = SafetyLimits(
+        workspace_low_m=tuple(low),
+        workspace_high_m=tuple(high),
+        max_speed_m_s=max_speed,
+        max_angular_speed_rad_s=safety["speed_margin"] * (a.yaw_rad + math.sqrt(2) * a.tilt_rad) * cfg.control_hz,
+        stop_speed_m_s=2 * max_speed,
+        max_force_n=safety["max_force_n"],
+        stop_margin_m=safety["stop_margin_m"],
+    )
+    return {
+        "task": {"name": cfg.name, "config": asdict(cfg)},
+        "control": {"rate_hz": cfg.control_hz, "dt_s": 1.0 / cfg.control_hz, "episode_steps": cfg.episode_steps},
+        "task_frame": f"patient frame (x left-right, y anterior-posterior, z head-foot; metres); the anchor point is the centre of {cfg.anchor}",
+        "observation": {"inputs": inputs},
+        "action": {
+            "shape": ["batch", len(ACTION_NAMES)],
+            "names": list(ACTION_NAMES),
+            "units": ["m", "m", "rad", "rad", "rad"],
+            "scale": step,
+            "clamp": [-1.0, 1.0],
+            "meaning": "increments of the commanded probe state per control step: translation along the untilted probe's "
+            "x (lateral) and y (elevation) axes projected on the skin (task x-z plane), rotation about the beam, tilt about "
+            "the probe's x and y axes; the target is the skin point below the commanded (x, z), pressed press_m in",
+            "limits": {
+                "workspace_half_extent_m": list(cfg.workspace_half_extent_m),
+                "yaw_range_rad": list(a.yaw_range_rad),
+                "max_tilt_rad": a.max_tilt_rad,
+                "press_m": a.press_m,
+                "lag_steps": a.lag_steps,
+            },
+        },
+        "robot": {
+            "name": arm.name,
+            "urdf": arm.urdf_path.name,
+            "tool_frame": arm.tool_frame,
+            "base_pose_in_anchor_frame": [*cfg.robot.base_position_m, *cfg.robot.base_quat_wxyz],
+            "joints": [
+                {"name": n, "lower_rad": lo, "upper_rad": hi, "velocity_rad_s": v}
+                for n, lo, hi, v in zip(arm.joint_names, arm.lower.tolist(), arm.upper.tolist(), arm.velocity.tolist())
+            ],
+        },
+        "safety": limits.to_dict(),
+    }
+
+
+def workspace_box(env, margin_m: float) -> tuple[list[float], list[float]]:
+    """(low, high) of the probe's workspace box in the anchor frame, metres: the task's (x, z)
+    extent and the skin's height range over it in the environment's patients, +- margin_m."""
+    skin, dev = env.backend.skin, env.device
+    ex, ez = env.cfg.workspace_half_extent_m
+    grid = torch.stack(torch.meshgrid(torch.linspace(-ex, ex, 41, device=dev), torch.linspace(-ez, ez, 81, device=dev), indexing="ij"), -1).reshape(-1, 2)
+    p = len(env.patients)
+    patient = torch.arange(p, device=dev).repeat_interleave(len(grid))
+    xz = grid.repeat(p, 1) + env.anchor_xz[patient]
+    point, _ = skin.query(patient, xz[:, 0], xz[:, 1])
+    height = (point[:, 1] - env.backend.anchor[patient, 1])[torch.isfinite(point[:, 1])]
+    return [-ex - margin_m, float(height.min()) - margin_m, -ez - margin_m], [ex + margin_m, float(height.max()) + margin_m, ez + margin_m]
+
+
+class Controller:
+    """One robot's probe under a us_nav policy (batch of one), in the robot's task frame.
+
+    spec: deploy.json. Per episode `start(session, state)`; per control step `observe(state)`
+    (after the first), `inputs(state)` for the policy and `target(action)` for the arm.
+    """
+
+    def __init__(self, spec: Mapping) -> None:
+        self.cfg = build(UsNavCfg, spec["task"]["config"], "deploy.json task.config")
+        joints = spec["robot"]["joints"]
+        self.lower = torch.tensor([j["lower_rad"] for j in joints], dtype=torch.float64).float()
+        self.upper = torch.tensor([j["upper_rad"] for j in joints], dtype=torch.float64).float()
+
+    def start(self, session, state) -> None:
+        """A new episode: the skin surface, anchor and goal from `session` (`policies.deploy.robot.Session`),
+        the commanded probe state from the session or, when it has none, from the measured pose."""
+        cfg = self.cfg
+        surface = SkinSurface(*(session.surface[k] for k in ("x0", "z0", "dx", "dz", "y", "normal")))
+        self.skin = SkinBank.from_surfaces([surface])
+        self.patient = torch.zeros(1, dtype=torch.long)
+        self.anchor = _row(session.anchor_m)
+        anchor_xz = self.anchor[:, [0, 2]]
+        extent = torch.tensor(cfg.workspace_half_extent_m)
+        self.box_low, self.box_high = anchor_xz - extent, anchor_xz + extent
+        pose = _row(state.probe_pose)
+        if session.start_command is not None:
+            xz, yaw, tilt = session.start_command
+            self.command = (_row(xz), torch.as_tensor(np.float32(yaw)).reshape(1), _row(tilt))
+        else:
+            _, normal = self.skin.query(self.patient, pose[:, 0], pose[:, 2])
+            yaw, tilt = skin_state_from_pose(pose, normal)
+            self.command = (pose[:, [0, 2]], yaw.clamp(*cfg.actions.yaw_range_rad), actions.clamp_norm(tilt, cfg.actions.max_tilt_rad))
+        self.goal_pose = None if session.goal_pose is None else _row(session.goal_pose)
+        self.goal_image = None if session.goal_image is None else _row(session.goal_image)
+        self.last_action = torch.zeros(1, len(ACTION_NAMES))
+        self.pending: tuple | None = None
+        if cfg.observation.images:
+            self.history = self._frame(state).expand(-1, cfg.observation.history, -1, -1).clone()
+
+    def _frame(self, state) -> torch.Tensor:
+        """(1, 1, S, S): the robot's ultrasound frame at the policy's image size."""
+        size = self.cfg.observation.image_size
+        frame = np.asarray(state.frame, np.float32)
+        if frame.shape != (size, size):
+            import cv2
+
+            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(np.ascontiguousarray(frame))[None, None]
+
+    def observe(self, state) -> None:
+        """After a control step: keep the commanded state only if the arm kept up with the last
+        target (as the environment does), and take the new ultrasound frame."""
+        if self.pending is not None:
+            old, new, target = self.pending
+            self.command = actions.settle(actions.lagging(target, _row(state.probe_pose), self.cfg.actions), old, new)
+            self.pending = None
+        if self.cfg.observation.images:
+            self.history = torch.cat([self._frame(state), self.history[:, :-1]], 1)
+
+    def inputs(self, state) -> dict[str, np.ndarray]:
+        """The policy's inputs {name: (1, ...) float32} for the robot's state now."""
+        cfg, o = self.cfg, self.cfg.observation
+        pose = _row(state.probe_pose)
+        _, yaw, tilt = self.command
+        force = torch.tensor([float(state.force_n)], dtype=torch.float32)
+        proprio = observations.proprioception(cfg, _row(state.q), self.lower, self.upper, pose, self.anchor, yaw, tilt, force, self.last_action)
+        relative = None
+        if not o.images:
+            relative = observations.relative_goal_pose(pose, self.goal_pose, o.position_scale_m, o.angle_scale_rad)
+        groups = observations.actor_groups(cfg, proprio, relative, getattr(self, "history", None), self.goal_image)
+        return {k: v.numpy() for k, v in groups.items()}
+
+    def target(self, action: np.ndarray) -> np.ndarray:
+        """The probe target pose (7,) for a finite action (A,), clamped to [-1, 1]."""
+        cfg = self.cfg.actions
+        act = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1).clamp(-1.0, 1.0)
+        old = self.command
+        new = actions.move_probe(act, cfg, *old, self.skin, self.patient, self.box_low, self.box_high)
+        target = actions.skin_targets(self.skin, self.patient, *new, cfg.press_m)
+        self.pending = (old, new, target)
+        self.last_action = act
+        return target[0].numpy()
+
+
+def _row(x) -> torch.Tensor:
+    """A float32 tensor (a copy) with a leading batch dimension of one."""
+    return torch.from_numpy(np.array(x, np.float32))[None]
