@@ -35,7 +35,8 @@ def build_env(cfg: DictConfig, split: str = "train", num_envs: int | None = None
     patients = load_patients(cfg.patient, split)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     probe = OmegaConf.to_container(cfg.probe, resolve=True)
-    return make_env(task, patients, int(num_envs or cfg.num_envs), check_device(cfg.device), int(cfg.seed), probe, cfg.backend.name)
+    backend = OmegaConf.to_container(cfg.backend, resolve=True)
+    return make_env(task, patients, int(num_envs or cfg.num_envs), check_device(cfg.device), int(cfg.seed), probe, backend)
 
 
 def train_config(cfg: DictConfig) -> dict:

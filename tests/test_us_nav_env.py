@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from sim.anatomy.patient_set import load_patients
 from sim.envs.adapters.gymnasium import GymVectorEnv
@@ -14,7 +16,7 @@ from sim.envs.adapters.rsl_rl import RslRlVecEnv
 from sim.errors import InputError
 from tasks import make_env
 from tasks.us_nav.expert import expert_actions
-from tests.tasks_helpers import small_patient_set
+from tests.tasks_helpers import ROOT, SMALL_RUN, small_patient_set
 
 STATE = {"name": "us_nav_state", "observation": {"images": False}}
 IMAGES = {"name": "us_nav", "observation": {"images": True, "image_size": 32, "history": 2}}
@@ -184,3 +186,27 @@ def test_task_yaml_lists_every_setting_at_its_default():
 
     listed = yaml.safe_load((ROOT / "conf" / "task" / "us_nav.yaml").read_text())
     assert build(UsNavCfg, {**listed, "renderer": UsNavCfg().renderer}, "task") == UsNavCfg()
+
+
+def test_gymnasium_ids_build_vector_envs():
+    import gymnasium as gym  # importing tasks (above) registered the ids
+
+    envs = gym.make_vec("Sonolab-UsNavState-v0", num_envs=2, backend="torch", overrides=SMALL_RUN)
+    obs, _ = envs.reset(seed=1)
+    obs, reward, terminated, truncated, _ = envs.step(np.zeros((2, 5), np.float32))
+    assert obs["policy"].shape == (2, 26) and reward.shape == (2,)
+
+
+def test_isaaclab_backend_settings_and_missing_install():
+    from dataclasses import fields
+
+    from sim.backends import make_backend
+    from sim.backends.isaaclab.config import IsaacLabCfg
+
+    settings = yaml.safe_load((ROOT / "conf" / "backend" / "isaaclab.yaml").read_text())
+    assert settings.pop("name") == "isaaclab" and set(settings) == {f.name for f in fields(IsaacLabCfg)}
+    if importlib.util.find_spec("isaaclab") is None:
+        with pytest.raises(InputError, match=r'pip install -e "\.\[isaac\]"'):
+            make_backend({"name": "isaaclab"}, [], None, "vertebrae_L3", 1, "cpu")
+    with pytest.raises(InputError, match="backend 'mujoco'"):
+        make_backend("mujoco", [], None, "vertebrae_L3", 1, "cpu")

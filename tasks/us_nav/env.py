@@ -57,7 +57,7 @@ class UsNavEnv(BatchedEnv):
         device: torch.device | str = "cpu",
         seed: int = 0,
         probe: str | Mapping | ProbeSpec = "linear",
-        backend: str = "torch",
+        backend: str | Mapping = "torch",
     ) -> None:
         super().__init__(num_envs, device, seed)
         cfg = build(UsNavCfg, cfg, "task config")
@@ -68,7 +68,7 @@ class UsNavEnv(BatchedEnv):
         self.max_episode_length = cfg.episode_steps
         self.dt = 1.0 / cfg.control_hz
         dev = self.device
-        self.backend = make_backend(backend, self.patients, cfg.robot, cfg.anchor, dev)
+        self.backend = make_backend(backend, self.patients, cfg.robot, cfg.anchor, num_envs, dev)
         self.goal_names = goals.goal_names(cfg.goal.levels, cfg.goal.views)
         missing = [(p.name, lv) for p in self.patients for lv in cfg.goal.levels if lv not in p.landmarks]
         if missing:
@@ -199,7 +199,7 @@ class UsNavEnv(BatchedEnv):
 
     def _reset_idx(self, ids: torch.Tensor) -> None:
         cfg, gen, dev, m = self.cfg, self.generator, self.device, len(ids)
-        patient = torch.randint(len(self.patients), (m,), generator=gen, device=dev)
+        patient = self.backend.patients_for(ids, torch.randint(len(self.patients), (m,), generator=gen, device=dev))
         self.patient_idx[ids] = patient
         self.goal_idx[ids] = torch.randint(len(self.goal_names), (m,), generator=gen, device=dev)
         extent = torch.tensor(cfg.start.half_extent_m, device=dev)
@@ -212,10 +212,10 @@ class UsNavEnv(BatchedEnv):
         self.xz[ids], self.yaw[ids], self.tilt[ids] = xz, yaw, tilt
         targets = actions.skin_targets(self.backend.skin, patient, xz, yaw, tilt, cfg.actions.press_m)
         # The arm starts from where it is (its last episode's end), as a real arm would.
-        q = self.backend.place(self.q[ids], patient, targets)
+        q = self.backend.place(self.q[ids], patient, targets, ids)
         poses = self.backend.probe_poses(q, patient)
         self.q[ids], self.poses[ids] = q, poses
-        self.force[ids] = self.backend.contact(patient, poses).force_n
+        self.force[ids] = self.backend.contact(patient, poses, ids).force_n
         pos_err, ang_err = terminations.pose_errors(poses, self.goal_poses[patient, self.goal_idx[ids]])
         self.pos_err[ids], self.ang_err[ids] = pos_err, ang_err
         self.hold[ids] = 0

@@ -48,8 +48,14 @@ class TorchBackend:
         """(n, dof) the arm's home joint angles, float32."""
         return self.arm.home.float().expand(n, self.arm.dof).clone()
 
-    def place(self, q0: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Joint angles (n, dof) placing the probe at targets (n, 7) (patient frame), from q0."""
+    def patients_for(self, env_ids: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+        """The patients (n,) environments env_ids (n,) start their next episodes with, given the
+        task's random draw (n,): any patient can go anywhere here."""
+        return drawn
+
+    def place(self, q0: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor, env_ids: torch.Tensor) -> torch.Tensor:
+        """Joint angles (n, dof) placing the probe at targets (n, 7) (patient frame), from q0, for
+        environments env_ids (n,) at an episode start."""
         result = solve_ik(self.arm, self._to_arm_frame(targets, patient_idx), q0, self.cfg.reset_ik_iterations, self.cfg.damping)
         return result.q
 
@@ -66,6 +72,7 @@ class TorchBackend:
         poses = self.arm.forward_world(q)
         return torch.cat([poses[:, :3] + self.anchor[patient_idx], poses[:, 3:]], -1)
 
-    def contact(self, patient_idx: torch.Tensor, poses: torch.Tensor) -> Contact:
-        """Probe-skin contact of probe poses (N, 7), patient frame."""
+    def contact(self, patient_idx: torch.Tensor, poses: torch.Tensor, env_ids: torch.Tensor | None = None) -> Contact:
+        """Probe-skin contact of probe poses (N, 7), patient frame, of every environment or of
+        env_ids (at an episode start)."""
         return probe_contact(self.skin, patient_idx, poses, self.cfg.stiffness_n_per_m)

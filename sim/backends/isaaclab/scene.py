@@ -1,0 +1,134 @@
+"""The Isaac Lab scene of a batch: per environment a table, one patient's body as a static
+collider, the arm holding the probe and a contact sensor on the probe against the body.
+
+Frames. Isaac Lab's world is z up; sonolab's patient frame is the CT's (a prone patient's back
+faces -y). Each environment's local frame is the patient frame turned -90 deg about x (patient
+-y is up, patient +z, the head, is +y) with the patient's anchor point at `anchor_local`
+(above the table centre). The robot base keeps its pose relative to the anchor (RobotCfg), so
+one placement serves every patient. Patients are assigned to environments in contiguous blocks
+(Isaac Lab's sequential cloning): `env_patients`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import isaaclab.sim as sim_utils
+from isaaclab.actuators import ImplicitActuatorCfg
+from isaaclab.assets import ArticulationCfg, AssetBaseCfg
+from isaaclab.cloner.cloner_strategies import sequential
+from isaaclab.scene import InteractiveScene, InteractiveSceneCfg
+from isaaclab.sensors import ContactSensorCfg
+
+from sim.anatomy.patient import Patient
+from sim.anatomy.surface import body_mesh
+from sim.backends.isaaclab import assets
+from sim.backends.isaaclab.config import IsaacLabCfg
+from sim.robot.arm import Arm
+from sim.transforms import matrix_to_quat, quat_to_matrix
+
+# local (z up) <- patient: x stays, patient y -> -z, patient z -> +y
+LOCAL_FROM_PATIENT = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+TABLE_SIZE_M = (0.6, 0.9)  # x (across the patient), y (along the patient)
+
+
+def env_patients(num_patients: int, num_envs: int) -> np.ndarray:
+    """(num_envs,) the patient of each environment, as Isaac Lab's sequential cloner assigns them."""
+    return sequential(np.ones(num_patients), num_envs)
+
+
+def anchor_local(patients: Sequence[Patient], anchor: str, table_height_m: float) -> np.ndarray:
+    """(3,) where every patient's anchor point sits in its environment: above the table centre,
+    high enough that the deepest front of any patient rests on the table top."""
+    depth = max(float(np.asarray(body_mesh(p).vertices)[:, 1].max() - p.landmarks[anchor].centre[1]) for p in patients)
+    return np.array([0.0, 0.0, table_height_m + depth])
+
+
+def body_usds(patients: Sequence[Patient], anchor: str, origin: np.ndarray, cache: Path) -> list[str]:
+    """One static-collider USD per patient, its anchor point at `origin` (local frame)."""
+    paths = []
+    for p in patients:
+        mesh = body_mesh(p)
+        mesh.vertices = (np.asarray(mesh.vertices) - p.landmarks[anchor].centre) @ LOCAL_FROM_PATIENT.T + origin
+        paths.append(str(assets.body_usd(mesh, cache, p.name)))
+    return paths
+
+
+def physics_cfg(cfg: IsaacLabCfg, device: str):
+    """The physics of `cfg.physics`: Newton kit-less, or PhysX (Isaac Sim must be running)."""
+    if cfg.physics == "physx":
+        from isaaclab_physx.physics import PhysxCfg
+
+        return PhysxCfg()
+    from isaaclab_newton.physics import MJWarpSolverCfg, NewtonCfg
+    from isaaclab_newton.physics.newton_manager_cfg import NewtonShapeCfg
+    from isaaclab_newton.physics.newton_collision_cfg import NewtonCollisionPipelineCfg
+
+    # Newton's own collision pipeline: MuJoCo's would treat the concave back as its convex hull.
+    solver = MJWarpSolverCfg(njmax=400, nconmax=200, integrator="implicitfast", cone="pyramidal", use_mujoco_contacts=False)
+    # Contacts as soft as the back's tissue (sim.robot.contact: about 2 N/mm) and as slippery as
+    # gel-coated skin, so the pressed probe slides over the back instead of sticking to it.
+    shapes = NewtonShapeCfg(ke=cfg.skin_stiffness_n_per_m, kd=cfg.skin_damping_n_s_per_m, mu=cfg.skin_friction)
+    return NewtonCfg(solver_cfg=solver, collision_cfg=NewtonCollisionPipelineCfg(), default_shape_cfg=shapes, use_cuda_graph=device.startswith("cuda"))
+
+
+def build_scene(
+    patients: Sequence[Patient], arm: Arm, base_pose: np.ndarray, anchor: str, num_envs: int, device: str, cfg: IsaacLabCfg, cache: Path
+) -> tuple[sim_utils.SimulationContext, InteractiveScene, np.ndarray]:
+    """(simulation, scene, anchor point in the local frame) for num_envs environments.
+
+    base_pose (7,): the robot base in the anchor frame (position, quaternion wxyz).
+    """
+    origin = anchor_local(patients, anchor, cfg.table_height_m)
+    rot = LOCAL_FROM_PATIENT @ _matrix(base_pose[3:])
+    base_position = LOCAL_FROM_PATIENT @ base_pose[:3] + origin
+    home = dict(zip(arm.joint_names, arm.home.tolist()))
+    robot = ArticulationCfg(
+        prim_path="{ENV_REGEX_NS}/Robot",
+        spawn=sim_utils.UsdFileCfg(usd_path=str(assets.robot_usd(arm.urdf_path, cache)), activate_contact_sensors=True),
+        init_state=ArticulationCfg.InitialStateCfg(pos=tuple(base_position), rot=tuple(_quat_xyzw(rot)), joint_pos=home),
+        actuators={
+            "arm": ImplicitActuatorCfg(
+                joint_names_expr=list(arm.joint_names),
+                stiffness=cfg.joint_stiffness,
+                damping=cfg.joint_damping,
+                velocity_limit_sim=dict(zip(arm.joint_names, arm.velocity.tolist())),
+            )
+        },
+    )
+    table = AssetBaseCfg(
+        prim_path="{ENV_REGEX_NS}/Table",
+        spawn=sim_utils.CuboidCfg(size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.CollisionPropertiesCfg()),
+        init_state=AssetBaseCfg.InitialStateCfg(pos=(0.0, 0.0, cfg.table_height_m / 2)),
+    )
+    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=body_usds(patients, anchor, origin, cache)))
+    probe_contact = ContactSensorCfg(
+        prim_path="{ENV_REGEX_NS}/Robot/iiwa_probe",
+        filter_shape_prim_expr=["{ENV_REGEX_NS}/Body/mesh"],
+        update_period=0.0,
+        history_length=1,
+    )
+    scene_cfg = InteractiveSceneCfg(num_envs=num_envs, env_spacing=cfg.env_spacing_m)
+    for name, asset in (("robot", robot), ("table", table), ("body", body), ("probe_contact", probe_contact)):
+        setattr(scene_cfg, name, asset)
+    # No gravity: the arm is the only moving body and its controller compensates gravity, as an
+    # iiwa's does; with gravity the position drives sag and the probe hangs centimetres low.
+    sim_cfg = sim_utils.SimulationCfg(dt=1.0 / cfg.physics_hz, device=device, gravity=(0.0, 0.0, 0.0), physics=physics_cfg(cfg, device))
+    sim = sim_utils.SimulationContext(sim_cfg)
+    scene = InteractiveScene(scene_cfg)
+    sim.reset()
+    return sim, scene, origin
+
+
+def _matrix(quat_wxyz: np.ndarray) -> np.ndarray:
+    return quat_to_matrix(torch.as_tensor(np.asarray(quat_wxyz, np.float64))[None])[0].numpy()
+
+
+def _quat_xyzw(rot: np.ndarray) -> np.ndarray:
+    """Isaac Lab 3 quaternions are (x, y, z, w)."""
+    w, x, y, z = matrix_to_quat(torch.as_tensor(rot)[None])[0].tolist()
+    return np.array([x, y, z, w])
