@@ -80,7 +80,7 @@ class IsaacLabBackend(TorchBackend):
         q_sim = q.to(self.robot.device)
         self.robot.write_joint_position_to_sim_index(position=q_sim, joint_ids=self.joint_ids, env_ids=ids)
         self.robot.write_joint_velocity_to_sim_index(velocity=torch.zeros_like(q_sim), joint_ids=self.joint_ids, env_ids=ids)
-        self.robot.set_joint_position_target_index(target=q_sim, joint_ids=self.joint_ids, env_ids=ids)
+        self.robot.actuators.target_command.set_position_index(value=q_sim, joint_ids=self.joint_ids, env_ids=ids)
         self.ik.reset(ids)
         return q
 
@@ -100,7 +100,7 @@ class IsaacLabBackend(TorchBackend):
             ee_quat = to_xyzw(matrix_to_quat(tool[:, :3, :3]))
             q_des = self.ik.compute(tool[:, :3, 3], ee_quat, jacobian, q_now)
             q_des = q_now + (q_des - q_now).clamp(-max_delta, max_delta)
-            self.robot.set_joint_position_target_index(target=q_des.to(self.robot.device), joint_ids=self.joint_ids)
+            self.robot.actuators.target_command.set_position_index(value=q_des.to(self.robot.device), joint_ids=self.joint_ids)
             self.scene.write_data_to_sim()
             self.sim.step(render=False)
             self.scene.update(self.physics_dt)
