@@ -62,6 +62,18 @@ def rotation_exp(vec: torch.Tensor) -> torch.Tensor:
     return eye + angle.sin() * kx + (1 - angle.cos()) * (kx @ kx)
 
 
+def rpy_to_matrix(rpy: torch.Tensor) -> torch.Tensor:
+    """URDF roll-pitch-yaw (..., 3) in radians (about fixed x, then y, then z) to rotations
+    (..., 3, 3) = Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
+    (cr, cp, cy), (sr, sp, sy) = rpy.cos().unbind(-1), rpy.sin().unbind(-1)
+    rows = [
+        [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+        [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+        [-sp, cp * sr, cp * cr],
+    ]
+    return torch.stack([torch.stack(r, -1) for r in rows], -2)
+
+
 def pose_to_matrix(pose: torch.Tensor) -> torch.Tensor:
     """Homogeneous-free (..., 3, 4) [R | t] from poses (..., 7)."""
     return torch.cat([quat_to_matrix(pose[..., 3:]), pose[..., :3, None]], -1)

@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
+from policies import checkpoints
 from policies.deploy.network import NetworkRobot, serve_robot
 from policies.deploy.policy import ExportedPolicy
 from policies.deploy.runtime import Runtime
@@ -58,7 +59,7 @@ def training_actions(run_dir: Path, inputs: dict[str, np.ndarray]) -> np.ndarray
     cfg = run_config(run_dir)
     env = build_env(cfg, "train", num_envs=2)
     runner = Runner(env, train_config(cfg), None, "cpu")
-    runner.load(str(sorted(run_dir.glob("model_*.pt"))[-1]))
+    runner.load(str(checkpoints.latest_checkpoint(run_dir)))
     policy = runner.get_inference_policy("cpu")
     n = len(next(iter(inputs.values())))
     batch = TensorDict({k: torch.from_numpy(v) for k, v in inputs.items()}, batch_size=[n])
@@ -150,6 +151,16 @@ def test_network_bridge_on_loopback_matches_the_direct_run(state_run):
     a, b = direct.arrays(), bridged.arrays()
     for key in ("poses", "q", "actions", "input/policy"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_deploy_script_names_bad_settings(state_run):
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "deploy.py"), f"checkpoint={state_run}", "deploy.robot=ftp", *SMALL_RUN],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2 and "deploy.robot 'ftp'" in out.stderr
+    with pytest.raises(InputError, match="engine 'tflite'"):
+        Runtime(state_run / "exported", "tflite")
 
 
 def test_runtime_stops_the_robot_on_excess_force(state_run):

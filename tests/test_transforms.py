@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from sim.transforms import matrix_to_quat, pose_to_matrix, quat_to_matrix
+from sim.transforms import matrix_to_quat, pose_to_matrix, quat_to_matrix, rpy_to_matrix
 
 
 def test_quat_matrix_known_rotation():
@@ -40,3 +40,16 @@ def test_probe_pose_on_skin_points_the_beam_into_the_body():
     assert torch.allclose(torch.det(rot), torch.ones(2), atol=1e-6)
     assert torch.allclose(rot[0, :, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)  # yaw 0: image x = patient x
     assert torch.allclose(pose[:, :3], point - normal * 0.002, atol=1e-7)
+
+
+def test_rpy_to_matrix_known_rotations():
+    half = math.pi / 2
+    yaw = rpy_to_matrix(torch.tensor([0.0, 0.0, half], dtype=torch.float64))
+    assert torch.allclose(yaw @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64), atol=1e-12)
+    # URDF order: roll about x first, then pitch about y, then yaw about z (fixed axes).
+    rpy = torch.tensor([[0.3, -0.4, 1.1]], dtype=torch.float64)
+    rx = rpy_to_matrix(torch.tensor([[0.3, 0, 0]], dtype=torch.float64))
+    ry = rpy_to_matrix(torch.tensor([[0, -0.4, 0]], dtype=torch.float64))
+    rz = rpy_to_matrix(torch.tensor([[0, 0, 1.1]], dtype=torch.float64))
+    assert torch.allclose(rpy_to_matrix(rpy), rz @ ry @ rx, atol=1e-12)
+    assert torch.allclose(rx[0, 1:, 1:], torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]], dtype=torch.float64))

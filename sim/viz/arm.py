@@ -18,6 +18,7 @@ from pytorch_kinematics.urdf_parser_py import urdf
 
 from sim.errors import InputError
 from sim.robot.arm import Arm
+from sim.transforms import rpy_to_matrix
 
 DEFAULT_RGB = (0.8, 0.8, 0.8)  # visuals without a material colour
 
@@ -26,8 +27,7 @@ def origin_matrix(origin: urdf.Pose | None) -> np.ndarray:
     """(4, 4) transform of a URDF origin: xyz (m), then rpy (rad) about fixed x, y, z axes."""
     m = np.eye(4)
     if origin is not None:
-        roll, pitch, yaw = origin.rpy or (0.0, 0.0, 0.0)
-        m[:3, :3] = pk.transforms.euler_angles_to_matrix(torch.tensor([yaw, pitch, roll], dtype=torch.float64), "ZYX").numpy()
+        m[:3, :3] = rpy_to_matrix(torch.tensor(origin.rpy or (0.0, 0.0, 0.0), dtype=torch.float64)).numpy()
         m[:3, 3] = origin.xyz or (0.0, 0.0, 0.0)
     return m
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict
 from typing import Mapping
 
+import cv2
 import numpy as np
 import torch
 
@@ -173,8 +174,6 @@ class Controller:
         size = self.cfg.observation.image_size
         frame = np.asarray(state.frame, np.float32)
         if frame.shape != (size, size):
-            import cv2
-
             frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
         return torch.from_numpy(np.ascontiguousarray(frame))[None, None]
 

@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import trimesh
 from pxr import Gf, Sdf, Usd, UsdGeom, UsdPhysics, Vt
 
 from sim.errors import InputError
+from sim.transforms import matrix_to_quat, rpy_to_matrix
 
 WRITER_VERSION = "1"  # bump when the written USD changes, so cached files are rewritten
 
@@ -95,32 +97,12 @@ class _Robot:
 
 
 def _rpy_matrix(rpy: np.ndarray) -> np.ndarray:
-    """URDF roll-pitch-yaw (rad) to a (3, 3) rotation Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
-    (cr, cp, cy), (sr, sp, sy) = np.cos(rpy), np.sin(rpy)
-    return np.array([
-        [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-        [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-        [-sp, cp * sr, cp * cr],
-    ])
+    return rpy_to_matrix(torch.from_numpy(np.asarray(rpy, np.float64))).numpy()
 
 
 def _quat_wxyz(m: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix to a unit quaternion (4,) (w, x, y, z) with w >= 0."""
-    t = np.trace(m)
-    if t > 0:
-        s = 2.0 * np.sqrt(1.0 + t)
-        q = np.array([0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s])
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
-        q = np.empty(4)
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q = q / np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    """(3, 3) rotation to a unit quaternion (4,) (w, x, y, z)."""
+    return matrix_to_quat(torch.from_numpy(np.asarray(m, np.float64))).numpy()
 
 
 def _rotation_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ collider, the arm holding the probe and a contact sensor on the probe against th
 
 Frames. Isaac Lab's world is z up; sonolab's patient frame is the CT's (a prone patient's back
 faces -y). Each environment's local frame is the patient frame turned -90 deg about x (patient
--y is up, patient +z, the head, is +y) with the patient's anchor point at `anchor_local`
+-y is up, patient +z, the head, is +y) with the patient's anchor point at `IsaacLabBackend.anchor_local`
 (above the table centre). The robot base keeps its pose relative to the anchor (RobotCfg), so
 one placement serves every patient. Patients are assigned to environments in contiguous blocks
 (Isaac Lab's sequential cloning): `env_patients`.
@@ -41,21 +41,19 @@ def env_patients(num_patients: int, num_envs: int) -> np.ndarray:
     return sequential(np.ones(num_patients), num_envs)
 
 
-def anchor_local(patients: Sequence[Patient], anchor: str, table_height_m: float) -> np.ndarray:
-    """(3,) where every patient's anchor point sits in its environment: above the table centre,
-    high enough that the deepest front of any patient rests on the table top."""
-    depth = max(float(np.asarray(body_mesh(p).vertices)[:, 1].max() - p.landmarks[anchor].centre[1]) for p in patients)
-    return np.array([0.0, 0.0, table_height_m + depth])
-
-
-def body_usds(patients: Sequence[Patient], anchor: str, origin: np.ndarray, cache: Path) -> list[str]:
-    """One static-collider USD per patient, its anchor point at `origin` (local frame)."""
+def body_usds(patients: Sequence[Patient], anchor: str, table_height_m: float, cache: Path) -> tuple[list[str], np.ndarray]:
+    """One static-collider USD per patient and the point (3,) where every patient's anchor sits in
+    its environment's local frame: above the table centre, high enough that the deepest front of
+    any patient rests on the table top."""
+    meshes = [body_mesh(p) for p in patients]
+    centres = [p.landmarks[anchor].centre for p in patients]
+    depth = max(float(np.asarray(m.vertices)[:, 1].max() - c[1]) for m, c in zip(meshes, centres))
+    origin = np.array([0.0, 0.0, table_height_m + depth])
     paths = []
-    for p in patients:
-        mesh = body_mesh(p)
-        mesh.vertices = (np.asarray(mesh.vertices) - p.landmarks[anchor].centre) @ LOCAL_FROM_PATIENT.T + origin
+    for p, mesh, centre in zip(patients, meshes, centres):
+        mesh.vertices = (np.asarray(mesh.vertices) - centre) @ LOCAL_FROM_PATIENT.T + origin
         paths.append(str(assets.body_usd(mesh, cache, p.name)))
-    return paths
+    return paths, origin
 
 
 def physics_cfg(cfg: IsaacLabCfg, device: str):
@@ -83,7 +81,7 @@ def build_scene(
 
     base_pose (7,): the robot base in the anchor frame (position, quaternion wxyz).
     """
-    origin = anchor_local(patients, anchor, cfg.table_height_m)
+    bodies, origin = body_usds(patients, anchor, cfg.table_height_m, cache)
     rot = LOCAL_FROM_PATIENT @ _matrix(base_pose[3:])
     base_position = LOCAL_FROM_PATIENT @ base_pose[:3] + origin
     home = dict(zip(arm.joint_names, arm.home.tolist()))
@@ -105,7 +103,7 @@ def build_scene(
         spawn=sim_utils.CuboidCfg(size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.CollisionPropertiesCfg()),
         init_state=AssetBaseCfg.InitialStateCfg(pos=(0.0, 0.0, cfg.table_height_m / 2)),
     )
-    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=body_usds(patients, anchor, origin, cache)))
+    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies))
     probe_contact = ContactSensorCfg(
         prim_path="{ENV_REGEX_NS}/Robot/iiwa_probe",
         filter_shape_prim_expr=["{ENV_REGEX_NS}/Body/mesh"],
