@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -17,6 +18,18 @@ from tasks import make_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIG = "config.yaml"
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/config.yaml composed with Hydra overrides (`key=value`, as on train.py's command line),
+    outside a Hydra app: the Gymnasium ids, Isaac Lab's entry points and the benchmark use it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    # A Hydra app that ran earlier in this process (Isaac Lab's task resolution) leaves Hydra set up.
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def check_device(device: str) -> str:

@@ -97,14 +97,10 @@ def bench_render(args: argparse.Namespace) -> dict:
 
 
 def bench_env(args: argparse.Namespace) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from policies.workflow import build_env
+    from policies.workflow import build_env, compose_config
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    overrides = [f"task={args.task}", f"num_envs={args.num_envs}", f"device={args.device}", f"backend={args.backend}", *args.override]
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config([f"task={args.task}", f"num_envs={args.num_envs}", f"device={args.device}", f"backend={args.backend}", *args.override])
     env = build_env(cfg, "train")
     gen = torch.Generator(env.device).manual_seed(0)
     sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)

@@ -1,43 +1,59 @@
 """Gymnasium ids for sonolab's tasks, registered when `tasks` is imported.
 
-    import gymnasium as gym, tasks
-    envs = gym.make_vec("Sonolab-UsNav-v0", num_envs=64)                      # Isaac Lab backend
-    envs = gym.make_vec("Sonolab-UsNavState-v0", num_envs=16, backend="torch", overrides=["patient=totalseg_example"])
+Each id serves two kinds of callers:
 
-Each id composes the Hydra config (conf/config.yaml) with its task, the given settings (keyword
-arguments become `key=value` overrides; backend defaults to isaaclab) and `overrides`, builds the
-task over the chosen patients (training split by default) and returns it as a
-`gymnasium.vector.VectorEnv` (`sim.envs.adapters.gymnasium.GymVectorEnv`): the environments are
-batched tensors inside, so the ids are vector ids (`gym.make_vec`), not single-env ones.
+- `gym.make_vec(id, num_envs)`: sonolab's batched task as a `gymnasium.vector.VectorEnv`
+  (`sim.envs.adapters.gymnasium.GymVectorEnv`) on any backend, for any Gymnasium-vector learner:
+
+      import gymnasium as gym, tasks
+      envs = gym.make_vec("Sonolab-UsNav-v0", num_envs=64)                      # Isaac Lab backend
+      envs = gym.make_vec("Sonolab-UsNavState-v0", num_envs=16, backend="torch", overrides=["patient=totalseg_example"])
+
+  Keyword arguments become `key=value` overrides of conf/config.yaml (backend defaults to
+  isaaclab), `overrides` are added as they are; the training split's patients by default.
+- Isaac Lab's own workflows (`isaaclab train --task Sonolab-UsNavState-v0`, `isaaclab play`):
+  `gym.make(id, cfg=...)` builds `tasks.isaaclab_env.SonolabDirectEnv` (a `DirectRLEnv`) from the
+  env and rsl-rl agent config entry points below. Isaac Lab finds these ids through the
+  `isaaclab.tasks` entry point in pyproject.toml. Nothing here imports Isaac Lab.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import gymnasium as gym
 
 GYM_IDS = {"Sonolab-UsNav-v0": "us_nav", "Sonolab-UsNavState-v0": "us_nav_state"}
-CONF = Path(__file__).resolve().parents[1] / "conf"
+# Registration keys Isaac Lab reads; gym also hands them to the vector entry point, which ignores them.
+ISAACLAB_KEYS = ("env_cfg_entry_point", "rsl_rl_cfg_entry_point", "default_agent")
 
 
 def make_vector_env(task: str, num_envs: int = 64, split: str = "train", overrides: Sequence[str] = (), backend: str = "isaaclab", **settings):
     """The task as a Gymnasium vector env; settings: any top-level config keys (device, seed, patient, probe...)."""
-    from hydra import compose, initialize_config_dir
-
-    from policies.workflow import build_env
+    from policies.workflow import build_env, compose_config
     from sim.envs.adapters.gymnasium import GymVectorEnv
 
-    settings.pop("render_mode", None)  # gymnasium passes it; there is nothing to render into
-    keys = [f"task={task}", f"backend={backend}", *(f"{k}={v}" for k, v in settings.items()), *overrides]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=keys)
+    for key in ("render_mode", *ISAACLAB_KEYS):  # gymnasium passes render_mode; there is nothing to render into
+        settings.pop(key, None)
+    cfg = compose_config([f"task={task}", f"backend={backend}", *(f"{k}={v}" for k, v in settings.items()), *overrides])
     return GymVectorEnv(build_env(cfg, split, num_envs))
 
 
 def register() -> None:
     """Register every id (once)."""
     for gym_id, task in GYM_IDS.items():
-        if gym_id not in gym.registry:
-            gym.register(gym_id, vector_entry_point=make_vector_env, kwargs={"task": task})
+        if gym_id in gym.registry:
+            continue
+        config = "".join(word.capitalize() for word in task.split("_"))
+        gym.register(
+            gym_id,
+            entry_point="tasks.isaaclab_env:SonolabDirectEnv",
+            vector_entry_point=make_vector_env,
+            disable_env_checker=True,
+            kwargs={
+                "task": task,
+                "env_cfg_entry_point": f"tasks.isaaclab_env:{config}EnvCfg",
+                "rsl_rl_cfg_entry_point": f"tasks.isaaclab_agents:{task}_runner_cfg",
+                "default_agent": "rsl_rl",
+            },
+        )

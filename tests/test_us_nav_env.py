@@ -210,3 +210,15 @@ def test_isaaclab_backend_settings_and_missing_install():
             make_backend({"name": "isaaclab"}, [], None, "vertebrae_L3", 1, "cpu")
     with pytest.raises(InputError, match="backend 'mujoco'"):
         make_backend("mujoco", [], None, "vertebrae_L3", 1, "cpu")
+
+
+def test_a_built_backend_is_used_as_it_is(patients):
+    from sim.backends.torch import TorchBackend
+    from tasks.us_nav.config import UsNavCfg
+
+    robot = UsNavCfg().robot
+    backend = TorchBackend(patients, robot, "vertebrae_L3", "cpu")
+    env = make_env(STATE, patients, num_envs=2, backend=backend)
+    assert env.backend is backend
+    with pytest.raises(InputError, match="built for 2 patients, the task has 1"):
+        make_env(STATE, patients[:1], num_envs=2, backend=backend)

@@ -12,6 +12,7 @@ import torch
 
 from sim.anatomy.patient import Patient
 from sim.errors import InputError
+from sim.backends.torch import TorchBackend
 from sim.robot.mount import RobotCfg
 
 BACKENDS = ("torch", "isaaclab")
@@ -19,17 +20,20 @@ ISAAC_INSTALL = 'pip install -e ".[isaac]" (Python 3.12; Isaac Lab 3)'
 
 
 def make_backend(
-    backend: str | Mapping, patients: Sequence[Patient], robot: RobotCfg, anchor: str, num_envs: int, device: torch.device | str
+    backend: str | Mapping | TorchBackend, patients: Sequence[Patient], robot: RobotCfg, anchor: str, num_envs: int, device: torch.device | str
 ):
     """The backend for `num_envs` environments over `patients` (the batch's patient bank order).
 
-    backend: a name or a mapping {name, ...settings} (Hydra `backend.*`, conf/backend/<name>.yaml).
+    backend: a name, a mapping {name, ...settings} (Hydra `backend.*`, conf/backend/<name>.yaml),
+    or a backend already built for these patients and environments, returned as it is.
     """
+    if isinstance(backend, TorchBackend):
+        if len(backend.anchor) != len(patients):
+            raise InputError(f"backend: built for {len(backend.anchor)} patients, the task has {len(patients)}")
+        return backend
     settings = {"name": backend} if isinstance(backend, str) else dict(backend)
     name = settings.pop("name", None)
     if name == "torch":
-        from sim.backends.torch import TorchBackend
-
         if settings:
             raise InputError(f"backend torch settings {sorted(settings)}: the torch backend takes none")
         return TorchBackend(patients, robot, anchor, device)

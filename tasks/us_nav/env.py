@@ -48,6 +48,7 @@ class UsNavEnv(BatchedEnv):
     """
 
     num_actions = 5
+    config_class = UsNavCfg
 
     def __init__(
         self,

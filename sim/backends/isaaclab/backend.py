@@ -18,11 +18,13 @@ from typing import Mapping, Sequence
 import torch
 
 from isaaclab.controllers import DifferentialIKController, DifferentialIKControllerCfg
+from isaaclab.scene import InteractiveScene
+from isaaclab.sim import SimulationContext
 
 from sim.anatomy.cache import default_cache_dir
 from sim.anatomy.patient import Patient
 from sim.backends.isaaclab.config import IsaacLabCfg
-from sim.backends.isaaclab.scene import build_scene, env_patients
+from sim.backends.isaaclab.scene import env_patients, open_scene, scene_cfgs
 from sim.backends.torch import TorchBackend
 from sim.config import build
 from sim.errors import InputError
@@ -37,34 +39,54 @@ def to_xyzw(quat_wxyz: torch.Tensor) -> torch.Tensor:
 
 
 class IsaacLabBackend(TorchBackend):
-    """num_envs environments of an Isaac Lab scene; environment i holds patient `env_patient[i]`."""
+    """num_envs environments of an Isaac Lab scene; environment i holds patient `env_patient[i]`.
+
+    The backend describes its world as Isaac Lab configs (`sim_cfg`, `scene_cfg`) and opens it
+    itself, or, with open_world=False, leaves that to an Isaac Lab environment class
+    (`sim.envs.adapters.isaaclab.SonolabDirectEnv`), which creates the simulation and scene from
+    those configs and hands them over with `attach`.
+    """
 
     name = "isaaclab"
 
     def __init__(
-        self, patients: Sequence[Patient], robot: RobotCfg, anchor: str, num_envs: int, device: torch.device | str, settings: Mapping | None = None
+        self,
+        patients: Sequence[Patient],
+        robot: RobotCfg,
+        anchor: str,
+        num_envs: int,
+        device: torch.device | str,
+        settings: Mapping | None = None,
+        open_world: bool = True,
     ) -> None:
         super().__init__(patients, robot, anchor, device)
         cfg = build(IsaacLabCfg, settings or {}, "backend (isaaclab)")
         if cfg.physics not in ("newton", "physx"):
             raise InputError(f"backend.physics {cfg.physics!r}: expected newton (kit-less) or physx (Isaac Sim)")
-        if cfg.physics == "physx":
-            from isaaclab.app import AppLauncher  # Isaac Sim (kit) must run before any scene exists
+        if cfg.physics == "physx" and open_world:
+            # Isaac Sim (kit) must run before any scene exists; an Isaac Lab workflow launches it itself.
+            from isaaclab.app import AppLauncher
 
             self.app = AppLauncher(headless=cfg.headless, device=str(self.device)).app
         self.settings = cfg
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir().parent / "isaaclab"
         base = torch.tensor([*robot.base_position_m, *robot.base_quat_wxyz], dtype=torch.float64)
-        self.sim, self.scene, self.anchor_local = build_scene(patients, self.arm, base.numpy(), anchor, num_envs, str(self.device), cfg, cache)
-        self.robot = self.scene["robot"]
-        self.sensor = self.scene["probe_contact"]
-        self.joint_ids = self.robot.find_joints(list(self.arm.joint_names), preserve_order=True)[0]
+        self.sim_cfg, self.scene_cfg, self.anchor_local = scene_cfgs(patients, self.arm, base.numpy(), anchor, num_envs, str(self.device), cfg, cache)
         self.env_patient = torch.as_tensor(env_patients(len(patients), num_envs), device=self.device)
         self.base_in_anchor = base.float().to(self.device)
         ik = DifferentialIKControllerCfg(command_type="pose", use_relative_mode=False, ik_method="dls", ik_params={"lambda_val": cfg.ik_damping})
         self.ik = DifferentialIKController(ik, num_envs=num_envs, device=str(self.device))
         self.physics_dt = 1.0 / cfg.physics_hz
         self.mean_force = torch.zeros(num_envs, device=self.device)  # N, over the last control step
+        if open_world:
+            self.attach(*open_scene(self.sim_cfg, self.scene_cfg))
+
+    def attach(self, sim: SimulationContext, scene: InteractiveScene) -> None:
+        """Drive the started simulation and scene built from `sim_cfg` and `scene_cfg`."""
+        self.sim, self.scene = sim, scene
+        self.robot = scene["robot"]
+        self.sensor = scene["probe_contact"]
+        self.joint_ids = self.robot.find_joints(list(self.arm.joint_names), preserve_order=True)[0]
 
     def patients_for(self, env_ids: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
         """Each environment's body is part of the physics scene: it keeps its patient."""

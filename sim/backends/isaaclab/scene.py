@@ -74,10 +74,11 @@ def physics_cfg(cfg: IsaacLabCfg, device: str):
     return NewtonCfg(solver_cfg=solver, collision_cfg=NewtonCollisionPipelineCfg(), default_shape_cfg=shapes, use_cuda_graph=device.startswith("cuda"))
 
 
-def build_scene(
+def scene_cfgs(
     patients: Sequence[Patient], arm: Arm, base_pose: np.ndarray, anchor: str, num_envs: int, device: str, cfg: IsaacLabCfg, cache: Path
-) -> tuple[sim_utils.SimulationContext, InteractiveScene, np.ndarray]:
-    """(simulation, scene, anchor point in the local frame) for num_envs environments.
+) -> tuple[sim_utils.SimulationCfg, InteractiveSceneCfg, np.ndarray]:
+    """(simulation config, scene config, anchor point in the local frame) for num_envs
+    environments; the USD they reference is generated into `cache`.
 
     base_pose (7,): the robot base in the anchor frame (position, quaternion wxyz).
     """
@@ -94,16 +95,16 @@ def build_scene(
                 joint_names_expr=list(arm.joint_names),
                 stiffness=cfg.joint_stiffness,
                 damping=cfg.joint_damping,
-                velocity_limit_sim=dict(zip(arm.joint_names, arm.velocity.tolist())),
+                joint_velocity_limit=dict(zip(arm.joint_names, arm.velocity.tolist())),
             )
         },
     )
     table = AssetBaseCfg(
         prim_path="{ENV_REGEX_NS}/Table",
-        spawn=sim_utils.CuboidCfg(size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.CollisionPropertiesCfg()),
+        spawn=sim_utils.CuboidCfg(size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.UsdPhysicsCollisionCfg()),
         init_state=AssetBaseCfg.InitialStateCfg(pos=(0.0, 0.0, cfg.table_height_m / 2)),
     )
-    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies))
+    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies, random_choice=False))
     probe_contact = ContactSensorCfg(
         prim_path="{ENV_REGEX_NS}/Robot/iiwa_probe",
         filter_shape_prim_expr=["{ENV_REGEX_NS}/Body/mesh"],
@@ -116,10 +117,15 @@ def build_scene(
     # No gravity: the arm is the only moving body and its controller compensates gravity, as an
     # iiwa's does; with gravity the position drives sag and the probe hangs centimetres low.
     sim_cfg = sim_utils.SimulationCfg(dt=1.0 / cfg.physics_hz, device=device, gravity=(0.0, 0.0, 0.0), physics=physics_cfg(cfg, device))
+    return sim_cfg, scene_cfg, origin
+
+
+def open_scene(sim_cfg: sim_utils.SimulationCfg, scene_cfg: InteractiveSceneCfg) -> tuple[sim_utils.SimulationContext, InteractiveScene]:
+    """The simulation (one per process) and its started scene."""
     sim = sim_utils.SimulationContext(sim_cfg)
     scene = InteractiveScene(scene_cfg)
     sim.reset()
-    return sim, scene, origin
+    return sim, scene
 
 
 def _matrix(quat_wxyz: np.ndarray) -> np.ndarray:

@@ -1,0 +1,82 @@
+"""rsl-rl agent configs for Isaac Lab's workflows (`rsl_rl_cfg_entry_point` of tasks.gym_ids):
+sonolab's own agent group (conf/agent/<task>.yaml, the plain dict scripts/train.py hands to
+rsl-rl) as Isaac Lab's `RslRlOnPolicyRunnerCfg`, so `isaaclab train` trains with the same
+networks and PPO settings. Settings the YAML leaves out take rsl-rl's own defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from omegaconf import OmegaConf
+from rsl_rl.algorithms import PPO
+
+from isaaclab_rl.rsl_rl import RslRlCNNModelCfg, RslRlMLPModelCfg, RslRlOnPolicyRunnerCfg, RslRlPpoAlgorithmCfg, RslRlRNNModelCfg
+
+from policies.workflow import compose_config
+from sim.errors import InputError
+
+MODELS = {"MLPModel": RslRlMLPModelCfg, "CNNModel": RslRlCNNModelCfg, "RNNModel": RslRlRNNModelCfg}
+DISTRIBUTIONS = {
+    "GaussianDistribution": RslRlMLPModelCfg.GaussianDistributionCfg,
+    "HeteroscedasticGaussianDistribution": RslRlMLPModelCfg.HeteroscedasticGaussianDistributionCfg,
+}
+
+
+def _lookup(table: dict, name: str, where: str):
+    if name not in table:
+        raise InputError(f"{where} {name!r}: expected one of {sorted(table)} for Isaac Lab's rsl-rl configs")
+    return table[name]
+
+
+def model_cfg(spec: dict, where: str) -> RslRlMLPModelCfg:
+    """An actor or critic of the agent group as Isaac Lab's model config."""
+    spec = dict(spec)
+    model = _lookup(MODELS, spec.get("class_name", "MLPModel"), f"{where}.class_name")
+    distribution = spec.pop("distribution_cfg", None)
+    if distribution is not None:
+        distribution = dict(distribution)
+        spec["distribution_cfg"] = _lookup(DISTRIBUTIONS, distribution.pop("class_name"), f"{where}.distribution_cfg.class_name")(**distribution)
+    if "cnn_cfg" in spec:
+        spec["cnn_cfg"] = RslRlCNNModelCfg.CNNCfg(**spec["cnn_cfg"])
+    return model(**spec)
+
+
+def ppo_cfg(spec: dict) -> RslRlPpoAlgorithmCfg:
+    """The PPO group, with rsl-rl's defaults for what it leaves out."""
+    spec = dict(spec)
+    if spec.pop("class_name", "PPO") != "PPO":
+        raise InputError(f"agent.algorithm.class_name {spec.get('class_name')!r}: Isaac Lab's on-policy runner config expects PPO")
+    defaults = {name: p.default for name, p in inspect.signature(PPO.__init__).parameters.items() if p.default is not inspect.Parameter.empty}
+    fields = set(RslRlPpoAlgorithmCfg.__dataclass_fields__)
+    return RslRlPpoAlgorithmCfg(**{**{k: v for k, v in defaults.items() if k in fields and v is not None}, **spec})
+
+
+def runner_cfg(task: str) -> RslRlOnPolicyRunnerCfg:
+    """sonolab's agent config of `task` (conf/agent/<task>.yaml) for Isaac Lab's rsl-rl runner.
+    The device is the GPU where there is one (override with agent.device=cpu)."""
+    cfg = compose_config([f"task={task}"])
+    agent = OmegaConf.to_container(cfg.agent, resolve=True)
+    return RslRlOnPolicyRunnerCfg(
+        seed=int(cfg.seed),
+        device="cuda:0" if torch.cuda.is_available() else "cpu",
+        experiment_name=f"sonolab_{task}",
+        num_steps_per_env=agent.pop("num_steps_per_env"),
+        max_iterations=agent.pop("max_iterations"),
+        save_interval=agent.pop("save_interval"),
+        init_at_random_ep_len=agent.pop("init_at_random_ep_len"),
+        obs_groups=agent.pop("obs_groups"),
+        actor=model_cfg(agent.pop("actor"), "agent.actor"),
+        critic=model_cfg(agent.pop("critic"), "agent.critic"),
+        algorithm=ppo_cfg(agent.pop("algorithm")),
+        **agent,
+    )
+
+
+def us_nav_runner_cfg() -> RslRlOnPolicyRunnerCfg:
+    return runner_cfg("us_nav")
+
+
+def us_nav_state_runner_cfg() -> RslRlOnPolicyRunnerCfg:
+    return runner_cfg("us_nav_state")
