@@ -98,6 +98,7 @@ def bench_render(args: argparse.Namespace) -> dict:
 
 def bench_env(args: argparse.Namespace) -> dict:
     from policies.workflow import build_env, compose_config
+    from tasks.us_nav.expert import expert_actions
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     cfg = compose_config([f"task={args.task}", f"num_envs={args.num_envs}", f"device={args.device}", f"backend={args.backend}", *args.override])
@@ -105,20 +106,32 @@ def bench_env(args: argparse.Namespace) -> dict:
     gen = torch.Generator(env.device).manual_seed(0)
     sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
 
-    def run(steps: int) -> tuple[float, int]:
+    obs = env.reset()
+    forces, successes = [], []
+
+    def act(obs) -> torch.Tensor:
+        if args.policy == "expert":
+            return expert_actions(obs, env.cfg)
+        return 2 * torch.rand(env.num_envs, env.num_actions, generator=gen, device=env.device) - 1
+
+    def run(steps: int, record: bool) -> tuple[float, int]:
+        nonlocal obs
         episodes = 0
         sync()
         t0 = time.perf_counter()
         for _ in range(steps):
-            actions = 2 * torch.rand(env.num_envs, env.num_actions, generator=gen, device=env.device) - 1
-            _, _, terminated, truncated, _ = env.step(actions)
+            obs, _, terminated, truncated, extras = env.step(act(obs))
             episodes += int((terminated | truncated).sum())
+            if record:
+                forces.append(env.force.clone())
+                successes.append(extras["log"].get("Episode/success", torch.zeros(0, device=env.device)))
         sync()
         return time.perf_counter() - t0, episodes
 
-    warmup_s, _ = run(args.warmup)
-    seconds, episodes = run(args.steps)
-    obs = env.get_observations()
+    warmup_s, _ = run(args.warmup, record=False)
+    seconds, episodes = run(args.steps, record=True)
+    force = torch.stack(forces).flatten().float().cpu()
+    ended = torch.cat(successes).float().cpu()
     return {
         "benchmark": "env",
         "task": args.task,
@@ -128,6 +141,10 @@ def bench_env(args: argparse.Namespace) -> dict:
         "env_steps_per_s": round(args.num_envs * args.steps / seconds, 1),
         "ms_per_step": round(1000 * seconds / args.steps, 2),
         "episodes_ended": episodes,
+        "policy": args.policy,
+        # the probe's contact force over every environment step, N, and the ended episodes' success
+        "contact_force_n": {"median": round(force.median().item(), 2), "p95": round(force.quantile(0.95).item(), 2), "max": round(force.max().item(), 2)},
+        "success_rate": round(ended.mean().item(), 3) if len(ended) else None,
         "warmup_s": round(warmup_s, 1),
         "observation_shapes": {k: list(v.shape[1:]) for k, v in obs.items()},
         "patients": len(env.patients),
@@ -158,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--num-envs", type=int, default=256)
     e.add_argument("--steps", type=int, default=200, help="timed steps")
     e.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    e.add_argument("--policy", choices=("random", "expert"), default="random", help="random actions, or the scripted expert (tasks/us_nav/expert.py)")
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     e.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. patient.common.spacing_mm=2")

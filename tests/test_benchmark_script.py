@@ -20,3 +20,18 @@ def test_render_benchmark_prints_one_json_object(tmp_path):
     for key in ("images_per_s", "ms_per_batch", "peak_rss_mb", "device", "threads"):
         assert key in result
     assert result["batch"] == 3 and result["images_per_s"] > 0 and result["device"] == "cpu"
+
+
+def test_env_benchmark_with_the_expert_reports_the_skin_models_force(tmp_path):
+    small = ["patient.common.spacing_mm=2.0", "patient.train=[{seed: 0},{seed: 1}]", "task.episode_steps=30"]
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "benchmark.py"), "env", "--task", "us_nav_state", "--num-envs", "8",
+        "--steps", "60", "--warmup", "0", "--policy", "expert", "--override", *small, "--json",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SONOLAB_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["policy"] == "expert" and result["env_steps_per_s"] > 0
+    # The pressed probe: skin stiffness 2000 N/m x 2 mm press = 4 N (sim.robot.contact).
+    assert abs(result["contact_force_n"]["median"] - 4.0) < 0.5
+    assert result["success_rate"] > 0.5

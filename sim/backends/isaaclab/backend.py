@@ -114,7 +114,9 @@ class IsaacLabBackend(TorchBackend):
         command = torch.cat([target_b[:, :3], to_xyzw(target_b[:, 3:])], -1).to(self.robot.device)
         self.ik.set_command(command)
         steps = max(1, round(dt / self.physics_dt))
-        max_delta = self.arm.velocity.float() * self.physics_dt
+        # Each physics step's joint targets lie at most one control step's travel (velocity limit x dt)
+        # from the joints: closer targets would cap the drives' speed at stiffness x offset / damping.
+        max_delta = self.arm.velocity.float() * dt
         self.mean_force = torch.zeros(len(targets), device=self.device)
         for _ in range(steps):
             q_now = self._joint_positions()

@@ -68,8 +68,10 @@ def physics_cfg(cfg: IsaacLabCfg, device: str):
 
     # Newton's own collision pipeline: MuJoCo's would treat the concave back as its convex hull.
     solver = MJWarpSolverCfg(njmax=400, nconmax=200, integrator="implicitfast", cone="pyramidal", use_mujoco_contacts=False)
-    # Contacts as soft as the back's tissue (sim.robot.contact: about 2 N/mm) and as slippery as
-    # gel-coated skin, so the pressed probe slides over the back instead of sticking to it.
+    # Newton turns each shape's ke / kd into MuJoCo's solref (time constant 2 / kd, damping ratio
+    # kd / 2 sqrt(1 / ke)). The pressing force is set mostly by the arm's drives pushing toward a
+    # target 2 mm inside the skin (measured: tens of newtons), little by these; a friction
+    # coefficient of gel-coated skin lets the pressed probe slide over the back.
     shapes = NewtonShapeCfg(ke=cfg.skin_stiffness_n_per_m, kd=cfg.skin_damping_n_s_per_m, mu=cfg.skin_friction)
     return NewtonCfg(solver_cfg=solver, collision_cfg=NewtonCollisionPipelineCfg(), default_shape_cfg=shapes, use_cuda_graph=device.startswith("cuda"))
 
