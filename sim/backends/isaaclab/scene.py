@@ -106,7 +106,7 @@ def scene_cfgs(
         spawn=sim_utils.CuboidCfg(size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.UsdPhysicsCollisionCfg()),
         init_state=AssetBaseCfg.InitialStateCfg(pos=(0.0, 0.0, cfg.table_height_m / 2)),
     )
-    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies, random_choice=False))
+    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies))
     probe_contact = ContactSensorCfg(
         prim_path="{ENV_REGEX_NS}/Robot/iiwa_probe",
         filter_shape_prim_expr=["{ENV_REGEX_NS}/Body/mesh"],
