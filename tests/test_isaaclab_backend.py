@@ -102,7 +102,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return out
 
 
-def test_train_one_iteration_then_play(tmp_path):
+def test_train_one_iteration_then_play_and_export(tmp_path):
     common = ["backend=isaaclab", "task=us_nav_state", "num_envs=2", "task.episode_steps=8", *SMALL_RUN]
     trained = run(str(ROOT / "scripts" / "train.py"), *common, "agent.num_steps_per_env=4", "agent.max_iterations=1", "agent.save_interval=1", f"log_root={tmp_path}")
     run_dir = Path(trained.stdout.strip().splitlines()[-1])
@@ -110,6 +110,9 @@ def test_train_one_iteration_then_play(tmp_path):
     played = run(str(ROOT / "scripts" / "play.py"), *common, "checkpoint=last", f"log_root={tmp_path}")
     metrics = json.loads(played.stdout.strip().splitlines()[-1])
     assert metrics["episodes"] == 2 and 0.0 <= metrics["success_rate"] <= 1.0
+    exported = run(str(ROOT / "scripts" / "export.py"), *common, "checkpoint=last", f"log_root={tmp_path}")
+    folder = Path(exported.stdout.strip().splitlines()[-1])
+    assert folder == run_dir / "exported" and {"policy.onnx", "policy.pt", "deploy.json"} <= {f.name for f in folder.iterdir()}
 
 
 def test_env_benchmark_with_the_isaaclab_backend():
