@@ -16,7 +16,7 @@ hooks are not used, the backend runs the physics steps of each control step itse
 from __future__ import annotations
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from isaaclab.envs import DirectRLEnv, DirectRLEnvCfg
 from isaaclab.envs.utils.spaces import spec_to_gym_space
@@ -73,6 +73,22 @@ class UsNavStateEnvCfg(SonolabEnvCfg):
     task: str = "us_nav_state"
 
 
+def sonolab_config(cfg: SonolabEnvCfg) -> DictConfig:
+    """conf/config.yaml with cfg's task and overrides, and Isaac Lab's number of environments,
+    device, seed and physics engine."""
+    if isinstance(cfg.overrides, str) or not all(isinstance(o, str) for o in cfg.overrides):
+        raise InputError(
+            f"env.overrides {cfg.overrides!r}: expected a list of key=value strings; quote each on the command line: "
+            """'env.overrides=["task.episode_steps=64","patient=totalseg_example"]'"""
+        )
+    physics = ENGINES.get(type(cfg.sim.physics).__name__)
+    if physics is None:
+        raise InputError(f"sim.physics {type(cfg.sim.physics).__name__}: sonolab's tasks run on {sorted(ENGINES)} (--physics newton_mjwarp or isaacsim_physx)")
+    seed = 0 if cfg.seed is None else int(cfg.seed)
+    isaaclab = ["backend=isaaclab", f"num_envs={cfg.scene.num_envs}", f"device={cfg.sim.device}", f"seed={seed}", f"backend.physics={physics}"]
+    return compose_config([f"task={cfg.task}", *cfg.overrides, *isaaclab])
+
+
 class SonolabDirectEnv(DirectRLEnv):
     """The sonolab task `cfg.task` over cfg.scene.num_envs environments. Observations are the
     task's groups ("policy", "critic" and, for image tasks, "image"); `task` is the sonolab
@@ -81,23 +97,15 @@ class SonolabDirectEnv(DirectRLEnv):
     cfg: SonolabEnvCfg
 
     def __init__(self, cfg: SonolabEnvCfg, render_mode: str | None = None, **registration) -> None:
-        if isinstance(cfg.overrides, str) or not all(isinstance(o, str) for o in cfg.overrides):
-            raise InputError(
-                f"env.overrides {cfg.overrides!r}: expected a list of key=value strings; quote each on the command line: "
-                """'env.overrides=["task.episode_steps=64","patient=totalseg_example"]'"""
-            )
-        num_envs, seed = cfg.scene.num_envs, 0 if cfg.seed is None else int(cfg.seed)
-        physics = ENGINES.get(type(cfg.sim.physics).__name__)
-        if physics is None:
-            raise InputError(f"sim.physics {type(cfg.sim.physics).__name__}: sonolab's tasks run on {sorted(ENGINES)} (--physics newton_mjwarp or isaacsim_physx)")
-        isaaclab_settings = ["backend=isaaclab", f"num_envs={num_envs}", f"device={cfg.sim.device}", f"seed={seed}", f"backend.physics={physics}"]
-        conf = compose_config([f"task={cfg.task}", *cfg.overrides, *isaaclab_settings])
+        conf = sonolab_config(cfg)
+        num_envs, seed = int(conf.num_envs), int(conf.seed)
         patients = load_patients(conf.patient, cfg.split)
         task_settings = OmegaConf.to_container(conf.task, resolve=True)
         task_class = TASKS[conf.task.name]
         task_cfg = build(task_class.config_class, task_settings, "task config")
         backend_settings = OmegaConf.to_container(conf.backend, resolve=True)
         backend_settings.pop("name")
+        # The backend describes the world; Isaac Lab builds it from these configs in super().__init__.
         backend = IsaacLabBackend(patients, task_cfg.robot, task_cfg.anchor, num_envs, conf.device, backend_settings, open_world=False)
         cfg.sim, cfg.scene = backend.sim_cfg, backend.scene_cfg
         cfg.decimation = max(1, round(1.0 / (task_cfg.control_hz * backend.physics_dt)))
