@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 
 from policies import checkpoints
@@ -25,7 +24,7 @@ from policies.deploy.runtime import Runtime
 from policies.deploy.sim_robot import SimRobot
 from policies.runner import Runner
 from policies.trajectory import load_trajectory
-from policies.workflow import build_env, run_config, train_config, trained_run
+from policies.workflow import build_env, compose_config, run_config, train_config, trained_run
 from sim.errors import InputError
 from sim.robot.safety import SafetyLimits, SafetyMonitor
 from tests.tasks_helpers import ROOT, SMALL_RUN
@@ -113,8 +112,7 @@ def test_exported_files_are_checked_against_their_hashes(state_run, tmp_path):
 
 def sim_robot(run_dir: Path, seed: int) -> SimRobot:
     """The simulator as deploy.py builds it: a one-environment run of the run's task."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"seed={seed}", f"checkpoint={run_dir}", *SMALL_RUN])
+    cfg = compose_config([f"seed={seed}", f"checkpoint={run_dir}", *SMALL_RUN])
     trained_run(cfg)
     torch.manual_seed(seed)
     return SimRobot(build_env(cfg, "train", num_envs=1))

@@ -16,12 +16,13 @@ pytest.importorskip("isaaclab", reason="Isaac Lab is not installed (Python 3.12:
 
 import gymnasium as gym  # noqa: E402
 from isaaclab.envs import DirectRLEnv  # noqa: E402
+from isaaclab.physics.physics_manager_cfg import PhysicsCfg  # noqa: E402
 from isaaclab_rl.rsl_rl import RslRlVecEnvWrapper  # noqa: E402
 
 import tasks  # noqa: E402, F401  (registers the ids)
 from sim.errors import InputError  # noqa: E402
 from tasks.isaaclab_agents import runner_cfg  # noqa: E402
-from tasks.isaaclab_env import UsNavStateEnvCfg  # noqa: E402
+from tasks.isaaclab_env import UsNavStateEnvCfg, sonolab_config  # noqa: E402
 from tests.tasks_helpers import ROOT, SMALL_RUN  # noqa: E402
 
 SMALL = [*SMALL_RUN, "task.episode_steps=6"]
@@ -72,6 +73,10 @@ def test_agent_config_is_sonolabs_agent_group():
         bad = small_cfg()
         bad.overrides = "[task.episode_steps=8]"  # what an unquoted Hydra list arrives as
         gym.make("Sonolab-UsNavState-v0", cfg=bad)
+    unknown = small_cfg()
+    unknown.sim.physics = PhysicsCfg()  # neither Newton nor PhysX
+    with pytest.raises(InputError, match="sim.physics PhysicsCfg"):
+        sonolab_config(unknown)
 
 
 def isaaclab(*args: str) -> list[str]:

@@ -13,12 +13,10 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
 from policies import checkpoints
 from policies.evaluation import evaluate
 from policies.runner import Runner
-from policies.workflow import build_env, train_config
+from policies.workflow import build_env, compose_config, train_config
 from sim.errors import InputError
 from tests.tasks_helpers import ROOT, SMALL_RUN
 
@@ -32,8 +30,7 @@ def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def test_short_state_training_improves_success():

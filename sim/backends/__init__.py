@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 import torch
 
 from sim.anatomy.patient import Patient
-from sim.errors import InputError
 from sim.backends.torch import TorchBackend
+from sim.errors import InputError
 from sim.robot.mount import RobotCfg
 
 BACKENDS = ("torch", "isaaclab")

@@ -43,7 +43,7 @@ class IsaacLabBackend(TorchBackend):
 
     The backend describes its world as Isaac Lab configs (`sim_cfg`, `scene_cfg`) and opens it
     itself, or, with open_world=False, leaves that to an Isaac Lab environment class
-    (`sim.envs.adapters.isaaclab.SonolabDirectEnv`), which creates the simulation and scene from
+    (`tasks.isaaclab_env.SonolabDirectEnv`), which creates the simulation and scene from
     those configs and hands them over with `attach`.
     """
 
