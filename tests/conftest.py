@@ -1,4 +1,4 @@
-"""Shared fixtures: the real TotalSegmentator example data beside the repository."""
+"""Shared fixtures: the real TotalSegmentator example data the repository ships."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
-TOTALSEG_DIR = REPO.parent / "shared" / "data" / "totalseg_example"
+TOTALSEG_DIR = REPO / "assets" / "patients" / "totalseg_example"
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +22,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def totalseg_dir() -> Path:
-    """`<repo>/../shared/data/totalseg_example`: a real 3 mm CT with TotalSegmentator v2 labels."""
-    if not (TOTALSEG_DIR / "example_ct.nii.gz").is_file():
-        pytest.skip(f"real CT example not found at {TOTALSEG_DIR} (TotalSegmentator test data; see REFERENCE.md section 6)")
+    """`assets/patients/totalseg_example`: a real 3 mm CT with TotalSegmentator v2 labels."""
+    assert (TOTALSEG_DIR / "example_ct.nii.gz").is_file(), f"the shipped real CT example is missing from {TOTALSEG_DIR}"
     return TOTALSEG_DIR
 
 

@@ -16,7 +16,7 @@ from sim.anatomy.tissue_map import TissueMap
 from sim.anatomy.tissues import TISSUE_ID
 from sim.errors import InputError
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example"
+EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "patients" / "totalseg_example"
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,8 @@ def patient():
 @pytest.fixture(scope="module")
 def real_patient():
     """TotalSegmentator labels on the 3 mm example CT, built without the loaders."""
-    nib = pytest.importorskip("nibabel")
-    if not EXAMPLE.exists():
-        pytest.skip(f"{EXAMPLE} not available")
+    import nibabel as nib
+
     seg_img = nib.load(EXAMPLE / "example_seg_fast_force_split.nii.gz")
     ct = np.asarray(nib.load(EXAMPLE / "example_ct.nii.gz").dataobj, np.float32)
     seg = np.asarray(seg_img.dataobj, np.uint8)
