@@ -2,6 +2,7 @@
 
     python scripts/prepare_patient.py ct.nii.gz --labels seg.nii.gz --tissue-types tissue_types/
     python scripts/prepare_patient.py dicom_series/ --spacing 1.0
+    python scripts/prepare_patient.py dicom_folder/ --series IM0001.dcm   # one of several series
     python scripts/prepare_patient.py --labels seg.nii.gz            # label-only
     python scripts/prepare_patient.py --phantom --seed 3
 
@@ -21,6 +22,7 @@ from sim.errors import InputError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ct", nargs="?", help="CT: a NIfTI file, or a folder holding one DICOM series")
+    ap.add_argument("--series", help="with a DICOM folder holding several series: a file name of the one to read")
     ap.add_argument("--labels", help="TotalSegmentator multilabel NIfTI or folder of <name>.nii.gz masks")
     ap.add_argument("--tissue-types", help="folder of TotalSegmentator tissue_types masks (any grid)")
     ap.add_argument("--body", help="body mask NIfTI (any grid)")
@@ -52,7 +54,9 @@ def config_from_args(args: argparse.Namespace) -> dict:
         **common,
     }
     if args.ct and Path(args.ct).is_dir():
-        return {"source": "dicom", "series_dir": args.ct, **loader}
+        return {"source": "dicom", "series_dir": args.ct, "series": args.series, **loader}
+    if args.series:
+        raise InputError("--series: expected a DICOM folder as the CT path")
     if not args.ct and not args.labels:
         raise InputError("command line: expected a CT path, --labels, or --phantom")
     return {"source": "nifti", "ct": args.ct, **loader}

@@ -2,7 +2,8 @@
 
 Layout of one entry, `<cache_dir>/<key>/` (key: 32 hex digits of a SHA-256):
 
-    meta.json       format version, key, name, split, structure_names, the config, creation time
+    meta.json       format version, key, name, split, structure_names, the config, creation time,
+                    files (the names of the other files, so that a missing one is noticed)
     volumes.npz     tissue (I, J, K) uint8, structures (I, J, K) uint8, affine (4, 4) float64 metres,
                     ct (I, J, K) float32 HU when present; uncompressed so a hit is a plain read
     skin.npz        x0, z0, dx, dz (scalars, metres), y (A, B), normal (A, B, 3)   [if derived]
@@ -12,6 +13,10 @@ Layout of one entry, `<cache_dir>/<key>/` (key: 32 hex digits of a SHA-256):
 No pickle: arrays go to .npz (loaded with allow_pickle=False), the rest to JSON (floats round-trip
 exactly). An entry is written into `<cache_dir>/.tmp-<key>-<random>/` and renamed into place in
 one step, so a reader sees a complete entry or none; leftover `.tmp-*` folders are never read.
+An entry that lost a file or cannot be read is removed with a warning and rebuilt.
+
+The key depends on content, not on file names: a patient read from the cache takes the name of
+the current call (see `sim.anatomy.prepare`).
 
 The key hashes: the cache format version, the source code and tables of `sim/anatomy` and
 `conf/anatomy` (a code change invalidates old entries), the config, and the input files. Files up
@@ -27,6 +32,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -36,7 +42,7 @@ import trimesh
 from sim.anatomy.patient import Patient, Plane, SkinSurface, VertebraLandmarks
 from sim.errors import InputError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: meta.json lists the entry's files
 CACHE_ENV = "SONOLAB_CACHE"
 HASH_BYTES_LIMIT = 1 << 30
 TMP_PREFIX = ".tmp-"
@@ -97,19 +103,23 @@ def entry_dir(cache_dir: Path, key: str) -> Path:
 def load_entry(cache_dir: Path, key: str) -> Patient | None:
     """The cached patient for `key`, or None when there is no complete entry.
 
-    An entry that exists but cannot be read (a disk error, an edited file) is removed and None
-    returned, so the caller rebuilds it.
+    An entry that exists but is incomplete (a file deleted) or cannot be read (a disk error, an
+    edited file) is removed with a warning and None returned, so the caller rebuilds it.
     """
     entry = entry_dir(cache_dir, key)
-    meta_path = entry / "meta.json"
-    if not meta_path.is_file():
+    if not entry.is_dir():
         return None
+    meta_path = entry / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
             raise ValueError(f"format/key mismatch in {meta_path}")
+        missing = [name for name in meta["files"] if not (entry / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"missing {', '.join(missing)}")
         return _read_patient(entry, meta)
-    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, InputError):
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, InputError) as e:
+        warnings.warn(f"patient cache entry {entry} is incomplete or unreadable ({e}); rebuilding it", stacklevel=2)
         shutil.rmtree(entry, ignore_errors=True)
         return None
 
@@ -133,6 +143,7 @@ def save_entry(patient: Patient, cache_dir: Path, key: str, cfg: dict) -> Path:
             "structure_names": patient.structure_names,
             "config": cfg,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": sorted(p.name for p in tmp.iterdir()),
         }
         # meta.json last: inside the temp folder too, a complete meta means complete arrays.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))

@@ -20,6 +20,9 @@ _COLUMN = ("vertebrae_T11", "vertebrae_T12", *LUMBAR, "vertebrae_L6", "vertebrae
 _BODY_FRACTION = 0.45  # the body is the front 45% of a vertebra's AP extent (35 of ~75 mm)
 _LAMINA_BAND = (0.3, 0.6)  # laminae: this fraction of the way from the body's back to the tip
 _MIN_CORD_SPAN_M = 0.015  # cord voxels must span this along z to give a usable axis
+# A lumbar vertebra is ~60 cm^3: ~900 voxels even at 4 mm. Fewer is a fragment cut by the field of
+# view, whose body, axes and laminae cannot be told apart.
+MIN_VERTEBRA_VOXELS = 100
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -132,7 +135,8 @@ def vertebra_landmarks(patient: Patient) -> dict[str, VertebraLandmarks]:
     Centre: centroid of the vertebral body (the front of the mask along the AP axis). Axes rows:
     cranio-caudal (superior), antero-posterior (posterior), left-right (right); right-handed.
     Planes: "transverse", "parasagittal_left", "parasagittal_right" (see `_planes`). Metres.
-    A vertebra whose mask shows no laminae is skipped with a warning.
+    A vertebra with fewer than MIN_VERTEBRA_VOXELS voxels or whose mask shows no laminae is
+    skipped with a warning.
     """
     names = patient.structure_names
     boxes = ndimage.find_objects(patient.structures)
@@ -151,6 +155,11 @@ def vertebra_landmarks(patient: Patient) -> dict[str, VertebraLandmarks]:
         if name not in column:
             continue
         points = column[name]
+        if len(points) < MIN_VERTEBRA_VOXELS:
+            warnings.warn(
+                f"{patient.name} {name}: {len(points)} voxels, fewer than the {MIN_VERTEBRA_VOXELS} landmarks need; skipped", stacklevel=2
+            )
+            continue
         cc = _cranio_caudal(name, points, centroids, cord)
         centre, axes = _axes(points, cc)
         centre = _inside_centre(points, centre)

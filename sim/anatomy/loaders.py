@@ -25,6 +25,7 @@ import yaml
 from pydicom.errors import InvalidDicomError
 from scipy import ndimage, sparse
 
+from sim.anatomy.derive import check_derivable
 from sim.anatomy.patient import Patient
 from sim.anatomy.tissue_map import TissueMap
 from sim.errors import InputError, require
@@ -44,6 +45,27 @@ NIFTI_READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, Valu
 DICOM_PIXEL_ERRORS = (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CUBIC_PAD = 2  # source voxels around a label's box: the support of a 4-tap cubic
+
+# CT plausibility: an MR or a rescaled image given as a CT would otherwise become bone and air.
+# Air reads about -1000 HU (noise reaches -1100), cortical bone and contrast stay below ~3000 HU;
+# above HU_RANGE only metal (a small fraction). A constant fill below HU_RANGE is the scanner's
+# out-of-field padding (e.g. -2048 or -3024) and is left out of the statistics.
+HU_RANGE = (-1100.0, 4000.0)
+HU_MAX_OUTSIDE_FRACTION = 0.01  # of the non-padding voxels: metal, and noise below the air level
+# Every body CT holds fat (about -100 HU), lung or air: its 1st percentile is negative. MR and
+# rescaled images (0..N) are not.
+HU_LOW_PERCENTILE = 1.0
+HU_LOW_PERCENTILE_MAX = -50.0
+# Where air or lung (below AIR_OR_LUNG_HU) fills at least AIR_MIN_FRACTION of the volume, its low
+# end must be near -1000 HU: a scaled image has its air elsewhere.
+AIR_OR_LUNG_HU = -300.0
+AIR_MIN_FRACTION = 0.01
+AIR_LOW_END_HU = (-1100.0, -850.0)
+SOFT_TISSUE_HU = (-200.0, 200.0)
+SOFT_TISSUE_MIN_FRACTION = 0.05  # a body CT is mostly soft tissue (the shipped example: 60 %)
+HU_STATS_SAMPLES = 1 << 22  # voxels sampled (evenly strided) for the statistics of a large CT
+DICOM_POSITION_TOL_MM = 1e-3
+DICOM_SPACING_RTOL = 0.01  # slice gaps may differ by 1 % (plus DICOM_POSITION_TOL_MM)
 
 
 @dataclass
@@ -118,7 +140,10 @@ def _existing(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
 def _canonical(data: np.ndarray, affine_mm: np.ndarray, unit_m: float, source: str) -> Volume:
     """Reorder/flip axes to RAS with positive spacing and convert the affine to metres."""
     if not np.isfinite(affine_mm).all() or abs(np.linalg.det(affine_mm[:3, :3])) < 1e-12:
-        raise InputError(f"{source}: expected an invertible voxel-to-world affine, got {affine_mm.tolist()}")
+        raise InputError(
+            f"{source}: expected an invertible voxel-to-world affine (finite, non-zero voxel sizes along independent axes), "
+            f"got {affine_mm.tolist()}"
+        )
     ornt = nib.orientations.io_orientation(affine_mm)
     affine = affine_mm @ nib.orientations.inv_ornt_aff(ornt, data.shape)
     data = np.ascontiguousarray(nib.orientations.apply_orientation(data, ornt))
@@ -135,10 +160,30 @@ def read_nifti(path: str | os.PathLike, what: str, max_bytes: int | None = None)
     img = _nifti_call(nib.load, p, what)
     shape = img.shape[:3] if len(img.shape) == 4 and img.shape[3] == 1 else img.shape
     require(len(shape) == 3, f"{what} {p}", "a 3-D volume", f"shape {img.shape}")
+    _check_header_spacing(img, p, what)
     check_memory(shape, max(img.get_data_dtype().itemsize, 4), f"{what} {p}", max_bytes)
     data = _nifti_call(lambda _: np.asanyarray(img.dataobj).reshape(shape), p, what)
     unit = img.header.get_xyzt_units()[0]
     return _canonical(data, img.affine.astype(np.float64), NIFTI_UNITS_TO_M.get(unit, 1e-3), f"{what} {p}")
+
+
+def _check_header_spacing(img: nib.spatialimages.SpatialImage, p: Path, what: str) -> None:
+    """`InputError` when the affine comes from the header's voxel sizes (no sform) and one is not positive and finite.
+
+    nibabel "fixes" such headers while loading (a zero voxel size becomes 1 mm, a negative one
+    its absolute value), so the header is read again as stored.
+    """
+    if not isinstance(img.header, nib.Nifti1Header) or int(img.header["sform_code"]) != 0:
+        return
+    stored = _nifti_call(lambda _: _raw_header(p, type(img.header)), p, what)
+    zooms = np.asarray(stored["pixdim"][1:4], np.float64)
+    require(bool(np.all(np.isfinite(zooms) & (zooms > 0))), f"{what} {p}", "positive voxel sizes in the header's pixdim", zooms.tolist())
+
+
+def _raw_header(p: Path, header_class: type) -> nib.Nifti1Header:
+    """The NIfTI header of `p` as stored, without nibabel's fixes."""
+    with nib.openers.ImageOpener(p) as f:
+        return header_class.from_fileobj(f, check=False)
 
 
 def _nifti_call(fn: Callable[[Path], T], p: Path, what: str) -> T:
@@ -152,12 +197,49 @@ def _nifti_call(fn: Callable[[Path], T], p: Path, what: str) -> T:
 
 
 def _as_hu(vol: Volume) -> Volume:
-    """CT values as float32 Hounsfield units; `InputError` on NaN or infinity."""
+    """CT values as float32 Hounsfield units; `InputError` on NaN, infinity or values that are not HU."""
     hu = vol.data.astype(np.float32, copy=False)
     bad = int(np.count_nonzero(~np.isfinite(hu)))
     if bad:
         raise InputError(f"{vol.source}: expected finite Hounsfield units, found {bad} NaN or infinite voxels")
+    check_derivable(hu.shape, vol.source)  # before the statistics: a few voxels are no CT at any spacing
+    check_hounsfield(hu, vol.source)
     return Volume(hu, vol.affine, vol.source)
+
+
+def check_hounsfield(hu: np.ndarray, source: str) -> None:
+    """`InputError` naming `source` unless the finite values `hu` look like a CT in Hounsfield units.
+
+    See HU_RANGE and the constants after it: fat, lung or air must give negative values, air
+    must sit near -1000 HU, soft tissue must be present and almost every voxel in HU_RANGE.
+    """
+    flat = hu.reshape(-1)
+    values = flat[:: max(1, flat.size // HU_STATS_SAMPLES)]
+    lowest = values.min()
+    if lowest < HU_RANGE[0]:
+        values = values[values != lowest]  # a constant out-of-field padding
+    if values.size == 0:
+        raise InputError(f"{source}: expected a CT in Hounsfield units, found one value ({float(lowest):g}) everywhere")
+    low = float(np.percentile(values, HU_LOW_PERCENTILE))
+    air = values[values < AIR_OR_LUNG_HU]
+    air_low = float(np.percentile(air, HU_LOW_PERCENTILE)) if air.size >= AIR_MIN_FRACTION * values.size else None
+    outside = float(np.mean((values < HU_RANGE[0]) | (values > HU_RANGE[1])))
+    soft = float(np.mean((values >= SOFT_TISSUE_HU[0]) & (values <= SOFT_TISSUE_HU[1])))
+    problems = []
+    if low > HU_LOW_PERCENTILE_MAX:
+        problems.append(f"{HU_LOW_PERCENTILE:g}st percentile {low:g} (no fat, lung or air below {HU_LOW_PERCENTILE_MAX:g} HU)")
+    if air_low is not None and not AIR_LOW_END_HU[0] <= air_low <= AIR_LOW_END_HU[1]:
+        problems.append(f"air or lung at {air_low:g} HU (expected {AIR_LOW_END_HU[0]:g}..{AIR_LOW_END_HU[1]:g})")
+    if outside > HU_MAX_OUTSIDE_FRACTION:
+        problems.append(f"{outside:.1%} of voxels outside {HU_RANGE[0]:g}..{HU_RANGE[1]:g} HU")
+    if soft < SOFT_TISSUE_MIN_FRACTION:
+        problems.append(f"only {soft:.1%} of voxels in the soft-tissue range")
+    if problems:
+        raise InputError(
+            f"{source}: expected CT in Hounsfield units (air near -1000 HU, soft tissue {SOFT_TISSUE_HU[0]:g}..{SOFT_TISSUE_HU[1]:g} HU), "
+            f"found values {float(values.min()):g}..{float(values.max()):g} with {'; '.join(problems)}; "
+            "is this an MR or a rescaled image?"
+        )
 
 
 def _as_ids(vol: Volume) -> Volume:
@@ -183,8 +265,9 @@ def _nifti_files(folder: Path, what: str) -> list[tuple[str, Path]]:
     return files
 
 
-def _stem(path: str | os.PathLike) -> str:
-    name = Path(path).name
+def default_name(*paths: str | os.PathLike | None) -> str:
+    """A patient's name from its first given input: the file's stem (no .nii/.nii.gz) or the folder's name."""
+    name = Path(next(p for p in paths if p is not None)).expanduser().name
     return next((name[: -len(s)] for s in NIFTI_SUFFIXES if name.endswith(s)), name)
 
 
@@ -342,7 +425,8 @@ def _compact_ids(ids: np.ndarray, names: dict[int, str], source: str) -> tuple[n
     """uint8 structure volume and name -> id map of the ids present; ids above 255 are renumbered 1..n."""
     present = np.unique(ids)
     present = present[present != 0]
-    if present.size and present[-1] <= 255:
+    require(present.size > 0, source, "at least one labelled voxel", "all are 0")
+    if present[-1] <= 255:
         return ids.astype(np.uint8), {names[int(i)]: int(i) for i in present}
     require(present.size <= 255, source, "at most 255 distinct structures", present.size)
     lut = np.zeros(int(present[-1]) + 1, np.uint8)
@@ -439,9 +523,13 @@ def body_from_labels(structures: np.ndarray, spacing_m: np.ndarray, close_mm: fl
 # DICOM
 
 
-def _dicom_slices(folder: Path) -> list[pydicom.Dataset]:
-    """Datasets with pixel data in `folder` (not recursive), one series; `InputError` on corrupt files."""
-    slices = []
+def _dicom_images(folder: Path) -> list[pydicom.Dataset]:
+    """The image datasets in `folder` (not recursive), `filename` set; `InputError` on corrupt files.
+
+    A file that describes an image slice (Rows or ImagePositionPatient) but carries no pixel data
+    is refused, never skipped; other DICOM objects (DICOMDIR, reports) are ignored.
+    """
+    images, empty = [], []
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.name.startswith("."):
             continue
@@ -449,56 +537,132 @@ def _dicom_slices(folder: Path) -> list[pydicom.Dataset]:
             ds = pydicom.dcmread(p)
         except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as e:
             raise InputError(f"DICOM series {folder}: {p.name} is not a readable DICOM file ({e})") from None
+        ds.filename = str(p)
         if "PixelData" in ds:
-            ds.filename = str(p)
-            slices.append(ds)
-    require(bool(slices), f"DICOM series {folder}", "DICOM files with pixel data", "none")
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in slices}
-    require(len(series) == 1, f"DICOM series {folder}", "one series (SeriesInstanceUID) per folder", f"{len(series)} series")
+            images.append(ds)
+        elif "Rows" in ds or "ImagePositionPatient" in ds:
+            empty.append(p.name)
+    if empty:
+        raise InputError(f"DICOM series {folder}: expected pixel data in every image slice, found none in {_file_list(empty)}")
+    require(bool(images), f"DICOM series {folder}", "DICOM files with pixel data", "none")
+    return images
+
+
+def _file_list(names: list[str], most: int = 5) -> str:
+    """'a, b, c' for up to `most` names, then how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def _series_key(ds: pydicom.Dataset, folder: Path) -> tuple:
+    """What one series shares: SeriesInstanceUID, FrameOfReferenceUID, Rows, Columns, orientation, pixel spacing.
+
+    Orientation and spacing are rounded to 1e-4 so that float noise does not split a series.
+    """
+    try:
+        iop = tuple(np.round([float(v) for v in ds.ImageOrientationPatient], 4) + 0.0)
+        pixel = tuple(np.round([float(v) for v in ds.PixelSpacing], 4) + 0.0)
+        size = (int(ds.Rows), int(ds.Columns))
+        position = [float(v) for v in ds.ImagePositionPatient]
+    except (AttributeError, TypeError, ValueError) as e:
+        raise InputError(
+            f"DICOM series {folder}: {Path(ds.filename).name}: expected ImageOrientationPatient, ImagePositionPatient, "
+            f"PixelSpacing, Rows and Columns ({e})"
+        ) from None
+    counts = (len(iop), len(pixel), len(position))
+    require(counts == (6, 2, 3), f"DICOM {ds.filename}", "6 orientation, 2 pixel spacing and 3 position values", counts)
+    return (str(ds.get("SeriesInstanceUID", "")), str(ds.get("FrameOfReferenceUID", "")), size, iop, pixel)
+
+
+def _dicom_series(folder: Path, series: str | None) -> list[pydicom.Dataset]:
+    """The slices of one series in `folder`: the only one, or the one holding the file named `series`.
+
+    Slices belong together when they share SeriesInstanceUID and geometry (see `_series_key`), so
+    two series without a SeriesInstanceUID are not merged. Several series without `series` are
+    refused with a list of them.
+    """
+    groups: dict[tuple, list[pydicom.Dataset]] = {}
+    for ds in _dicom_images(folder):
+        groups.setdefault(_series_key(ds, folder), []).append(ds)
+    found = list(groups.values())
+    if series is not None:
+        chosen = [g for g in found if any(Path(ds.filename).name == series for ds in g)]
+        require(bool(chosen), f"DICOM series {folder} series={series!r}", "the name of a DICOM image file in the folder", "no such file")
+        found = chosen
+    if len(found) > 1:
+        listing = "; ".join(_describe_series(g) for g in found)
+        raise InputError(
+            f"DICOM series {folder}: expected one series, found {len(found)}: {listing}; pick one with series=<a file name "
+            "listed> (--series on the command line, 'series' in a patient config) or a folder holding one series"
+        )
+    slices = found[0]
     require(len(slices) >= 2, f"DICOM series {folder}", "at least 2 slices", len(slices))
     return slices
+
+
+def _describe_series(slices: list[pydicom.Dataset]) -> str:
+    """'IM0000.dcm (20 files, 'abdomen', 512x512, 0.7 mm)' for a list of a folder's series."""
+    first = min(Path(ds.filename).name for ds in slices)
+    ds = slices[0]
+    pixel = "x".join(f"{float(v):g}" for v in ds.PixelSpacing)
+    return f"{first} ({len(slices)} files, {str(ds.get('SeriesDescription', ''))!r}, {int(ds.Rows)}x{int(ds.Columns)}, {pixel} mm)"
 
 
 def _dicom_geometry(slices: list[pydicom.Dataset], folder: Path) -> tuple[list[pydicom.Dataset], np.ndarray]:
     """Slices sorted along their normal and the (4, 4) voxel -> LPS millimetre affine.
 
     Voxel index (i, j, k) = (column, row, slice). The third column is the step between slice
-    positions, so gantry tilt is kept. `InputError` on missing tags, mixed orientations, duplicate
-    positions or uneven slice spacing.
+    positions, so gantry tilt is kept. The slices share one orientation and spacing
+    (`_dicom_series`); `InputError` naming the files on duplicate positions, gaps, uneven
+    spacing or positions off one line.
     """
-    try:
-        iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in slices])
-        ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in slices])
-        pixel = np.array([float(v) for v in slices[0].PixelSpacing])
-    except (AttributeError, TypeError, ValueError) as e:
-        raise InputError(
-            f"DICOM series {folder}: expected ImageOrientationPatient, ImagePositionPatient and PixelSpacing in every slice ({e})"
-        ) from None
-    same_orientation = np.allclose(iop, iop[0], atol=1e-4)
-    require(same_orientation, f"DICOM series {folder}", "one ImageOrientationPatient for all slices", "several")
-    row_dir, col_dir = iop[0, :3], iop[0, 3:]
+    iop = np.array([float(v) for v in slices[0].ImageOrientationPatient])
+    pixel = np.array([float(v) for v in slices[0].PixelSpacing])
+    row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
-    order = np.argsort(ipp @ normal)
-    ipp = ipp[order]
+    ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in slices])
+    order = np.argsort(ipp @ normal, kind="stable")
+    slices, ipp = [slices[i] for i in order], ipp[order]
+    names = [Path(ds.filename).name for ds in slices]
     gaps = np.diff(ipp @ normal)
-    require(gaps.min() > 1e-3, f"DICOM series {folder}", "distinct slice positions", "duplicate ImagePositionPatient")
-    if gaps.max() - gaps.min() > 0.01 * gaps.mean() + 1e-3:
+    if gaps.min() <= DICOM_POSITION_TOL_MM:
+        k = int(np.argmin(gaps))
+        raise InputError(
+            f"DICOM series {folder}: expected distinct slice positions, got duplicate ImagePositionPatient in {names[k]} and {names[k + 1]}"
+        )
+    typical = float(np.median(gaps))
+    if gaps.max() - gaps.min() > DICOM_SPACING_RTOL * typical + DICOM_POSITION_TOL_MM:
+        k = int(np.argmax(np.abs(gaps - typical)))
         raise InputError(
             f"DICOM series {folder}: expected evenly spaced slices, got gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
-            "(missing or extra slices?)"
+            f"(missing or extra slices?): {gaps[k]:.3f} mm between {names[k]} and {names[k + 1]}, typically {typical:.3f} mm"
+        )
+    step = (ipp[-1] - ipp[0]) / (len(ipp) - 1)
+    off_line = np.linalg.norm(ipp - (ipp[0] + np.arange(len(ipp))[:, None] * step), axis=1)
+    if off_line.max() > DICOM_SPACING_RTOL * typical + DICOM_POSITION_TOL_MM:
+        k = int(np.argmax(off_line))
+        raise InputError(
+            f"DICOM series {folder}: expected slice positions on one line, got {names[k]} {off_line[k]:.3f} mm off it "
+            "(slices of another series?)"
         )
     affine = np.eye(4)
     affine[:3, 0] = row_dir * pixel[1]  # PixelSpacing is (between rows, between columns)
     affine[:3, 1] = col_dir * pixel[0]
-    affine[:3, 2] = (ipp[-1] - ipp[0]) / (len(ipp) - 1)
+    affine[:3, 2] = step
     affine[:3, 3] = ipp[0]
-    return [slices[i] for i in order], affine
+    return slices, affine
 
 
-def read_dicom(series_dir: str | os.PathLike, max_bytes: int | None = None) -> Volume:
-    """A DICOM CT series as a canonical `Volume` of float32 HU (RescaleSlope/Intercept applied)."""
+def read_dicom(series_dir: str | os.PathLike, max_bytes: int | None = None, series: str | None = None) -> Volume:
+    """A DICOM CT series as a canonical `Volume` of float32 HU (RescaleSlope/Intercept applied).
+
+    series: when the folder holds several series, the name of one of its files (see `_dicom_series`).
+    A series whose Modality is set and is not CT is refused.
+    """
     folder = _existing(series_dir, "DICOM series", folder=True)
-    slices, affine_lps = _dicom_geometry(_dicom_slices(folder), folder)
+    slices, affine_lps = _dicom_geometry(_dicom_series(folder, series), folder)
+    modality = str(slices[0].get("Modality", "CT")) or "CT"
+    require(modality == "CT", f"DICOM series {folder}", "Modality CT", repr(modality))
     rows, cols = int(slices[0].Rows), int(slices[0].Columns)
     check_memory((cols, rows, len(slices)), 8, f"DICOM series {folder}", max_bytes)
     data = np.empty((cols, rows, len(slices)), np.float32)
@@ -543,8 +707,7 @@ def load_nifti(
         raise InputError("load_nifti: expected a CT, labels or both, got neither")
     _check_spacing(spacing_mm)
     ct_vol = _as_hu(read_nifti(ct, "ct", max_bytes)) if ct is not None else None
-    default_name = _stem(ct if ct is not None else labels) if (ct is not None or labels is not None) else None
-    return _build_patient(ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or default_name, max_bytes)
+    return _build_patient(ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or default_name(ct, labels), max_bytes)
 
 
 def load_dicom(
@@ -556,15 +719,17 @@ def load_dicom(
     spacing_mm: float | None = None,
     name: str | None = None,
     max_bytes: int | None = None,
+    series: str | None = None,
 ) -> Patient:
     """Build a `Patient` from a DICOM CT series folder plus optional NIfTI labels on its grid.
 
     Arguments as in `load_nifti`; the series is sorted by ImagePositionPatient and its LPS
-    geometry converted to the RAS patient frame.
+    geometry converted to the RAS patient frame. series: the name of one file of the series to
+    read when the folder holds several.
     """
     _check_spacing(spacing_mm)
-    ct_vol = read_dicom(series_dir, max_bytes)
-    return _build_patient(ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or Path(series_dir).name, max_bytes)
+    ct_vol = _as_hu(read_dicom(series_dir, max_bytes, series))
+    return _build_patient(ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or default_name(series_dir), max_bytes)
 
 
 def _check_spacing(spacing_mm: float | None) -> None:
@@ -599,8 +764,10 @@ def _build_patient(
     body_vol = _read_body(body, structures, max_bytes) if body is not None else None
     if spacing_mm is None:
         check_memory(structures.data.shape, BYTES_PER_VOXEL, structures.source, max_bytes)
+        check_derivable(structures.data.shape, structures.source)
     else:
         ct, structures, body_vol = _resample_all(ct, structures, body_vol, spacing_mm * 1e-3, max_bytes)
+        check_derivable(structures.data.shape, f"{structures.source} at spacing_mm={spacing_mm:g}")
 
     if body_vol is not None:
         body_mask = body_vol.data.astype(bool)
@@ -608,7 +775,6 @@ def _build_patient(
         # Labelled voxels are inside the body even below body_min_hu (lungs, bowel gas at the border).
         body_mask = TissueMap.load().body_mask_from_ct(ct.data) | (structures.data != 0)
     else:
-        require(bool(structures.data.any()), structures.source, "at least one labelled voxel for label-only input", "none")
         body_mask = body_from_labels(structures.data, structures.spacing)
     ct_data = None if ct is None else ct.data
     tissue = TissueMap.load().tissue_volume(structures.data, names, body_mask, structures.spacing, ct_data)

@@ -154,6 +154,7 @@ TISSUE_HU: dict[str, float] = {
 CANCELLOUS_HU = 250.0
 _TORSO_EXPONENT = 2.3  # superellipse: a flatter back and sides than an ellipse
 _MAX_VOXELS = 200_000_000
+MAX_SPACING_MM = 4.0  # coarser grids lose the laminae of some levels and with them lumbar landmarks
 
 
 @dataclass(frozen=True)
@@ -603,8 +604,8 @@ def make_phantom(seed: int = 0, spacing_mm: float = 1.0, params: PhantomParams |
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed: expected a non-negative integer, got {seed!r}")
-    if not isinstance(spacing_mm, (int, float, np.number)) or not np.isfinite(spacing_mm) or spacing_mm <= 0:
-        raise InputError(f"spacing_mm: expected a positive finite voxel size in mm, got {spacing_mm!r}")
+    if not isinstance(spacing_mm, (int, float, np.number)) or not np.isfinite(spacing_mm) or not 0 < spacing_mm <= MAX_SPACING_MM:
+        raise InputError(f"spacing_mm: expected a positive finite voxel size of at most {MAX_SPACING_MM:g} mm, got {spacing_mm!r}")
     if params is None:
         params = PhantomParams()
     elif not isinstance(params, PhantomParams):

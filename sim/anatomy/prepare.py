@@ -5,10 +5,13 @@ Config keys (a dict or an OmegaConf DictConfig such as Hydra's `patient` group):
     source: "phantom" | "nifti" | "dicom"
     phantom: seed, spacing_mm, params (dict of PhantomParams overrides)
     nifti:   ct, labels, tissue_types, body, class_map, spacing_mm, max_bytes
-    dicom:   series_dir, labels, tissue_types, body, class_map, spacing_mm, max_bytes
+    dicom:   series_dir, series (a file name, when the folder holds several series), labels,
+             tissue_types, body, class_map, spacing_mm, max_bytes
     any:     name, split ("train" | "test"), meshes (bool, default true)
 
-See `sim.anatomy.cache` for the cache key and layout.
+See `sim.anatomy.cache` for the cache key and layout. The key depends on the inputs' content, so
+a patient read from the cache is renamed after this call's inputs (two identical files under
+different names share one entry but keep their own names).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 
 from sim.anatomy import cache
 from sim.anatomy.derive import derive
-from sim.anatomy.loaders import load_dicom, load_nifti
+from sim.anatomy.loaders import default_name, load_dicom, load_nifti
 from sim.anatomy.patient import Patient
 from sim.anatomy.phantom import PhantomParams, make_phantom
 from sim.config import to_container
@@ -33,7 +36,7 @@ LOADER_KEYS = frozenset({"labels", "tissue_types", "body", "class_map", "spacing
 SOURCE_KEYS = {
     "phantom": frozenset({"seed", "spacing_mm", "params"}),
     "nifti": LOADER_KEYS | {"ct"},
-    "dicom": LOADER_KEYS | {"series_dir"},
+    "dicom": LOADER_KEYS | {"series_dir", "series"},
 }
 PATH_KEYS = ("ct", "series_dir", "labels", "tissue_types", "body", "class_map")
 
@@ -58,6 +61,9 @@ def normalise_config(cfg: Mapping) -> dict:
     allowed = sorted(COMMON_KEYS | SOURCE_KEYS[source])
     require(not unknown, f"patient config (source {source!r})", f"keys among {allowed}", unknown)
     require(cfg.get("split", "train") in ("train", "test"), "patient config 'split'", "'train' or 'test'", repr(cfg.get("split")))
+    if source == "nifti" and "ct" not in cfg and "labels" not in cfg:
+        raise InputError("patient config (source 'nifti'): expected 'ct', 'labels' or both")
+    require(source != "dicom" or "series_dir" in cfg, "patient config (source 'dicom')", "a 'series_dir'", "none")
     for key in PATH_KEYS:
         if isinstance(cfg.get(key), (str, os.PathLike)):
             cfg[key] = str(Path(cfg[key]).expanduser().resolve())
@@ -79,6 +85,7 @@ def prepare(cfg: Mapping, cache_dir: str | os.PathLike | None = None, progress: 
         bar.set_postfix_str("reading cache")
         patient = cache.load_entry(cache_dir, key)
         if patient is not None:
+            patient.name = _input_name(cfg) or patient.name
             bar.update(3)
             return Prepared(patient, cache.entry_dir(cache_dir, key), from_cache=True)
         bar.set_postfix_str(f"loading {cfg['source']}")
@@ -112,11 +119,15 @@ def _load(cfg: dict) -> Patient:
             name=cfg.get("name"),
         )
     if cfg["source"] == "nifti":
-        if "ct" not in cfg and "labels" not in cfg:
-            raise InputError("patient config (source 'nifti'): expected 'ct', 'labels' or both")
         return load_nifti(cfg.get("ct"), cfg.get("labels"), name=cfg.get("name"), **_without(loader_args, "labels"))
-    require("series_dir" in cfg, "patient config (source 'dicom')", "a 'series_dir'", "none")
-    return load_dicom(cfg["series_dir"], name=cfg.get("name"), **loader_args)
+    return load_dicom(cfg["series_dir"], name=cfg.get("name"), series=cfg.get("series"), **loader_args)
+
+
+def _input_name(cfg: dict) -> str | None:
+    """The name the loader gives the patient of `cfg`; None for an unnamed phantom (its name follows its seed, part of the key)."""
+    if "name" in cfg or cfg["source"] == "phantom":
+        return cfg.get("name")
+    return default_name(cfg.get("ct"), cfg.get("labels")) if cfg["source"] == "nifti" else default_name(cfg["series_dir"])
 
 
 def _without(d: dict, key: str) -> dict:

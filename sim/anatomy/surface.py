@@ -117,6 +117,11 @@ def body_mesh(patient: Patient) -> trimesh.Trimesh:
     coarse = body[: n[0] * factor[0], : n[1] * factor[1], : n[2] * factor[2]]
     coarse = coarse.reshape(n[0], factor[0], n[1], factor[1], n[2], factor[2]).mean(axis=(1, 3, 5))
     coarse = ndimage.gaussian_filter(np.pad(coarse, 1), 0.5)
+    if coarse.max() <= 0.5:
+        raise InputError(
+            f"patient '{patient.name}' body: expected a body spanning several {_BODY_MESH_MM:g} mm mesh cells along each axis, "
+            f"got {int(body.sum())} body voxels in a {patient.shape} grid"
+        )
     verts, faces, _, _ = measure.marching_cubes(coarse, level=0.5, allow_degenerate=False)
     # Coarse voxel c (after the pad) covers fine voxels (c - 1) * f .. (c - 1) * f + f - 1.
     fine = (verts - 1) * factor + (factor - 1) / 2
