@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sim.anatomy.bank import PatientBank  # noqa: E402
 from sim.anatomy.prepare import prepare_patient  # noqa: E402
 from sim.anatomy.surface import skin_point  # noqa: E402
+from sim.envs.base import check_device  # noqa: E402
+from sim.errors import InputError, require_int, require_number  # noqa: E402
 from sim.ultrasound.placement import probe_pose_on_skin  # noqa: E402
 from sim.ultrasound.probe import ProbeSpec  # noqa: E402
 from sim.ultrasound.renderer import Renderer, RendererConfig  # noqa: E402
@@ -59,9 +61,9 @@ def lumbar_poses(patient, n: int, seed: int) -> torch.Tensor:
 
 def bench_render(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    probe = ProbeSpec.preset(args.probe, image_height=args.height, image_width=args.width)  # checked before the phantom is made
     patient = prepare_patient({"source": "phantom", "seed": 0, "spacing_mm": args.spacing_mm}, progress=False)
     bank = PatientBank([patient], device=args.device)
-    probe = ProbeSpec.preset(args.probe, image_height=args.height, image_width=args.width)
     renderer = Renderer(bank, probe, config=RendererConfig(compile=not args.no_compile))
     poses = lumbar_poses(patient, args.batch, seed=0).to(args.device)
     idx = torch.zeros(args.batch, dtype=torch.long, device=args.device)
@@ -155,8 +157,29 @@ def bench_env(args: argparse.Namespace) -> dict:
     }
 
 
+class Parser(argparse.ArgumentParser):
+    """Reports a bad command line as the other scripts report bad input: one line, exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """InputError naming the first option out of range (the task, probe and overrides are checked where they are read)."""
+    check_device(args.device)
+    require_int(args.threads, "--threads", 0)
+    counts = ("batch", "height", "width", "repeats") if args.what == "render" else ("num_envs", "steps")
+    for name in counts:
+        require_int(getattr(args, name), f"--{name.replace('_', '-')}", 1)
+    if args.what == "render":
+        require_number(args.spacing_mm, "--spacing-mm", 0.0, low_open=True)
+    else:
+        require_int(args.warmup, "--warmup", 0)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     r = sub.add_parser("render", help="B-mode renderer throughput")
     r.add_argument("--probe", default="linear", help="probe preset in conf/probe/")
@@ -181,7 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. patient.common.spacing_mm=2")
     e.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
-    result = {"render": bench_render, "env": bench_env}[args.what](args)
+    try:
+        check_args(args)
+        result = {"render": bench_render, "env": bench_env}[args.what](args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     if not args.json:
         print(f"{args.what}: {result}", file=sys.stderr)
     print(json.dumps(result))

@@ -17,7 +17,20 @@ import abc
 import torch
 from tensordict import TensorDict
 
-from sim.errors import InputError
+from sim.errors import InputError, require_int
+
+
+def check_device(device: torch.device | str) -> str:
+    """`device` if torch can use it here; InputError naming it otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"device {device!r}: expected cpu, cuda or cuda:<index> ({err})") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: CUDA is not available on this machine; use device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: expected a CUDA index below {torch.cuda.device_count()} (the GPUs here)")
+    return str(dev)
 
 
 class BatchedEnv(abc.ABC):
@@ -35,13 +48,9 @@ class BatchedEnv(abc.ABC):
     state_names: tuple[str, ...] = ()
 
     def __init__(self, num_envs: int, device: torch.device | str, seed: int) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise InputError(f"num_envs: expected a positive int, got {num_envs!r}")
-        if not isinstance(seed, int) or seed < 0:
-            raise InputError(f"seed: expected a non-negative int, got {seed!r}")
-        self.num_envs = num_envs
-        self.device = torch.device(device)
-        self.seed = seed
+        self.num_envs = require_int(num_envs, "num_envs", 1)
+        self.device = torch.device(check_device(device))
+        self.seed = require_int(seed, "seed", 0)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.last_action_excess = torch.zeros(num_envs, device=self.device)  # set by each step

@@ -25,9 +25,8 @@ import torch
 
 from sim.anatomy.bank import PatientBank
 from sim.errors import InputError
-from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
-from sim.ultrasound.renderer import RenderParams
+from sim.ultrasound.renderer import RenderParams, render_inputs
 from sim.ultrasound.slicing import PlaneSlicer
 
 Generator = Callable[[torch.Tensor], torch.Tensor]  # (N, 1, H, W) float32 -> (N, 1, H, W)
@@ -120,23 +119,20 @@ class LearnedRenderer:
             raise InputError(f"model '{self.model_path}': expected output shape {tuple(x.shape)} (N, 1, H, W), got {got}")
         return y[:, 0].float().clamp(0.0, 1.0) * self.inside
 
-    def _check(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_poses(poses)
-        patient_idx = self.bank.check_index(patient_idx, poses.shape[0])
-        return poses.to(self.bank.device, torch.float32), patient_idx
+    @torch.no_grad()
+    def slice(self, poses: torch.Tensor, patient_idx: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """The network's input (N, H, W): the volume slice in each image plane (see `PlaneSlicer`);
+        inputs checked as `Renderer.render` checks them unless check=False."""
+        return self.slicer.slice(*render_inputs(self.bank, poses, patient_idx, check))
 
     @torch.no_grad()
-    def slice(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> torch.Tensor:
-        """The network's input (N, H, W): the volume slice in each image plane (see `PlaneSlicer`)."""
-        return self.slicer.slice(*self._check(poses, patient_idx))
-
-    @torch.no_grad()
-    def render(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None) -> torch.Tensor:
+    def render(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True) -> torch.Tensor:
         """Images (N, H, W) float32 in [0, 1] for probe poses (N, 7) on patients patient_idx (N,).
 
-        `params` is ignored (the network has no physics knobs); it is accepted for `Renderer` parity.
+        `params` is ignored (the network has no physics knobs); it is accepted for `Renderer` parity,
+        as is `check` (False skips the input checks and their host synchronisation).
         """
-        slices = self.slice(poses, patient_idx)
+        slices = self.slice(poses, patient_idx, check)
         if slices.shape[0] == 0:
             return slices
         return self._generate(slices).to(self.bank.device)

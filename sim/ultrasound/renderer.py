@@ -35,7 +35,7 @@ import torch._inductor.config
 
 from sim.anatomy.bank import PatientBank
 from sim.anatomy.tissues import TISSUE_CLASSES
-from sim.errors import InputError, check_keys
+from sim.errors import InputError, check_keys, require, require_int, require_number
 from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.speckle import speckle_tile
@@ -50,6 +50,9 @@ from sim.ultrasound.stages import (
     speckle,
 )
 from sim.ultrasound.tissue import TissueTable
+
+RANDOMIZATION_KEYS = ("gain_db", "dynamic_range_db", "frequency_scale", "impedance_scale", "attenuation_scale", "echogenicity_db")
+QUATERNION_NORM_TOL = 1e-3  # poses whose quaternion norm is further than this from 1 are refused
 
 
 @dataclass
@@ -96,6 +99,29 @@ class RendererConfig:
     chunk_samples: int = 8_000_000
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse settings that would turn every image into NaN or nonsense (InputError naming the setting)."""
+        require_number(self.tgc_db_cm_mhz, "renderer tgc_db_cm_mhz", 0.0)
+        require_number(self.gain_db, "renderer gain_db", -math.inf)
+        require_number(self.dynamic_range_db, "renderer dynamic_range_db", 0.0, low_open=True)
+        require_number(self.tissue_min_mrayl, "renderer tissue_min_mrayl", 0.0)
+        require_number(self.conform_m, "renderer conform_m", 0.0)
+        require_number(self.speckle_sigma_cells, "renderer speckle_sigma_cells", 0.0, low_open=True)
+        for key in ("speckle_pitch_m", "property_step_m"):
+            if getattr(self, key) is not None:
+                require_number(getattr(self, key), f"renderer {key}", 0.0, low_open=True)
+        require_int(self.chunk_samples, "renderer chunk_samples", 1)
+        unknown = sorted(set(self.randomization) - set(RANDOMIZATION_KEYS))
+        if unknown:
+            raise InputError(f"renderer.randomization keys {unknown}: expected keys among {sorted(RANDOMIZATION_KEYS)}")
+        for key, bounds in self.randomization.items():
+            what = f"renderer.randomization.{key}"
+            require(isinstance(bounds, (list, tuple)) and len(bounds) == 2, what, "a range [low, high]", repr(bounds))
+            # Scales multiply and the dynamic range divides: their ranges must stay positive.
+            positive = key.endswith("_scale") or key == "dynamic_range_db"
+            low = require_number(bounds[0], f"{what}[0]", 0.0 if positive else -math.inf, low_open=positive)
+            require_number(bounds[1], f"{what}[1]", low)
+
     @classmethod
     def from_dict(cls, cfg: dict) -> "RendererConfig":
         check_keys(cfg, cls, "renderer config")
@@ -115,7 +141,41 @@ class RenderParams:
     frequency_mhz: torch.Tensor
     tissue: torch.Tensor
 
+    def check(self, n: int, classes: int) -> None:
+        """InputError naming the first parameter that is not a finite tensor of its shape and range."""
+        for name in ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue"):
+            value = getattr(self, name)
+            shape = (n, classes, 3) if name == "tissue" else (n,)
+            require(isinstance(value, torch.Tensor) and value.shape == shape, f"params.{name}", f"a tensor of shape {shape}",
+                    tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__)  # fmt: skip
+            require(bool(torch.isfinite(value).all()), f"params.{name}", "finite values", "NaN or infinity")
+        require(bool((self.dynamic_range_db > 0).all()), "params.dynamic_range_db", "values > 0 dB", self.dynamic_range_db.min().item())
+        require(bool((self.frequency_mhz > 0).all()), "params.frequency_mhz", "values > 0 MHz", self.frequency_mhz.min().item())
+        require(bool((self.tissue[..., 0] > 0).all()), "params.tissue[..., 0] (impedance)", "values > 0 MRayl", self.tissue[..., 0].min().item())
+        require(bool((self.tissue[..., 1:] >= 0).all()), "params.tissue[..., 1:] (attenuation, echo)", "values >= 0", self.tissue[..., 1:].min().item())
 
+
+def render_inputs(bank: PatientBank, poses: torch.Tensor, patient_idx: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poses (N, 7) as float32 and patient indices (N,) as int64 on the bank's device.
+
+    With `check`, InputError unless poses are finite with unit quaternions (within
+    `QUATERNION_NORM_TOL`) and indices an integer tensor (a float tensor is refused, not
+    truncated) of patients in the bank. The checks read values back to the host (a
+    synchronisation on CUDA), so the environments, whose inputs come from their own state,
+    render with check=False."""
+    if not check:
+        return poses.to(bank.device, torch.float32), patient_idx.to(bank.device, torch.int64)
+    require(isinstance(poses, torch.Tensor), "poses", "a torch.Tensor of shape (N, 7)", type(poses).__name__)
+    check_poses(poses)
+    norm_error = (poses[:, 3:].double().norm(dim=-1) - 1).abs()
+    if len(poses) and norm_error.max() > QUATERNION_NORM_TOL:
+        i = int(norm_error.argmax())
+        norm = poses[i, 3:].double().norm().item()
+        raise InputError(f"poses[{i}]: expected a unit quaternion (w, x, y, z; norm within {QUATERNION_NORM_TOL} of 1), got norm {norm:.6g}")
+    require(isinstance(patient_idx, torch.Tensor), "patient_idx", "a torch.Tensor of int64 patient indices", type(patient_idx).__name__)
+    integer = not (patient_idx.is_floating_point() or patient_idx.is_complex() or patient_idx.dtype == torch.bool)
+    require(integer, "patient_idx", "an integer tensor (int64 patient indices)", f"dtype {patient_idx.dtype}")
+    return poses.to(bank.device, torch.float32), bank.check_index(patient_idx, poses.shape[0])
 
 
 class Renderer:
@@ -212,10 +272,10 @@ class Renderer:
             return None
         coords, inside = p.scan_coordinates()
         pixels = inside.reshape(-1).nonzero()[:, 0]
-        s, l = coords.reshape(-1, 2)[pixels].unbind(-1)
+        s, ln = coords.reshape(-1, 2)[pixels].unbind(-1)
         s0 = s.floor().clamp(max=p.n_samples - 2)
-        l0 = l.floor().clamp(max=p.n_lines - 2)
-        fs, fl = s - s0, l - l0
+        l0 = ln.floor().clamp(max=p.n_lines - 2)
+        fs, fl = s - s0, ln - l0
         s0, l0 = s0.long(), l0.long()
         L = p.n_lines
         index = torch.stack([s0 * L + l0, s0 * L + l0 + 1, (s0 + 1) * L + l0, (s0 + 1) * L + l0 + 1])
@@ -242,11 +302,7 @@ class Renderer:
 
     def sample_params(self, n: int, generator: torch.Generator | None = None) -> RenderParams:
         """Domain-randomised parameters: each environment draws from `config.randomization`."""
-        ranges = self.config.randomization
-        known = {"gain_db", "dynamic_range_db", "frequency_scale", "impedance_scale", "attenuation_scale", "echogenicity_db"}
-        unknown = sorted(set(ranges) - known)
-        if unknown:
-            raise InputError(f"renderer.randomization keys {unknown}: expected keys among {sorted(known)}")
+        ranges = self.config.randomization  # keys and ranges checked by RendererConfig
 
         def draw(key: str, neutral: float, shape: tuple[int, ...] = (n,)) -> torch.Tensor:
             lo, hi = ranges.get(key, (neutral, neutral))
@@ -268,15 +324,16 @@ class Renderer:
 
     # -- rendering
 
-    def _check(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None) -> tuple:
-        check_poses(poses)
+    def _inputs(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None, check: bool) -> tuple:
+        """(poses, patient_idx, params) ready to render; validated (see `render_inputs` and
+        `RenderParams.check`) when `check`, only converted otherwise."""
+        poses, patient_idx = render_inputs(self.bank, poses, patient_idx, check)
         n = poses.shape[0]
-        patient_idx = self.bank.check_index(patient_idx, n)
-        params = params or self.default_params(n)
-        if params.tissue.shape != (n, len(TISSUE_CLASSES), 3):
-            raise InputError(f"params.tissue: expected shape ({n}, {len(TISSUE_CLASSES)}, 3), got {tuple(params.tissue.shape)}")
-        return poses.to(self.device, torch.float32), patient_idx, params
-
+        if params is None:
+            params = self.default_params(n)
+        elif check:
+            params.check(n, len(TISSUE_CLASSES))
+        return poses, patient_idx, params
 
     def _lines(self, poses, patient_idx, frequency_mhz, tissue):
         line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(
@@ -311,6 +368,8 @@ class Renderer:
         Equal chunk sizes keep one compiled kernel per batch size.
         """
         n = per_env[0].shape[0]
+        if n == 0:  # an empty batch: no chunks, but the output's shape
+            return fn(*per_env)
         per_chunk = max(1, self.config.chunk_samples // (self.probe.n_lines * self.probe.n_samples))
         chunks = -(-n // per_chunk)
         size = -(-n // chunks)
@@ -322,15 +381,18 @@ class Renderer:
         return out[:n]
 
     @torch.no_grad()
-    def render_lines(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None) -> torch.Tensor:
-        """Echo level (N, S, L) in dB re a perfect mirror, before TGC, gain and compression."""
-        poses, patient_idx, params = self._check(poses, patient_idx, params)
+    def render_lines(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True) -> torch.Tensor:
+        """Echo level (N, S, L) in dB re a perfect mirror, before TGC, gain and compression (check: see `render`)."""
+        poses, patient_idx, params = self._inputs(poses, patient_idx, params, check)
         return self._chunked(self._lines, poses, patient_idx, params.frequency_mhz, params.tissue)
 
     @torch.no_grad()
-    def render(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None) -> torch.Tensor:
-        """B-mode images (N, H, W) in [0, 1]."""
-        poses, patient_idx, params = self._check(poses, patient_idx, params)
+    def render(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True) -> torch.Tensor:
+        """B-mode images (N, H, W) in [0, 1]; N = 0 gives an empty (0, H, W) batch.
+
+        check=False skips the input checks and their host synchronisation, for callers whose
+        inputs are valid by construction (an environment's own poses, indices and parameters)."""
+        poses, patient_idx, params = self._inputs(poses, patient_idx, params, check)
         return self._chunked(
             self._image, poses, patient_idx, params.frequency_mhz, params.tissue, params.gain_db, params.dynamic_range_db
         )

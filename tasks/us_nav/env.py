@@ -170,7 +170,7 @@ class UsNavEnv(BatchedEnv):
         self.poses = self.backend.probe_poses(self.q, self.patient_idx)
         self.force = self.backend.contact(self.patient_idx, self.poses).force_n
         if self.renderer is not None:
-            image = self.renderer.render(self.poses, self.patient_idx, self._render_params(None))
+            image = self.renderer.render(self.poses, self.patient_idx, self._render_params(None), check=False)  # own state: no per-step sync
             self.history = torch.cat([image[:, None], self.history[:, :-1]], 1)
 
     def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -18,6 +18,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from sim.envs.base import BatchedEnv
+from sim.errors import InputError
 
 
 def _numpy(obs) -> dict[str, np.ndarray]:
@@ -47,7 +48,11 @@ class GymVectorEnv(VectorEnv):
         return _numpy(self.env.reset()), {}
 
     def step(self, actions):
-        actions = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions, device=self.env.device)
+        if not isinstance(actions, torch.Tensor):
+            array = np.asarray(actions)
+            if array.dtype.kind not in "iuf":  # strings, objects and booleans have no meaning as actions
+                raise InputError(f"actions: expected numbers of shape ({self.num_envs}, {self.env.num_actions}), got dtype {array.dtype}")
+            actions = torch.as_tensor(array)
         obs, reward, terminated, truncated, extras = self.env.step(actions)
         infos: dict[str, Any] = {}
         done = (terminated | truncated).cpu().numpy()
