@@ -2,7 +2,8 @@
 
 Each checkpoint holds, beside rsl-rl's models and optimiser, the environment's full state and
 the torch random number generators, so training resumed from it continues exactly as the
-uninterrupted run would have (bit for bit on CPU).
+uninterrupted run would have (bit for bit on CPU), and the task and observation layout it was
+trained for, which every load compares with this runner's environment before copying weights.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Runner(OnPolicyRunner):
 
     def __init__(self, env: BatchedEnv, train_cfg: dict, log_dir: str | None, device: str = "cpu", env_cfg: dict | None = None) -> None:
         self.batched_env = env
+        self.layout = checkpoints.layout(env)
         super().__init__(RslRlVecEnv(env, env_cfg), train_cfg, log_dir, device)
 
     def save(self, path: str, infos: dict | None = None) -> None:
@@ -31,6 +33,7 @@ class Runner(OnPolicyRunner):
             format=checkpoints.FORMAT,
             iter=self.current_learning_iteration,
             infos=infos,
+            layout=self.layout,
             env_state=self.batched_env.state_dict(),
             rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         )
@@ -41,8 +44,12 @@ class Runner(OnPolicyRunner):
         """Restore models and optimiser; with `resume` also the environment and the generators.
 
         After a full load the next iteration is the one after the checkpoint's.
+        A checkpoint of another task, observation layout or network is refused (InputError naming
+        both tasks) before any weights are copied.
         """
         data = checkpoints.load_checkpoint(path, map_location or self.device)
+        models = {key: state for key, state in self.alg.save().items() if "optimizer" not in key}
+        checkpoints.check_compatible(data, path, self.layout, models)
         self.alg.load(data, load_cfg, strict)
         return data
 

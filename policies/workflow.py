@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from policies import checkpoints
+from policies.settings import check_settings
 from sim.anatomy.patient_set import load_patients
-from sim.envs.base import BatchedEnv
+from sim.envs.base import BatchedEnv, check_device  # noqa: F401 (check_device: re-exported for callers of policies.workflow)
 from sim.errors import InputError
 from tasks import make_env
 
@@ -25,31 +25,27 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     outside a Hydra app: the Gymnasium ids, Isaac Lab's entry points and the benchmark use it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     # A Hydra app that ran earlier in this process (Isaac Lab's task resolution) leaves Hydra set up.
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-def check_device(device: str) -> str:
-    """`device` if torch can use it here; InputError naming it otherwise."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise InputError(f"device {device!r}: expected cpu, cuda or cuda:<index> ({err})") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r}: CUDA is not available on this machine; use device=cpu")
-    return str(dev)
+        try:
+            return compose("config", overrides=list(overrides))
+        except HydraException as err:  # one line: Hydra's message without its search path
+            message = " ".join(line.strip() for line in str(err).split("Config search path")[0].splitlines() if line.strip())
+            raise InputError(f"overrides {list(overrides)}: {message}") from err
 
 
 def build_env(cfg: DictConfig, split: str = "train", num_envs: int | None = None) -> BatchedEnv:
-    """The task environment of `cfg` over the `split` patients of `cfg.patient`."""
+    """The task environment of `cfg` over the `split` patients of `cfg.patient`, `num_envs` of
+    them (None: `cfg.num_envs`); the settings are checked before any patient is prepared."""
+    num_envs = check_settings(cfg, num_envs)
     patients = load_patients(cfg.patient, split)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     probe = OmegaConf.to_container(cfg.probe, resolve=True)
     backend = OmegaConf.to_container(cfg.backend, resolve=True)
-    return make_env(task, patients, int(num_envs or cfg.num_envs), check_device(cfg.device), int(cfg.seed), probe, backend)
+    return make_env(task, patients, num_envs, cfg.device, cfg.seed, probe, backend)
 
 
 def train_config(cfg: DictConfig) -> dict:
@@ -88,9 +84,9 @@ def write_run_info(run_dir: Path, cfg: DictConfig) -> None:
     (run_dir / "git.txt").write_text(f"commit {commit}\n{'dirty' if status else 'clean'}\n{status}")
 
 
-def find_run(spec: str | bool, cfg: DictConfig) -> tuple[Path, Path]:
-    """(run folder, checkpoint) for `spec`: true / "last" (newest run of the task), a run folder,
-    or a checkpoint file."""
+def find_run(spec: str | bool, cfg: DictConfig, what: str = "checkpoint") -> tuple[Path, Path]:
+    """(run folder, checkpoint) for `spec` (the setting named `what`): true / "last" (newest run of
+    the task), a run folder, or a checkpoint file."""
     if spec is True or spec == "last":
         run = checkpoints.latest_run(Path(cfg.log_root) / cfg.task.name)
         return run, checkpoints.latest_checkpoint(run)
@@ -99,21 +95,41 @@ def find_run(spec: str | bool, cfg: DictConfig) -> tuple[Path, Path]:
         return path, checkpoints.latest_checkpoint(path)
     if path.is_file():
         return path.parent, path
-    raise InputError(f"checkpoint {spec!r}: expected last, a run folder or a checkpoint file")
+    raise InputError(f"{what} {spec!r}: expected last, a run folder or a checkpoint file")
 
 
 def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
     """(run folder, checkpoint) of `cfg.checkpoint`, with the run's task, agent and probe settings
-    (what the policy was trained with) put into cfg in place."""
+    (what the policy was trained with) put into cfg in place.
+
+    The checkpoint is read (as data only) before anything is built, so a crafted, foreign or
+    broken file, or one trained for another task, fails here in a second."""
     run_dir, checkpoint = find_run(cfg.checkpoint, cfg)
     saved = run_config(run_dir)
     if saved is not None:
         with open_dict(cfg):
             cfg.task, cfg.agent, cfg.probe = saved.task, saved.agent, saved.probe
+    recorded = checkpoints.load_checkpoint(checkpoint).get("layout")
+    if isinstance(recorded, dict) and recorded.get("task") != cfg.task.name:
+        source = run_dir / RUN_CONFIG if saved is not None else f"the command line; {run_dir} has no {RUN_CONFIG}"
+        raise InputError(
+            f"checkpoint {checkpoint}: trained for task {recorded.get('task')}, this run is task {cfg.task.name} (from {source}): "
+            "expected a checkpoint of this task"
+        )
     return run_dir, checkpoint
 
 
 def run_config(run_dir: Path) -> DictConfig | None:
-    """The config a run was trained with, if the run folder has one."""
+    """The config a run was trained with, if the run folder has one; InputError if it is not a
+    readable config with task (and its name), agent and probe settings."""
     path = run_dir / RUN_CONFIG
-    return OmegaConf.load(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as err:  # YAML and OmegaConf raise many kinds of errors
+        raise InputError(f"run config {path}: expected the YAML config the run was trained with, could not read it ({err})") from err
+    complete = isinstance(saved, DictConfig) and all(isinstance(saved.get(k), DictConfig) for k in ("task", "agent", "probe"))
+    if not complete or not isinstance(saved.task.get("name"), str):
+        raise InputError(f"run config {path}: expected a mapping with task (and task.name), agent and probe settings")
+    return saved

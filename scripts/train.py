@@ -6,32 +6,101 @@
 
 Each run writes logs/<task>/<timestamp>/: config.yaml (resolved), git.txt, TensorBoard events and
 checkpoints model_<iteration>.pt (written atomically). The last line printed is the run folder.
+A training that fails before its first checkpoint removes the run folder it created. A resume
+continues with the run's own config.yaml: it refuses task=<another task> and overrides of task,
+agent, patient, probe, backend, num_envs or seed, reports other overrides as ignored, and removes
+the temporary files of checkpoint writes that were killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from policies import checkpoints
 from policies.runner import Runner
+from policies.settings import check_settings
 from policies.workflow import REPO_ROOT, build_env, find_run, new_run_dir, run_config, train_config, write_run_info
 from sim.errors import InputError
 
+# Settings a resumed run keeps from its config.yaml: a different value would change the training.
+TRAINING_SETTINGS = ("task", "agent", "patient", "probe", "backend", "num_envs", "seed")
+FINDS_THE_RUN = ("resume", "log_root")  # read to find the run, not to train it
 
-def train(cfg: DictConfig) -> str:
-    if cfg.resume:
-        run_dir, checkpoint = find_run(cfg.resume, cfg)
-        saved = run_config(run_dir)
-        if saved is None:
-            raise InputError(f"resume {cfg.resume!r}: run folder {run_dir} has no config.yaml")
-        cfg = saved  # the run continues with the settings it started with
-        print(f"[sonolab] resuming {run_dir} from {checkpoint.name}")
-    else:
-        run_dir, checkpoint = new_run_dir(cfg), None
-        write_run_info(run_dir, cfg)
+
+def setting(cfg: DictConfig, key: str) -> object:
+    """The plain value of dotted `key` in cfg (None where it is absent)."""
+    value = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def check_resume_overrides(overrides: Sequence[str], cfg: DictConfig, saved: DictConfig, run_dir: Path) -> list[str]:
+    """The command-line `overrides` a resume of run_dir ignores (other values than the run's own, of
+    settings that do not change the training); InputError for a task other than the run's and for
+    overrides that would change the training (TRAINING_SETTINGS), since the run continues with its own."""
+    keys = [override.split("=", 1)[0].lstrip("+~").split("@")[0] for override in overrides]  # Hydra: [+|++|~]key[@package]=value
+    if "task" in keys and cfg.task.name != saved.task.name:
+        raise InputError(
+            f"resume {run_dir}: the run is task {saved.task.name}, the command line asks for task {cfg.task.name}: expected the run's task or no task="
+        )
+    changed, ignored = [], []
+    for override, key in zip(overrides, keys):
+        top = key.split(".")[0]
+        if key == "task" or top in FINDS_THE_RUN or setting(cfg, key) == setting(saved, key):
+            continue
+        (changed if top in TRAINING_SETTINGS else ignored).append(override)
+    if changed:
+        raise InputError(
+            f"resume {run_dir}: overrides {changed} would change the training, but a resumed run continues with the settings in its "
+            f"{run_dir / 'config.yaml'}: expected none of {list(TRAINING_SETTINGS)} (except task=<the run's task>); start a new run to change them"
+        )
+    return ignored
+
+
+@contextlib.contextmanager
+def removed_without_checkpoint(run_dir: Path) -> Iterator[None]:
+    """Delete run_dir (a folder this training created) if the training fails before writing a
+    checkpoint, so no empty run is left for `checkpoint=last` or `resume=true` to trip over."""
+    try:
+        yield
+    except BaseException:  # KeyboardInterrupt included
+        if not checkpoints.checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> str:
+    """Train (or resume) the run of cfg; returns its folder. overrides: the command line's
+    `key=value` settings, which a resume checks against the run's own."""
+    check_settings(cfg)  # before a run folder is made or a patient prepared
+    if not cfg.resume:
+        run_dir = new_run_dir(cfg)
+        with removed_without_checkpoint(run_dir):
+            write_run_info(run_dir, cfg)
+            return learn(cfg, run_dir, None)
+    run_dir, checkpoint = find_run(cfg.resume, cfg, "resume")
+    saved = run_config(run_dir)
+    if saved is None:
+        raise InputError(f"resume {cfg.resume!r}: run folder {run_dir} has no config.yaml")
+    ignored = check_resume_overrides(overrides, cfg, saved, run_dir)
+    if ignored:
+        print(f"[sonolab] resume: ignoring {ignored}: the run continues with the settings in its config.yaml")
+    for tmp in checkpoints.remove_temporaries(run_dir):
+        print(f"[sonolab] removed {tmp.name}, left by a checkpoint write that was killed")
+    print(f"[sonolab] resuming {run_dir} from {checkpoint.name}")
+    return learn(saved, run_dir, checkpoint)  # the run continues with the settings it started with
+
+
+def learn(cfg: DictConfig, run_dir: Path, checkpoint: Path | None) -> str:
+    """Run cfg's training in run_dir, from scratch or continuing exactly from `checkpoint`."""
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, "train")
     runner = Runner(env, train_config(cfg), str(run_dir), cfg.device, env_cfg=OmegaConf.to_container(cfg, resolve=True))
@@ -46,7 +115,7 @@ def train(cfg: DictConfig) -> str:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        print(train(cfg))
+        print(train(cfg, list(HydraConfig.get().overrides.task)))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
