@@ -3,7 +3,8 @@
 The exported graph is rsl-rl's deterministic actor (observation normaliser, CNN encoders and MLP;
 the action mean, no sampling) with one input per observation group the actor reads ("policy",
 and "image" for image policies) and one output, "actions". Both files are checked against the
-training model on the recorded samples before the folder is written out.
+training model on the recorded samples before the folder is moved into place (see
+`export_policy`: a failed export leaves no deployable folder behind).
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ import contextlib
 import inspect
 import io
 import json
+import math
 import platform
+import secrets
+import shutil
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from policies.deploy.policy import DEPLOY_FORMAT, ENGINES, ExportedPolicy, sha256
+from policies.deploy.policy import ENGINES, GraphPolicy, read_spec, write_manifest
+from policies.deploy.schema import DEPLOY_FORMAT, TOLERANCE
 from sim.envs.base import BatchedEnv
-from sim.errors import InputError
+from sim.errors import InputError, require
+from sim.robot.safety import SAMPLES
 
 EXPORT_DIR = "exported"
-TOLERANCE = 1e-5  # max |exported - training model| per action on the samples
 
 
 def actor_inputs(model: torch.nn.Module) -> list[str]:
@@ -82,26 +87,73 @@ def versions() -> dict[str, str]:
     return out
 
 
-def export_policy(model: torch.nn.Module, env: BatchedEnv, folder: str | Path, spec: dict, samples: int = 128) -> Path:
-    """Write folder/{policy.onnx, policy.pt, samples.npz, deploy.json} for the actor `model`.
+def export_policy(
+    model: torch.nn.Module, env: BatchedEnv, folder: str | Path, spec: dict, samples: int = 128, tolerance: float = TOLERANCE
+) -> Path:
+    """Write folder/{policy.onnx, policy.pt, samples.npz, deploy.json, manifest.json} for the actor
+    `model`, atomically: everything is written into a temporary sibling folder, the graphs are
+    checked against the model there, deploy.json and the manifest come last, the folder is read
+    back as the runtime reads it (manifest and schema), and only then is it moved into place. An
+    export that fails at any point leaves the previous folder (if any) and no temporary one.
 
-    spec: deploy.json's content apart from format, files, versions and verification (the task's
-    `deployment_spec`, safety limits, source). Raises InputError if an exported graph differs from
-    the model by more than TOLERANCE on the samples.
+    spec: deploy.json's content apart from format, versions and verification (the task's
+    `deployment_spec`, safety limits, source). tolerance: the largest |exported - training model|
+    accepted per action on the samples, at most TOLERANCE (an export may be stricter, never
+    looser; a negative one refuses every export). Raises InputError if an exported graph differs
+    from the model by more than that.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    samples = SAMPLES.check(samples, "export samples")
+    finite = isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and math.isfinite(tolerance)
+    require(finite and tolerance <= TOLERANCE, "export tolerance", f"a finite number at most {TOLERANCE}", tolerance)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (*folder.parent.glob(f".{folder.name}.tmp-*"), *folder.parent.glob(f".{folder.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
+    work = sibling(folder, "tmp")
+    try:
+        write_verified(model, env, work, spec, samples, tolerance)
+        replace_folder(work, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
+def write_verified(model: torch.nn.Module, env: BatchedEnv, folder: Path, spec: dict, samples: int, tolerance: float) -> None:
+    """The exported files in the empty `folder`, deploy.json and manifest.json only after both
+    engines matched the training model within `tolerance` (InputError otherwise)."""
     module, names = policy_graph(model)
     model = model.eval()
     inputs, outputs = record_samples(env, model, names, samples)
     np.savez_compressed(folder / "samples.npz", **{f"input/{n}": v for n, v in inputs.items()}, actions=outputs)
     write_graphs(module, names, tuple(torch.from_numpy(inputs[n][:2]) for n in names), folder)
-    deploy = {"format": DEPLOY_FORMAT, **spec, "versions": versions()}
-    deploy["files"] = {name: {"sha256": sha256(folder / name)} for name in (*ENGINES.values(), "samples.npz")}
-    (folder / "deploy.json").write_text(json.dumps(deploy, indent=2))
-    errors = {engine: float(np.abs(ExportedPolicy(folder, engine)(inputs) - outputs).max()) for engine in ENGINES}
-    if max(errors.values()) > TOLERANCE:
-        raise InputError(f"exported policy {folder}: outputs differ from the training model by {errors} (tolerance {TOLERANCE})")
-    deploy["verification"] = {"samples": samples, "max_abs_error": errors, "tolerance": TOLERANCE}
-    (folder / "deploy.json").write_text(json.dumps(deploy, indent=2))  # hashes cover the three data files only
-    return folder
+    errors = {engine: float(np.abs(GraphPolicy(folder / file, engine, names)(inputs) - outputs).max()) for engine, file in ENGINES.items()}
+    if not all(error <= tolerance for error in errors.values()):  # a NaN error fails too
+        raise InputError(f"exported policy: outputs differ from the training model by {errors} (tolerance {tolerance}); nothing was written")
+    deploy = {"format": DEPLOY_FORMAT, **spec, "versions": versions(), "verification": {"samples": samples, "max_abs_error": errors, "tolerance": tolerance}}
+    try:
+        text = json.dumps(deploy, indent=2, allow_nan=False)
+    except ValueError as err:  # NaN or infinity somewhere in the task config: JSON has no such numbers
+        raise InputError(f"deploy.json: expected finite numbers only, got {err}") from err
+    (folder / "deploy.json").write_text(text)
+    write_manifest(folder)
+    read_spec(folder)  # the runtime's own check: a folder it would refuse is never put in place
+
+
+def sibling(folder: Path, kind: str) -> Path:
+    """A new empty hidden folder beside `folder`, .<name>.<kind>-<random> (made with the umask's
+    permissions, as the export folder itself would be)."""
+    path = folder.parent / f".{folder.name}.{kind}-{secrets.token_hex(6)}"
+    path.mkdir()
+    return path
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Move `new` to `folder` by renames: an existing `folder` is renamed aside first and removed
+    once `new` is in place, so `folder` is never a half-written export."""
+    aside = sibling(folder, "old")
+    try:
+        if folder.exists():
+            folder.rename(aside / folder.name)
+        new.rename(folder)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)

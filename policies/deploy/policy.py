@@ -1,62 +1,84 @@
 """Load an exported policy folder (deploy.json, policy.onnx, policy.pt) and run it.
 
-Engines: "onnx" (ONNX Runtime, CPU) or "torchscript" (torch.jit). File hashes in deploy.json are
-checked first, so a policy file that does not belong to its description is never run.
+Engines: "onnx" (ONNX Runtime, CPU) or "torchscript" (torch.jit). The folder's manifest.json
+(the sha256 of deploy.json and of every file it describes) is checked first, then deploy.json's
+schema (`policies.deploy.schema`), so a policy file that does not belong to its description, or
+a description outside the hard safety bounds, is never run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
-from sim.errors import InputError
+from policies.deploy.schema import validate_spec
+from sim.errors import InputError, require
 
-DEPLOY_FORMAT = "sonolab-deploy/1"
 ENGINES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
+MANIFEST = "manifest.json"
+MANIFEST_FILES = ("deploy.json", *ENGINES.values(), "samples.npz")  # every file of an exported folder but the manifest
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def write_manifest(folder: Path) -> None:
+    """folder/manifest.json: {file name: sha256} over MANIFEST_FILES (written last, by export)."""
+    (folder / MANIFEST).write_text(json.dumps({name: sha256(folder / name) for name in MANIFEST_FILES}, indent=2))
+
+
+def check_manifest(folder: Path) -> None:
+    """InputError unless folder/manifest.json lists exactly MANIFEST_FILES and each file's sha256."""
+    path = folder / MANIFEST
+    require(path.is_file(), str(path), "the manifest scripts/export.py writes (re-run it)", "no such file")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: expected JSON {{file: sha256}}, got unreadable text ({err})") from err
+    valid = isinstance(manifest, dict) and set(manifest) == set(MANIFEST_FILES) and all(isinstance(h, str) and SHA256.fullmatch(h) for h in manifest.values())
+    require(valid, str(path), f"{{file: sha256}} for exactly {list(MANIFEST_FILES)}", manifest if isinstance(manifest, dict) else type(manifest).__name__)
+    for name in MANIFEST_FILES:
+        if not (folder / name).is_file() or sha256(folder / name) != manifest[name]:
+            raise InputError(f"{folder / name}: missing or its sha256 differs from {MANIFEST} (re-run scripts/export.py)")
+
+
 def read_spec(folder: str | Path) -> dict:
-    """deploy.json of an exported folder, checked: format and the hashes of the files it lists."""
+    """deploy.json of an exported folder, checked: the manifest's hashes, then the schema."""
     folder = Path(folder)
     path = folder / "deploy.json"
     if not path.is_file():
         raise InputError(f"exported policy {folder}: expected a folder written by scripts/export.py with deploy.json")
-    spec = json.loads(path.read_text())
-    if spec.get("format") != DEPLOY_FORMAT:
-        raise InputError(f"{path}: expected format {DEPLOY_FORMAT!r}, got {spec.get('format')!r}")
-    for name, entry in spec["files"].items():
-        if not (folder / name).is_file() or sha256(folder / name) != entry["sha256"]:
-            raise InputError(f"{folder / name}: missing or its sha256 differs from deploy.json (re-run scripts/export.py)")
+    check_manifest(folder)
+    try:
+        spec = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: expected JSON, got unreadable text ({err})") from err
+    validate_spec(spec, folder)
     return spec
+class GraphPolicy:
+    """A policy graph file run by `engine`: {input name: (B, ...) float32} -> actions (B, A)
+    float32, the graph's positional inputs in the order of `input_names`."""
 
-
-class ExportedPolicy:
-    """A deterministic policy: {input name: (B, ...) float32} -> actions (B, A) float32."""
-
-    def __init__(self, folder: str | Path, engine: str = "onnx") -> None:
+    def __init__(self, path: Path, engine: str, input_names: list[str]) -> None:
         if engine not in ENGINES:
             raise InputError(f"engine {engine!r}: expected one of {sorted(ENGINES)}")
-        self.folder, self.engine = Path(folder), engine
-        self.spec = read_spec(folder)
-        self.input_names = [i["name"] for i in self.spec["observation"]["inputs"]]
-        path = str(self.folder / ENGINES[engine])
+        self.engine, self.input_names = engine, list(input_names)
         if engine == "onnx":
             import onnxruntime
 
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = 1  # one robot, small networks: threads cost more than they give
-            self._session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         else:
             import torch
 
-            self._module = torch.jit.load(path, map_location="cpu").eval()
+            self._module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         missing = [n for n in self.input_names if n not in inputs]
@@ -69,3 +91,12 @@ class ExportedPolicy:
 
         with torch.inference_mode():
             return self._module(*[torch.from_numpy(a) for a in arrays]).numpy()
+
+
+class ExportedPolicy(GraphPolicy):
+    """The deterministic policy of an exported folder, run only after `read_spec` accepted it."""
+
+    def __init__(self, folder: str | Path, engine: str = "onnx") -> None:
+        self.folder = Path(folder)
+        self.spec = read_spec(folder)
+        super().__init__(self.folder / ENGINES.get(engine, ""), engine, [i["name"] for i in self.spec["observation"]["inputs"]])

@@ -4,56 +4,189 @@ Targets are clamped: into the workspace box, and to the maximum linear and angul
 previous target. The robot is stopped when its measured state breaks a limit: contact force above
 the maximum, the probe outside the box by more than the stop margin, measured speed beyond the
 stop speed, or anything non-finite.
+
+Every limit lies within a hard bound defined here, checked whenever limits are built (at export,
+and again when an exported folder is loaded): no setting, file or command line can switch a limit
+off (NaN, infinity) or relax it beyond what is safe for a probe on a patient.
+
+- Contact force: diagnostic ultrasound scans typically press with about 5-20 N; the hard maximum
+  is 45 N, our choice of an upper bound at a little over twice the top of that range (room for
+  firm scanning of a thick back, none for a limit that would let the arm lean on a patient), so
+  a limit in (0, 45] N.
+- Probe speed (commanded and measured stop speed): ISO 10218's reduced speed for a robot working
+  beside people, 250 mm/s at the tool, so (0, 0.25] m/s.
+- Angular speed: (0, 2.5] rad/s: a point of the probe or its holder 100 mm from the tool frame
+  then moves at most 250 mm/s, the reduced speed above.
+- Stop margin: the probe may leave the box by at most 50 mm before the robot stops: (0, 0.05] m.
+- Workspace box: finite, low < high, each side at most 1 m and every corner within 1 m of the
+  anchor point: a box around one patient's back, never the whole room.
+- Control period: [1 ms, 1 s]: faster than a robot controller's cycle or slower than a human
+  could follow is a wrong file, not a setting (a negative period would reverse the speed clamp).
+- Export settings (speed_margin [1, 10], workspace_margin_m [0, 0.1] m, samples [1, 100000]):
+  see their definitions below.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from sim.errors import InputError
+from sim.errors import InputError, check_keys, require
 from sim.transforms import matrix_to_quat, quat_to_matrix, rotation_exp, rotation_log
 
 
-@dataclass
+@dataclass(frozen=True)
+class Bound:
+    """A closed or half-open interval a setting must lie in: (low, high] when low_open, else
+    [low, high]; integer: the value must be an int (bool is not)."""
+
+    low: float
+    high: float
+    unit: str = ""
+    low_open: bool = True
+    integer: bool = False
+
+    def __str__(self) -> str:
+        interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        return f"{interval} {self.unit}".rstrip()
+
+    def check(self, value: object, what: str) -> float | int:
+        """`value` as a float (an int for integer bounds) if it is a real finite number inside
+        the bound; otherwise InputError naming `what`, the bound and the value."""
+        kind = "an integer" if self.integer else "a finite number"
+        real = isinstance(value, numbers.Integral if self.integer else numbers.Real) and not isinstance(value, (bool, np.bool_))
+        number = float(value) if real else math.nan
+        inside = math.isfinite(number) and (self.low < number if self.low_open else self.low <= number) and number <= self.high
+        require(inside, what, f"{kind} in {self}", repr(value) if isinstance(value, str) else value)
+        return int(value) if self.integer else number
+
+
+# The hard bounds (see the module docstring for their reasons).
+FORCE_N = Bound(0.0, 45.0, "N")
+SPEED_M_S = Bound(0.0, 0.25, "m/s")
+ANGULAR_SPEED_RAD_S = Bound(0.0, 2.5, "rad/s")
+STOP_MARGIN_M = Bound(0.0, 0.05, "m")
+WORKSPACE_COORD_M = Bound(-1.0, 1.0, "m", low_open=False)  # each corner coordinate, anchor frame
+MAX_WORKSPACE_SIDE_M = 1.0
+DT_S = Bound(1e-3, 1.0, "s", low_open=False)
+# Export settings the limits are derived from (conf `export.*`): targets may move up to
+# speed_margin times one full action step per period (1: no slack for the skin's curvature;
+# 10: clamps that no longer mean anything); the box is widened by at most 10 cm; the samples
+# checked against the training model are a real number of them, not a memory bomb.
+SPEED_MARGIN = Bound(1.0, 10.0, low_open=False)
+WORKSPACE_MARGIN_M = Bound(0.0, 0.1, "m", low_open=False)
+SAMPLES = Bound(1, 100_000, low_open=False, integer=True)
+
+
+@dataclass(frozen=True)
 class SafetyLimits:
     """workspace_low_m / workspace_high_m (3,): the probe's box around the anchor point (anchor
     frame, metres). max_speed_m_s / max_angular_speed_rad_s: the fastest a target may move.
-    stop_speed_m_s: measured probe speed that stops the robot. max_force_n: contact force that
-    stops the robot. stop_margin_m: how far outside the box the measured probe may be."""
+    stop_speed_m_s: measured probe speed that stops the robot (at least max_speed_m_s, so a
+    target moving at the maximum never stops the robot). max_force_n: contact force that stops
+    the robot. stop_margin_m: how far outside the box the measured probe may be.
+
+    Every value is checked against the module's hard bounds on construction (InputError naming
+    the key); the limits are frozen, so a checked instance cannot be relaxed afterwards.
+    """
 
     workspace_low_m: tuple[float, float, float]
     workspace_high_m: tuple[float, float, float]
-    max_speed_m_s: float
-    max_angular_speed_rad_s: float
-    stop_speed_m_s: float
-    max_force_n: float
-    stop_margin_m: float = 0.01
+    max_speed_m_s: float = field(metadata={"bound": SPEED_M_S})
+    max_angular_speed_rad_s: float = field(metadata={"bound": ANGULAR_SPEED_RAD_S})
+    stop_speed_m_s: float = field(metadata={"bound": SPEED_M_S})
+    max_force_n: float = field(metadata={"bound": FORCE_N})
+    stop_margin_m: float = field(default=0.01, metadata={"bound": STOP_MARGIN_M})
+
+    def __post_init__(self) -> None:
+        for key, value in checked_limits(asdict(self), "safety limits").items():
+            object.__setattr__(self, key, value)
 
     @classmethod
-    def from_dict(cls, values: Mapping) -> "SafetyLimits":
+    def from_dict(cls, values: Mapping, what: str = "safety limits") -> "SafetyLimits":
+        """Limits from a mapping (deploy.json's "safety"); `what` names it in errors."""
+        require(isinstance(values, Mapping), what, "a mapping of safety limits", type(values).__name__)
         names = {f.name for f in fields(cls)}
         unknown, missing = sorted(set(values) - names), sorted(n for n in names if n not in values and n != "stop_margin_m")
         if unknown or missing:
-            raise InputError(f"safety limits: unknown keys {unknown}, missing keys {missing}; expected {sorted(names)}")
-        limits = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-        if not all(lo < hi for lo, hi in zip(limits.workspace_low_m, limits.workspace_high_m)):
-            raise InputError(f"safety limits: expected workspace_low_m < workspace_high_m, got {limits.workspace_low_m} and {limits.workspace_high_m}")
-        return limits
+            raise InputError(f"{what}: unknown keys {unknown}, missing keys {missing}; expected {sorted(names)}")
+        return cls(**checked_limits(values, what))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The settings safety limits are derived from at export (conf `export.*`), each within its
+    hard bound: samples recorded to verify the graphs, max_force_n and stop_margin_m (copied into
+    the limits), speed_margin (targets may move this many times faster than one full action step
+    per period) and workspace_margin_m (the box's widening beyond the task workspace)."""
+
+    samples: int = field(metadata={"bound": SAMPLES})
+    max_force_n: float = field(metadata={"bound": FORCE_N})
+    speed_margin: float = field(metadata={"bound": SPEED_MARGIN})
+    workspace_margin_m: float = field(metadata={"bound": WORKSPACE_MARGIN_M})
+    stop_margin_m: float = field(metadata={"bound": STOP_MARGIN_M})
+
+    @classmethod
+    def from_dict(cls, values: Mapping, what: str = "export") -> "ExportSettings":
+        """Settings from a mapping (Hydra's `export` section): every key required, none unknown,
+        each value a finite number inside its bound (InputError naming `what`.<key>)."""
+        require(isinstance(values, Mapping), what, "a mapping of export settings", type(values).__name__)
+        names = [f.name for f in fields(cls)]
+        check_keys(values, cls, what)
+        missing = [n for n in names if n not in values]
+        require(not missing, what, f"the keys {names}", f"{sorted(values)} (missing {missing})")
+        return cls(**bounded_fields(cls, values, what))
+
+    def __post_init__(self) -> None:
+        for key, value in bounded_fields(type(self), asdict(self), "export").items():
+            object.__setattr__(self, key, value)
+
+
+def bounded_fields(cls: type, values: Mapping, what: str) -> dict:
+    """`values` with each field of dataclass `cls` that has a "bound" in its metadata checked
+    against it (InputError naming `what`.<key>) and converted to float (int for integers)."""
+    out = dict(values)
+    for f in fields(cls):
+        if "bound" in f.metadata and f.name in values:
+            out[f.name] = f.metadata["bound"].check(values[f.name], f"{what}.{f.name}")
+    return out
+
+
+def checked_limits(values: Mapping, what: str) -> dict:
+    """`values` (SafetyLimits fields) with numbers as floats and the box as tuples, each checked
+    against its hard bound; InputError naming `what`.<key> otherwise."""
+    out = bounded_fields(SafetyLimits, values, what)
+    for key in ("workspace_low_m", "workspace_high_m"):
+        corner = values[key]
+        require(isinstance(corner, (list, tuple)) and len(corner) == 3, f"{what}.{key}", "3 numbers (x, y, z) in metres", corner)
+        out[key] = tuple(WORKSPACE_COORD_M.check(v, f"{what}.{key}[{i}]") for i, v in enumerate(corner))
+    sides = [hi - lo for lo, hi in zip(out["workspace_low_m"], out["workspace_high_m"])]
+    require(
+        all(0 < s <= MAX_WORKSPACE_SIDE_M for s in sides), f"{what}.workspace_low_m / workspace_high_m",
+        f"low < high with each side at most {MAX_WORKSPACE_SIDE_M} m", f"{list(out['workspace_low_m'])} and {list(out['workspace_high_m'])}",
+    )  # fmt: skip
+    if "max_speed_m_s" in out and "stop_speed_m_s" in out:
+        stop, speed = out["stop_speed_m_s"], out["max_speed_m_s"]
+        require(stop >= speed, f"{what}.stop_speed_m_s", f"at least max_speed_m_s ({speed} m/s)", stop)
+    return out
 
 
 class SafetyMonitor:
     """Applies `SafetyLimits` for one robot at control period dt_s around anchor (3,)."""
 
     def __init__(self, limits: SafetyLimits, anchor_m: np.ndarray, dt_s: float) -> None:
-        self.limits, self.dt = limits, dt_s
+        require(isinstance(limits, SafetyLimits), "safety monitor limits", "SafetyLimits", type(limits).__name__)
+        self.limits, self.dt = limits, DT_S.check(dt_s, "control period dt_s")
         anchor = np.asarray(anchor_m, np.float64)
+        require(anchor.shape == (3,) and np.isfinite(anchor).all(), "safety monitor anchor_m", "3 finite numbers (metres)", anchor_m)
         self.low = anchor + np.asarray(limits.workspace_low_m)
         self.high = anchor + np.asarray(limits.workspace_high_m)
         self.last_pose: np.ndarray | None = None

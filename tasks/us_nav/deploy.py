@@ -1,10 +1,12 @@
 """us_nav on a robot: what an exported policy expects (deploy.json) and the robot-side controller.
 
 `deployment_spec` describes the observation layout, the action's meaning and the robot for
-deploy.json. `Controller` is the task's robot-side twin: it builds the policy's inputs from
-robot signals (joint angles, probe pose, contact force, ultrasound frames) with the same
-observation terms the environment uses, and turns actions into Cartesian probe targets with the
-same probe-motion terms, so a policy sees on the robot exactly what it saw in training.
+deploy.json; `deploy_contract` is what its control and action parts must be for a task config
+(deploy.json's schema checks a loaded file against it). `Controller` is the task's robot-side
+twin: it builds the policy's inputs from robot signals (joint angles, probe pose, contact force,
+ultrasound frames) with the same observation terms the environment uses, and turns actions into
+Cartesian probe targets with the same probe-motion terms, so a policy sees on the robot exactly
+what it saw in training.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import numpy as np
 import torch
 
 from sim.anatomy.patient import SkinSurface
-from sim.robot.safety import SafetyLimits
 from sim.config import build
+from sim.errors import require
 from sim.robot.contact import SkinBank
+from sim.robot.safety import ANGULAR_SPEED_RAD_S, SPEED_M_S, ExportSettings, SafetyLimits
 from sim.ultrasound.placement import skin_state_from_pose
 from tasks.us_nav.config import UsNavCfg
 from tasks.us_nav.mdp import actions, observations
@@ -47,49 +50,25 @@ def observation_layout(cfg: UsNavCfg, dof: int) -> list[dict]:
     return proprio if o.images else relative + proprio
 
 
-def deployment_spec(env, safety: Mapping) -> dict:
-    """deploy.json's task part for a `UsNavEnv`: control, observation, action, robot, safety.
+# The deepest a target may be pressed into the skin: 10 mm (the quasi-static contact gives about
+# 4 N at the default 2 mm; a deeper press is a wrong file, not a scanning style).
+MAX_PRESS_M = 0.01
 
-    safety: {max_force_n, speed_margin, workspace_margin_m, stop_margin_m} (conf `export.*`):
-    targets may move speed_margin times faster than one full action step per period; the box
-    is the task's workspace and skin height range widened by workspace_margin_m.
-    """
-    cfg: UsNavCfg = env.cfg
-    arm, a, o = env.backend.arm, cfg.actions, cfg.observation
-    inputs = [{"name": "policy", "dtype": "float32", "shape": ["batch", int(env.get_observations()["policy"].shape[1])], "layout": observation_layout(cfg, arm.dof)}]
-    if o.images:
-        inputs.append(
-            {
-                "name": "image",
-                "dtype": "float32",
-                "shape": ["batch", o.history + 1, o.image_size, o.image_size],
-                "channels": [*[f"ultrasound frame t-{k}" for k in range(o.history)], "goal image"],
-                "compute": "B-mode frames in [0, 1] (row 0 at the probe face, column 0 at probe -x) resized to "
-                f"{o.image_size} x {o.image_size} px (area averaging); newest first; at episode start the first frame fills the history",
-            }
-        )
-    step = [a.translation_m, a.translation_m, a.yaw_rad, a.tilt_rad, a.tilt_rad]
-    low, high = workspace_box(env, safety["workspace_margin_m"])
-    max_speed = safety["speed_margin"] * math.hypot(a.translation_m, a.translation_m) * cfg.control_hz
-    limits = SafetyLimits(
-        workspace_low_m=tuple(low),
-        workspace_high_m=tuple(high),
-        max_speed_m_s=max_speed,
-        max_angular_speed_rad_s=safety["speed_margin"] * (a.yaw_rad + math.sqrt(2) * a.tilt_rad) * cfg.control_hz,
-        stop_speed_m_s=2 * max_speed,
-        max_force_n=safety["max_force_n"],
-        stop_margin_m=safety["stop_margin_m"],
-    )
+
+def deploy_contract(config: Mapping, what: str = "deploy.json task.config") -> dict:
+    """What deploy.json's "control" and "action" must say for the task config `config` (a
+    mapping of `UsNavCfg`; InputError naming `what` if it is not one): the robot-side controller
+    moves the probe by task.config's actions, so the action description must be derived from it."""
+    cfg = build(UsNavCfg, config, what)
+    a = cfg.actions
+    require(0.0 <= a.press_m <= MAX_PRESS_M, f"{what}.actions.press_m", f"a depth in [0, {MAX_PRESS_M}] m", a.press_m)
     return {
-        "task": {"name": cfg.name, "config": asdict(cfg)},
         "control": {"rate_hz": cfg.control_hz, "dt_s": 1.0 / cfg.control_hz, "episode_steps": cfg.episode_steps},
-        "task_frame": f"patient frame (x left-right, y anterior-posterior, z head-foot; metres); the anchor point is the centre of {cfg.anchor}",
-        "observation": {"inputs": inputs},
         "action": {
             "shape": ["batch", len(ACTION_NAMES)],
             "names": list(ACTION_NAMES),
             "units": ["m", "m", "rad", "rad", "rad"],
-            "scale": step,
+            "scale": [a.translation_m, a.translation_m, a.yaw_rad, a.tilt_rad, a.tilt_rad],
             "clamp": [-1.0, 1.0],
             "meaning": "increments of the commanded probe state per control step: translation along the untilted probe's "
             "x (lateral) and y (elevation) axes projected on the skin (task x-z plane), rotation about the beam, tilt about "
@@ -102,6 +81,62 @@ def deployment_spec(env, safety: Mapping) -> dict:
                 "lag_steps": a.lag_steps,
             },
         },
+    }
+
+
+def safety_limits(env, settings: ExportSettings) -> SafetyLimits:
+    """The limits for `env`'s task from the export settings: targets may move speed_margin times
+    faster than one full action step per period (translation: both axes at once; rotation: yaw
+    and both tilts at once); the robot stops at twice that speed, never above the hard bound of
+    the speed limits; the box is the task's workspace and skin height range widened by
+    workspace_margin_m. InputError naming export.speed_margin if the speeds leave their bounds."""
+    cfg = env.cfg
+    a = cfg.actions
+    max_speed = settings.speed_margin * math.hypot(a.translation_m, a.translation_m) * cfg.control_hz
+    max_turn = settings.speed_margin * math.hypot(a.yaw_rad, a.tilt_rad, a.tilt_rad) * cfg.control_hz
+    require(
+        max_speed <= SPEED_M_S.high and max_turn <= ANGULAR_SPEED_RAD_S.high, "export.speed_margin",
+        f"a margin that keeps the target speeds within {SPEED_M_S} and {ANGULAR_SPEED_RAD_S}",
+        f"{settings.speed_margin} (max_speed_m_s {max_speed:.3f} m/s, max_angular_speed_rad_s {max_turn:.3f} rad/s)",
+    )  # fmt: skip
+    low, high = workspace_box(env, settings.workspace_margin_m)
+    return SafetyLimits(
+        workspace_low_m=tuple(low),
+        workspace_high_m=tuple(high),
+        max_speed_m_s=max_speed,
+        max_angular_speed_rad_s=max_turn,
+        stop_speed_m_s=min(2 * max_speed, SPEED_M_S.high),
+        max_force_n=settings.max_force_n,
+        stop_margin_m=settings.stop_margin_m,
+    )
+
+
+def deployment_spec(env, settings: ExportSettings) -> dict:
+    """deploy.json's task part for a `UsNavEnv`: task, control, observation, action, robot and
+    safety (`safety_limits` from the checked export settings)."""
+    cfg: UsNavCfg = env.cfg
+    arm, o = env.backend.arm, cfg.observation
+    width = int(env.get_observations()["policy"].shape[1])
+    inputs = [{"name": "policy", "dtype": "float32", "shape": ["batch", width], "layout": observation_layout(cfg, arm.dof)}]
+    if o.images:
+        inputs.append(
+            {
+                "name": "image",
+                "dtype": "float32",
+                "shape": ["batch", o.history + 1, o.image_size, o.image_size],
+                "channels": [*[f"ultrasound frame t-{k}" for k in range(o.history)], "goal image"],
+                "compute": "B-mode frames in [0, 1] (row 0 at the probe face, column 0 at probe -x) resized to "
+                f"{o.image_size} x {o.image_size} px (area averaging); newest first; at episode start the first frame fills the history",
+            }
+        )
+    task_config = asdict(cfg)
+    contract = deploy_contract(task_config, "task")
+    return {
+        "task": {"name": cfg.name, "config": task_config},
+        "control": contract["control"],
+        "task_frame": f"patient frame (x left-right, y anterior-posterior, z head-foot; metres); the anchor point is the centre of {cfg.anchor}",
+        "observation": {"inputs": inputs},
+        "action": contract["action"],
         "robot": {
             "name": arm.name,
             "urdf": arm.urdf_path.name,
@@ -112,7 +147,7 @@ def deployment_spec(env, safety: Mapping) -> dict:
                 for n, lo, hi, v in zip(arm.joint_names, arm.lower.tolist(), arm.upper.tolist(), arm.velocity.tolist())
             ],
         },
-        "safety": limits.to_dict(),
+        "safety": safety_limits(env, settings).to_dict(),
     }
 
 
@@ -127,6 +162,7 @@ def workspace_box(env, margin_m: float) -> tuple[list[float], list[float]]:
     xz = grid.repeat(p, 1) + env.anchor_xz[patient]
     point, _ = skin.query(patient, xz[:, 0], xz[:, 1])
     height = (point[:, 1] - env.backend.anchor[patient, 1])[torch.isfinite(point[:, 1])]
+    require(len(height) > 0, "workspace box", "skin under the task workspace in at least one patient", "no skin point")
     return [-ex - margin_m, float(height.min()) - margin_m, -ez - margin_m], [ex + margin_m, float(height.max()) + margin_m, ez + margin_m]
 
 

@@ -1,0 +1,185 @@
+"""deploy.json's schema: types, required keys, ranges and consistency with the exported graphs.
+
+A loaded deploy.json is trusted only after this check. The manifest's sha256 proves that the
+files belong together, not that they are safe: whoever can edit deploy.json can recompute its
+hash too. What makes a hand-edited deploy.json harmless is this schema: every safety limit lies
+within the hard bounds of `sim.robot.safety`, the action scale and control period must be the
+ones the task config implies (the robot-side controller moves the probe by task.config), the
+scale itself is bounded, the speed limits must agree with the scale, and the observation and
+action shapes must match the ONNX graph.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+from pathlib import Path
+from typing import Mapping
+
+from sim.errors import InputError, require
+from sim.robot.safety import DT_S, SAMPLES, SPEED_MARGIN, Bound, SafetyLimits
+
+DEPLOY_FORMAT = "sonolab-deploy/1"
+TOLERANCE = 1e-5  # max |exported - training model| per action on the samples
+REQUIRED = ("format", "task", "control", "observation", "action", "robot", "safety", "versions", "verification")
+OPTIONAL = ("task_frame", "source")
+# Task name -> module whose `deploy_contract(task_config)` says what control and action must be.
+TASK_MODULES = {"us_nav": "tasks.us_nav.deploy", "us_nav_state": "tasks.us_nav.deploy"}
+# The largest motion one step of a full action may command, by unit: 10 mm of translation and
+# 0.2 rad (11.5 degrees) of rotation, twice the us_nav defaults (5 mm, 0.1 rad): a policy trained
+# with more than that moves a probe on a patient too far between two looks at the image.
+MAX_STEP = {"m": Bound(0.0, 0.01, "m"), "rad": Bound(0.0, 0.2, "rad")}
+RATE_HZ = Bound(1.0, 1000.0, "Hz", low_open=False)  # the control period's bounds, DT_S, as a rate
+DT_TOLERANCE_S = 1e-9
+
+
+def validate_spec(spec: object, folder: Path) -> None:
+    """Raise InputError naming the first key of deploy.json (in `folder`) that is missing, of the
+    wrong type, out of its bounds or inconsistent with the task config or policy.onnx."""
+    what = str(Path(folder) / "deploy.json")
+    require(isinstance(spec, Mapping), what, "a JSON object", type(spec).__name__)
+    missing, unknown = [k for k in REQUIRED if k not in spec], sorted(set(spec) - {*REQUIRED, *OPTIONAL})
+    require(not missing and not unknown, what, f"the keys {list(REQUIRED)} (and optionally {list(OPTIONAL)})", f"missing {missing}, unknown {unknown}")
+    require(spec["format"] == DEPLOY_FORMAT, f"{what} format", repr(DEPLOY_FORMAT), repr(spec["format"]))
+    contract = task_contract(spec["task"], f"{what} task")
+    check_control(spec["control"], contract["control"], f"{what} control")
+    names = check_inputs(spec["observation"], f"{what} observation")
+    dim = check_action(spec["action"], contract["action"], f"{what} action")
+    limits = SafetyLimits.from_dict(spec["safety"], f"{what} safety")
+    check_speeds(limits, spec["action"], spec["control"]["rate_hz"], f"{what} safety")
+    check_robot(spec["robot"], f"{what} robot")
+    check_verification(spec["verification"], f"{what} verification")
+    check_graph(Path(folder) / "policy.onnx", spec["observation"]["inputs"], names, dim)
+
+
+def task_contract(task: object, what: str) -> dict:
+    """The control and action parts deploy.json must have for its task (name and config)."""
+    require(isinstance(task, Mapping) and set(task) == {"name", "config"}, what, "an object with keys name and config", task)
+    require(task["name"] in TASK_MODULES, f"{what}.name", f"one of {sorted(TASK_MODULES)}", repr(task["name"]))
+    require(isinstance(task["config"], Mapping), f"{what}.config", "an object (the task's settings)", type(task["config"]).__name__)
+    return importlib.import_module(TASK_MODULES[task["name"]]).deploy_contract(task["config"], f"{what}.config")
+
+
+def check_control(control: object, expected: Mapping, what: str) -> None:
+    """rate_hz in RATE_HZ, dt_s = 1 / rate_hz within the period's bounds, episode_steps a positive int,
+    all as the task config says."""
+    require(isinstance(control, Mapping) and set(control) == set(expected), what, f"an object with keys {sorted(expected)}", control)
+    rate = RATE_HZ.check(control["rate_hz"], f"{what}.rate_hz")
+    dt = DT_S.check(control["dt_s"], f"{what}.dt_s")
+    require(abs(dt - 1.0 / rate) <= DT_TOLERANCE_S, f"{what}.dt_s", f"1 / rate_hz = {1.0 / rate} s", dt)
+    require(_positive_int(control["episode_steps"]), f"{what}.episode_steps", "a positive integer", repr(control["episode_steps"]))
+    for key in ("rate_hz", "episode_steps"):
+        require(control[key] == expected[key], f"{what}.{key}", f"{expected[key]} (from task.config)", control[key])
+
+
+def check_inputs(observation: object, what: str) -> list[str]:
+    """Each input: a unique name, dtype float32, shape ["batch", positive ints...]; the policy
+    vector's layout segments add up to its width. Returns the names in order."""
+    inputs = observation.get("inputs") if isinstance(observation, Mapping) else None
+    require(isinstance(inputs, list) and inputs, f"{what}.inputs", "a non-empty list of inputs", inputs)
+    names = []
+    for i, entry in enumerate(inputs):
+        where = f"{what}.inputs[{i}]"
+        require(isinstance(entry, Mapping) and isinstance(entry.get("name"), str), f"{where}.name", "a string", entry)
+        require(entry.get("dtype") == "float32", f"{where}.dtype", "'float32'", repr(entry.get("dtype")))
+        shape = entry.get("shape")
+        require(
+            isinstance(shape, list) and len(shape) >= 2 and shape[0] == "batch" and all(_positive_int(d) for d in shape[1:]),
+            f"{where}.shape", '["batch", positive integers...]', shape,
+        )  # fmt: skip
+        if "layout" in entry:
+            layout = entry["layout"]
+            sizes = [s.get("size") for s in layout] if isinstance(layout, list) and all(isinstance(s, Mapping) for s in layout) else None
+            require(
+                sizes is not None and all(_positive_int(s) for s in sizes) and len(shape) == 2 and sum(sizes) == shape[1],
+                f"{where}.layout", f"segments whose sizes add up to the input width {shape[1:]}", sizes,
+            )  # fmt: skip
+        names.append(entry["name"])
+    require(len(set(names)) == len(names), f"{what}.inputs", "unique names", names)
+    return names
+
+
+def check_action(action: object, expected: Mapping, what: str) -> int:
+    """names/units/scale/clamp of the action dim, clamp [-1, 1], every step within MAX_STEP, and
+    all as the task config says (a hand-edited scale is refused). Returns the action dim."""
+    require(isinstance(action, Mapping) and set(action) == set(expected), what, f"an object with keys {sorted(expected)}", action)
+    shape = action["shape"]
+    require(isinstance(shape, list) and len(shape) == 2 and shape[0] == "batch" and _positive_int(shape[1]), f"{what}.shape", '["batch", A]', shape)
+    dim = shape[1]
+    for key in ("names", "units", "scale"):
+        require(isinstance(action[key], list) and len(action[key]) == dim, f"{what}.{key}", f"a list of {dim} (the action dim)", action[key])
+    require(action["clamp"] == [-1.0, 1.0], f"{what}.clamp", "[-1.0, 1.0]", action["clamp"])
+    for i, (unit, scale) in enumerate(zip(action["units"], action["scale"])):
+        require(unit in MAX_STEP, f"{what}.units[{i}]", f"one of {sorted(MAX_STEP)}", repr(unit))
+        MAX_STEP[unit].check(scale, f"{what}.scale[{i}] ({action['names'][i]}, per step)")
+    for key in expected:
+        require(action[key] == expected[key], f"{what}.{key}", f"{expected[key]} (from task.config)", action[key])
+    return dim
+
+
+def check_speeds(limits: SafetyLimits, action: Mapping, rate_hz: float, what: str) -> None:
+    """The speed limits may not exceed one full action step per period times the largest
+    speed margin an export accepts (translation and rotation steps taken on all axes at once)."""
+    for unit, key in (("m", "max_speed_m_s"), ("rad", "max_angular_speed_rad_s")):
+        step = math.hypot(*(s for u, s in zip(action["units"], action["scale"]) if u == unit))
+        most = SPEED_MARGIN.high * step * rate_hz
+        expected = f"at most {SPEED_MARGIN.high:g} x one full action step per period = {most:.4g}"
+        require(getattr(limits, key) <= most, f"{what}.{key}", expected, getattr(limits, key))
+
+
+def check_robot(robot: object, what: str) -> None:
+    """name, urdf, tool_frame strings; base pose 7 finite numbers with a unit quaternion; joints:
+    a name, finite lower < upper and a positive finite velocity each."""
+    require(isinstance(robot, Mapping), what, "an object", type(robot).__name__)
+    for key in ("name", "urdf", "tool_frame"):
+        require(isinstance(robot.get(key), str) and robot[key], f"{what}.{key}", "a non-empty string", robot.get(key))
+    base = robot.get("base_pose_in_anchor_frame")
+    require(isinstance(base, list) and len(base) == 7 and all(_finite(v) for v in base), f"{what}.base_pose_in_anchor_frame", "7 finite numbers", base)
+    require(abs(math.hypot(*base[3:]) - 1.0) < 1e-6, f"{what}.base_pose_in_anchor_frame", "a unit quaternion (w, x, y, z) after the position", base[3:])
+    joints = robot.get("joints")
+    require(isinstance(joints, list) and joints, f"{what}.joints", "a non-empty list", joints)
+    for i, joint in enumerate(joints):
+        numbers_ = isinstance(joint, Mapping) and all(_finite(joint.get(k)) for k in ("lower_rad", "upper_rad", "velocity_rad_s"))
+        ok = numbers_ and isinstance(joint.get("name"), str) and joint["lower_rad"] < joint["upper_rad"] and joint["velocity_rad_s"] > 0
+        require(ok, f"{what}.joints[{i}]", "a name, finite lower_rad < upper_rad and velocity_rad_s > 0", joint)
+
+
+def check_verification(verification: object, what: str) -> None:
+    """The export's record that both engines matched the training model within the tolerance."""
+    keys = {"samples", "max_abs_error", "tolerance"}
+    require(isinstance(verification, Mapping) and set(verification) == keys, what, f"an object with keys {sorted(keys)}", verification)
+    SAMPLES.check(verification["samples"], f"{what}.samples")
+    tolerance = Bound(0.0, TOLERANCE, low_open=False).check(verification["tolerance"], f"{what}.tolerance")
+    errors = verification["max_abs_error"]
+    require(isinstance(errors, Mapping) and set(errors) == {"onnx", "torchscript"}, f"{what}.max_abs_error", "errors of onnx and torchscript", errors)
+    for engine, error in errors.items():
+        Bound(0.0, tolerance, low_open=False).check(error, f"{what}.max_abs_error.{engine}")
+
+
+def check_graph(path: Path, inputs: list[Mapping], names: list[str], dim: int) -> None:
+    """policy.onnx's inputs (names, order, shapes after the batch) are deploy.json's and its one
+    output has the action dim (read with onnx: the graph is inspected, not run)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as err:  # onnx raises DecodeError and others for a file that is not a model
+        raise InputError(f"{path}: not a readable ONNX model ({err})") from err
+
+    def dims(value) -> list:
+        return [d.dim_value if d.HasField("dim_value") else "batch" for d in value.type.tensor_type.shape.dim]
+
+    found = {v.name: dims(v)[1:] for v in graph.input}
+    wanted = {n: i["shape"][1:] for n, i in zip(names, inputs)}
+    require([v.name for v in graph.input] == names and found == wanted, f"{path} inputs", f"{wanted} as in deploy.json", found)
+    outputs = [dims(v) for v in graph.output]
+    require(len(outputs) == 1 and outputs[0][1:] == [dim], f"{path} outputs", f"one output of width {dim} (the action dim)", outputs)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
