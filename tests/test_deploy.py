@@ -77,7 +77,8 @@ def check_export(run_dir: Path, inputs: tuple[str, ...]) -> None:
     assert spec["action"]["names"] == ["lateral", "elevation", "yaw", "tilt_x", "tilt_y"] and spec["action"]["clamp"] == [-1.0, 1.0]
     assert spec["control"]["rate_hz"] == 10.0 and spec["robot"]["name"] == "iiwa14" and len(spec["robot"]["joints"]) == 7
     assert spec["robot"]["tool_frame"] == "probe_tip" and spec["safety"]["max_force_n"] == 25.0
-    assert spec["versions"]["torch"] and all(len(f["sha256"]) == 64 for f in spec["files"].values())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert spec["versions"]["torch"] and sorted(manifest) == ["deploy.json", "policy.onnx", "policy.pt", "samples.npz"]
     inputs_ = {k[len("input/") :]: samples[k] for k in samples.files if k.startswith("input/")}
     assert np.abs(samples["actions"]).max() > 0
     reference = training_actions(run_dir, inputs_)
@@ -138,14 +139,15 @@ def test_network_bridge_on_loopback_matches_the_direct_run(state_run):
     direct = runtime.run_episode(sim_robot(state_run, 7))
     robot = NetworkRobot("127.0.0.1", 0)
     served: dict = {}
-    pc = threading.Thread(target=lambda: served.update(targets=serve_robot(sim_robot(state_run, 7), "127.0.0.1", robot.port)))
+    limits = SafetyLimits.from_dict(runtime.spec["safety"])  # the robot PC's own limits
+    pc = threading.Thread(target=lambda: served.update(serve_robot(sim_robot(state_run, 7), "127.0.0.1", robot.port, limits, runtime.dt)))
     pc.start()
     try:
         bridged = runtime.run_episode(robot)
     finally:
         robot.close()
         pc.join(timeout=60)
-    assert served["targets"] == len(bridged) == len(direct) and bridged.status == direct.status == "done"
+    assert served == {"targets": len(bridged), "status": "closed"} and len(bridged) == len(direct) and bridged.status == direct.status == "done"
     a, b = direct.arrays(), bridged.arrays()
     for key in ("poses", "q", "actions", "input/policy"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -156,7 +158,7 @@ def test_deploy_script_names_bad_settings(state_run):
         [sys.executable, str(SCRIPTS / "deploy.py"), f"checkpoint={state_run}", "deploy.robot=ftp", *SMALL_RUN],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
-    assert out.returncode == 2 and "deploy.robot 'ftp'" in out.stderr
+    assert out.returncode == 2 and "deploy.robot: expected one of ['sim', 'network', 'ros2'], got 'ftp'" in out.stderr
     with pytest.raises(InputError, match="engine 'tflite'"):
         Runtime(state_run / "exported", "tflite")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from policies.deploy.policy import ExportedPolicy
-from policies.deploy.robot import RobotInterface
+from policies.deploy.robot import RobotInterface, Session, check_state
 from policies.trajectory import Trajectory
-from sim.errors import InputError
+from sim.errors import InputError, require
 from sim.robot.safety import SafetyLimits, SafetyMonitor
 
 # task name -> module with the task's robot-side `Controller`
@@ -42,30 +42,47 @@ class Runtime:
     def run_episode(self, robot: RobotInterface, realtime: bool = False, max_steps: int | None = None) -> Trajectory:
         """One episode on `robot`; returns what the policy saw and did, with its end in `status`
         ("done", "max_steps" or "stopped: <reason>"). realtime: keep the control period (a real
-        robot); otherwise step as fast as the robot answers (the simulator)."""
-        steps = int(max_steps or self.spec["control"]["episode_steps"])
+        robot); otherwise step as fast as the robot answers (the simulator). A failed robot link
+        (protocol error, timeout, disconnect) or an invalid robot state stops the robot and the
+        episode with its reason; any other error stops the robot before it propagates."""
+        log = Trajectory()
+        try:
+            reason = self._drive(robot, log, int(max_steps or self.spec["control"]["episode_steps"]), realtime)
+        except (OSError, InputError) as err:  # OSError: ProtocolError, ConnectionError, TimeoutError
+            reason = str(err)
+        except BaseException:
+            _stop_quietly(robot, "the runtime failed")
+            raise
+        if reason is not None:
+            log.status = f"stopped: {reason}"
+        _stop_quietly(robot, log.status if reason is not None else "done")
+        return log
+
+    def _drive(self, robot: RobotInterface, log: Trajectory, steps: int, realtime: bool) -> str | None:
+        """The control loop of `run_episode`: fills `log` (and its status on a normal end);
+        returns why the robot must stop, or None."""
+        dof = len(self.spec["robot"]["joints"])
         controller = make_controller(self.spec)
         session = robot.start()
-        state = robot.read()
+        self._check_session(session)
+        state = check_state(robot.read(), dof)
         controller.start(session, state)
         safety = SafetyMonitor(self.limits, session.anchor_m, self.dt)
-        log, previous, tick = Trajectory(), np.asarray(state.probe_pose, np.float32), time.monotonic()
+        previous, tick = np.asarray(state.probe_pose, np.float32), time.monotonic()
         for step in range(steps + 1):
             if step:
-                state = robot.read()
+                state = check_state(robot.read(), dof)
                 controller.observe(state)
             reason = safety.check(np.asarray(state.q), np.asarray(state.probe_pose), float(state.force_n))
-            if reason is None and state.done:
-                log.status = "done"
-            elif reason is None and step == steps:
-                log.status = "max_steps"
-            if reason is not None or log.status:
-                break
+            if reason is not None:
+                return reason
+            if state.done or step == steps:
+                log.status = "done" if state.done else "max_steps"
+                return None
             inputs = controller.inputs(state)
             action = self.policy(inputs)[0]
             if not np.isfinite(action).all():
-                reason = "the policy returned a non-finite action"
-                break
+                return "the policy returned a non-finite action"
             target, _ = safety.clamp(controller.target(action), previous)
             log.append({k: v[0] for k, v in inputs.items()}, action, state.probe_pose, state.q)
             robot.send(target)
@@ -73,7 +90,21 @@ class Runtime:
             if realtime:
                 tick += self.dt
                 time.sleep(max(0.0, tick - time.monotonic()))
-        if reason is not None:
-            log.status = f"stopped: {reason}"
-        robot.stop(log.status if reason is not None else "done")
-        return log
+
+    def _check_session(self, session: Session) -> None:
+        """Raise `InputError` unless the session has the goal this policy needs (a pose, or an image of its size)."""
+        image = next((i for i in self.spec["observation"]["inputs"] if i["name"] == "image"), None)
+        if image is None:
+            require(session.goal_pose is not None, "session goal_pose", "a goal pose (7,) for a state policy", None)
+        else:
+            size = tuple(image["shape"][-2:])
+            got = None if session.goal_image is None else session.goal_image.shape
+            require(got == size, "session goal_image", f"an image of shape {size} for this image policy", got)
+
+
+def _stop_quietly(robot: RobotInterface, reason: str) -> None:
+    """Command the robot to stop, as far as its link still works."""
+    try:
+        robot.stop(reason)
+    except OSError:
+        pass  # the link is gone: the robot PC stops on its own when the bridge fails
