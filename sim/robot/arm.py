@@ -1,7 +1,9 @@
 """Batched arm kinematics on pytorch-kinematics: tool poses, Jacobians, joint limits, base placement.
 
 Poses are (x, y, z, qw, qx, qy, qz) in metres; joint angles in radians. The robot base frame is
-the URDF root link; `Arm.base_pose` places it in the world (= patient) frame.
+the URDF root link; `Arm.base_pose` places it in the world (= patient) frame. Kinematics never
+read tensor data back to the host except the finiteness check of q, which `check=False` skips
+for callers whose q is valid by construction (an environment's own state: sync-free on GPUs).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Arm:
         self.home = torch.tensor(home, dtype=torch.float64, device=self.device).clamp(self.lower, self.upper)
         # Per-dtype chains on self.device; pytorch-kinematics needs q in the chain's dtype.
         self._chains: dict[torch.dtype, pk.SerialChain] = {torch.float32: chain.to(device=self.device)}
+        self._tool_index = chain.frame_to_idx[tool_frame]  # the tool's row in the chain's (frames, N, 4, 4) transforms
         self.base_pose = base_pose
 
     @property
@@ -99,15 +102,16 @@ class Arm:
         self._chains.clear()
         return self
 
-    def check_q(self, q: torch.Tensor, what: str = "q") -> None:
-        """Raise `InputError` unless q is a finite floating (N, dof) tensor on the arm's device."""
+    def check_q(self, q: torch.Tensor, what: str = "q", finite: bool = True) -> None:
+        """Raise `InputError` unless q is a floating (N, dof) tensor on the arm's device, with
+        finite values when `finite` (that test reads q back to the host: a sync on CUDA)."""
         if not isinstance(q, torch.Tensor) or not q.is_floating_point():
             raise InputError(f"{what}: expected a floating-point torch tensor of joint angles, got {type(q).__name__} {getattr(q, 'dtype', '')}")
         if q.ndim != 2 or q.shape[1] != self.dof:
             raise InputError(f"{what}: expected shape (N, {self.dof}) joint angles in radians for {self.name}, got {tuple(q.shape)}")
         if q.device != self.device:
             raise InputError(f"{what}: expected a tensor on the arm's device {self.device} (see Arm.to), got {q.device}")
-        if not torch.isfinite(q).all():
+        if finite and not torch.isfinite(q).all():
             raise InputError(f"{what}: expected finite joint angles, got NaN or infinity")
 
     def limits(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,24 +128,27 @@ class Arm:
         lower, upper = self.limits(q)
         return ((q >= lower - tol) & (q <= upper + tol)).all(-1)
 
-    def kinematics(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def kinematics(self, q: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Tool transforms (N, 4, 4) and geometric Jacobians (N, 6, dof), both in the base frame.
 
-        Jacobian rows are (linear velocity of the tool point, angular velocity).
+        Jacobian rows are (linear velocity of the tool point, angular velocity). check=False skips
+        the finiteness check of q (see `check_q`).
         """
-        self.check_q(q)
+        self.check_q(q, finite=check)
         jac, tool = self._chain_for(q.dtype).jacobian_tensor(q, ret_eef_pose=True)
         return tool, jac
 
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
-        """Tool poses (N, 7) in the base frame for joint angles q (N, dof) in radians."""
-        self.check_q(q)
-        tool = self._chain_for(q.dtype).forward_kinematics(q).get_matrix()
+    def forward(self, q: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Tool poses (N, 7) in the base frame for joint angles q (N, dof) in radians (check: see `kinematics`)."""
+        self.check_q(q, finite=check)
+        # The transforms of every frame, indexed here: pytorch-kinematics' forward_kinematics
+        # looks frames up with a .item() per call.
+        tool = self._chain_for(q.dtype).forward_kinematics_tensor(q)[self._tool_index]
         return torch.cat([tool[:, :3, 3], matrix_to_quat(tool[:, :3, :3])], -1)
 
-    def forward_world(self, q: torch.Tensor) -> torch.Tensor:
-        """Tool poses (N, 7) in the world frame for joint angles q (N, dof)."""
-        return self.base_to_world(self.forward(q))
+    def forward_world(self, q: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Tool poses (N, 7) in the world frame for joint angles q (N, dof) (check: see `kinematics`)."""
+        return self.base_to_world(self.forward(q, check))
 
     def jacobian(self, q: torch.Tensor) -> torch.Tensor:
         """Geometric Jacobians (N, 6, dof) of the tool in the base frame (linear rows, then angular)."""

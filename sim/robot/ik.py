@@ -2,6 +2,10 @@
 
 Each step solves dq = J^T (J J^T + lambda^2 I)^-1 e for the 6-D pose error e = (target position -
 position, axis-angle of R_target R^T) in the robot base frame, then limits and clamps q.
+
+`check=False` (an environment's own, valid-by-construction inputs) skips every test that reads
+tensor values back to the host, and `solve_ik`'s early exit, so the call never synchronises
+with a GPU; shapes, devices and Python numbers are still checked.
 """
 
 from __future__ import annotations
@@ -49,32 +53,41 @@ def dls_delta(jac: torch.Tensor, err: torch.Tensor, damping: float) -> torch.Ten
     return (jac.transpose(-1, -2) @ torch.linalg.solve(jjt, err[..., None]))[..., 0]
 
 
-def limit_delta(dq: torch.Tensor, max_joint_delta: float | torch.Tensor | None) -> torch.Tensor:
+def limit_delta(dq: torch.Tensor, max_joint_delta: float | torch.Tensor | None, check: bool = True) -> torch.Tensor:
     """dq (N, dof) scaled down uniformly so no joint moves more than max_joint_delta (rad).
 
     max_joint_delta: a scalar, or a tensor broadcastable to (N, dof) (e.g. velocity limit * dt);
-    None leaves dq unchanged. Uniform scaling keeps the direction of the DLS step.
+    None leaves dq unchanged. Uniform scaling keeps the direction of the DLS step. check=False
+    skips the test that the limits are positive.
     """
     if max_joint_delta is None:
         return dq
-    limit = torch.as_tensor(max_joint_delta, dtype=dq.dtype, device=dq.device)
-    if not (limit > 0).all():
+    # A number is filled in on the device: torch.as_tensor of it would be a host-to-device copy (a sync).
+    if isinstance(max_joint_delta, torch.Tensor):
+        limit = max_joint_delta.to(dq.device, dq.dtype)
+    else:
+        limit = torch.full((), max_joint_delta, dtype=dq.dtype, device=dq.device)
+    if check and not (limit > 0).all():
         raise InputError(f"max_joint_delta: expected positive joint steps in radians (or None), got {max_joint_delta}")
     ratio = (dq.abs() / limit).amax(-1, keepdim=True)
     return dq / ratio.clamp_min(1.0)
 
 
 def _targets_in_base(
-    arm: Arm, q: torch.Tensor, q_name: str, targets: torch.Tensor, what: str
+    arm: Arm, q: torch.Tensor, q_name: str, targets: torch.Tensor, what: str, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated world-frame targets (N, 7) as base-frame rotations (N, 3, 3) and positions (N, 3)."""
-    arm.check_q(q, q_name)
+    """Validated world-frame targets (N, 7) as base-frame rotations (N, 3, 3) and positions (N, 3);
+    check=False skips the value checks (finite q and poses, non-zero quaternions)."""
+    arm.check_q(q, q_name, finite=check)
     if not isinstance(targets, torch.Tensor):
         raise InputError(f"{what}: expected a torch tensor of poses (N, 7), got {type(targets).__name__}")
-    try:
-        check_poses(targets)
-    except InputError as err:
-        raise InputError(f"{what}{str(err).removeprefix('poses')}") from err
+    if targets.ndim != 2 or targets.shape[1] != 7:
+        raise InputError(f"{what}: expected shape (N, 7) (position xyz, quaternion wxyz), got {tuple(targets.shape)}")
+    if check:
+        try:
+            check_poses(targets)
+        except InputError as err:
+            raise InputError(f"{what}{str(err).removeprefix('poses')}") from err
     if targets.shape[0] != q.shape[0] or targets.device != q.device:
         raise InputError(f"{what}: expected {q.shape[0]} poses on {q.device} (one per row of q), got {targets.shape[0]} on {targets.device}")
     base = arm.world_to_base(targets.to(q.dtype))
@@ -92,16 +105,18 @@ def joint_step(
     target: torch.Tensor,
     max_joint_delta: float | torch.Tensor | None,
     damping: float = 0.05,
+    check: bool = True,
 ) -> torch.Tensor:
     """One damped-least-squares step of q (N, dof) towards world-frame tool poses target (N, 7).
 
     For a control loop: call once per env step with max_joint_delta = arm.velocity * dt to respect
     the joint velocity limits. Returns the new joint angles (N, dof), clamped to the joint limits.
+    check=False: no host synchronisation (see the module docstring).
     """
     _check_positive(damping, "damping")
-    target_rot, target_pos = _targets_in_base(arm, q, "q", target, "target")
-    tool, jac = arm.kinematics(q)
-    dq = limit_delta(dls_delta(jac, pose_error(tool, target_rot, target_pos), damping), max_joint_delta)
+    target_rot, target_pos = _targets_in_base(arm, q, "q", target, "target", check)
+    tool, jac = arm.kinematics(q, check)
+    dq = limit_delta(dls_delta(jac, pose_error(tool, target_rot, target_pos), damping), max_joint_delta, check)
     return arm.clamp(q + dq)
 
 
@@ -114,6 +129,7 @@ def solve_ik(
     max_joint_delta: float | torch.Tensor | None = 0.3,
     position_tol_m: float = 1e-3,
     angle_tol_rad: float = math.radians(1.0),
+    check: bool = True,
 ) -> IKResult:
     """Joint angles reaching world-frame tool poses target_poses (N, 7), starting from q0 (N, dof).
 
@@ -121,21 +137,23 @@ def solve_ik(
     tolerance stop moving and the loop ends when all are. damping (lambda) trades accuracy near
     singularities for stability; max_joint_delta (rad per step) keeps steps in the region where the
     linearisation holds. Unreachable targets end at the closest pose found, with reachable False.
+    check=False: no host synchronisation (see the module docstring): always `iterations` steps,
+    with the same result, since reached targets stop moving.
     """
     _check_positive(damping, "damping")
     _check_positive(position_tol_m, "position_tol_m")
     _check_positive(angle_tol_rad, "angle_tol_rad")
     if not isinstance(iterations, int) or iterations < 0:
         raise InputError(f"iterations: expected a non-negative int, got {iterations!r}")
-    target_rot, target_pos = _targets_in_base(arm, q0, "q0", target_poses, "target_poses")
+    target_rot, target_pos = _targets_in_base(arm, q0, "q0", target_poses, "target_poses", check)
     q = arm.clamp(q0)
     for step in range(iterations + 1):
-        tool, jac = arm.kinematics(q)
+        tool, jac = arm.kinematics(q, check)
         err = pose_error(tool, target_rot, target_pos)
         pos_err, ang_err = err[:, :3].norm(dim=-1), err[:, 3:].norm(dim=-1)
         reachable = (pos_err <= position_tol_m) & (ang_err <= angle_tol_rad)
-        if step == iterations or bool(reachable.all()):
+        if step == iterations or (check and bool(reachable.all())):
             break
-        q_next = arm.clamp(q + limit_delta(dls_delta(jac, err, damping), max_joint_delta))
+        q_next = arm.clamp(q + limit_delta(dls_delta(jac, err, damping), max_joint_delta, check))
         q = torch.where(reachable[:, None], q, q_next)
     return IKResult(q, pos_err, ang_err, reachable, step)

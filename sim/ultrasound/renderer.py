@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
-import torch._inductor.config
 
 from sim.anatomy.bank import PatientBank
 from sim.anatomy.tissues import TISSUE_CLASSES
-from sim.errors import InputError, check_keys, require, require_int, require_number
+from sim.config import build
+from sim.errors import InputError, require, require_int, require_number
+from sim.memory import keep_freed_memory
 from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.speckle import speckle_tile
@@ -121,11 +123,13 @@ class RendererConfig:
             positive = key.endswith("_scale") or key == "dynamic_range_db"
             low = require_number(bounds[0], f"{what}[0]", 0.0 if positive else -math.inf, low_open=positive)
             require_number(bounds[1], f"{what}[1]", low)
+        # Ranges as tuples, however they came (YAML and Hydra give lists), so equal settings compare equal.
+        self.randomization = {key: tuple(bounds) for key, bounds in self.randomization.items()}
 
     @classmethod
-    def from_dict(cls, cfg: dict) -> "RendererConfig":
-        check_keys(cfg, cls, "renderer config")
-        return cls(**dict(cfg))
+    def from_dict(cls, cfg: Mapping) -> "RendererConfig":
+        """Settings from a mapping; defaults for what it leaves out, unknown keys refused (InputError)."""
+        return build(cls, cfg, "renderer config")
 
 
 @dataclass
@@ -220,12 +224,13 @@ class Renderer:
         stages = (line_geometry, sample_tissue, speckle, coupling, reflection, echo_db, compress, scan_convert)
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
-            torch._inductor.config.assert_indirect_indexing = False
-            stages = tuple(torch.compile(f, dynamic=False) for f in stages)
+            # A per-compile option, so inductor's process-wide config stays as it was.
+            stages = tuple(torch.compile(f, dynamic=False, options={"assert_indirect_indexing": False}) for f in stages)
         (
             self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._reflection, self._echo_db,
             self._compress, self._scan_convert,
         ) = stages  # fmt: skip
+        keep_freed_memory()  # renders free and reallocate the same large blocks: glibc keeps them (sim.memory)
 
     # -- set-up helpers
 

@@ -52,7 +52,8 @@ def line_geometry(
     probe = pose_to_matrix(poses)  # (N, 3, 4) probe -> patient
     rot, pos = probe[:, :, :3], probe[:, :, 3]
     to_vox = probe_to_voxel(poses, patient_to_voxel)
-    ray_origins = origins[None] + elevation[:, None, None] * torch.tensor([0.0, 1.0, 0.0], device=origins.device)
+    unit_y = torch.eye(3, dtype=origins.dtype, device=origins.device)[1]  # made on the device: no host-to-device copy
+    ray_origins = origins[None] + elevation[:, None, None] * unit_y
     line_origin = (to_vox[:, None, None, :, :3] * ray_origins[None, :, :, None, :]).sum(-1) + to_vox[:, None, None, :, 3]
     line_dir = (to_vox[:, None, :, :3] * dirs[None, :, None, :]).sum(-1)
     scale = 1.0 / speckle_pitch_m

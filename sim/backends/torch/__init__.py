@@ -4,6 +4,10 @@ The arm is moved by damped-least-squares steps toward each control step's probe 
 velocity limits respected), so the probe lags targets it cannot reach, exactly as a position-
 controlled arm would. Frames: each environment's world is its patient frame; the robot base is
 placed relative to the patient's anchor vertebra so one placement suits every patient.
+
+Its inputs come from the environment's own state, so every method runs the kinematics, IK and
+contact with check=False: nothing reads tensor values back to the host (sync-free on GPUs).
+Callers passing outside data (an external controller's targets) check it first.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ class TorchBackend:
     def place(self, q0: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor, env_ids: torch.Tensor) -> torch.Tensor:
         """Joint angles (n, dof) placing the probe at targets (n, 7) (patient frame), from q0, for
         environments env_ids (n,) at an episode start."""
-        result = solve_ik(self.arm, self._to_arm_frame(targets, patient_idx), q0, self.cfg.reset_ik_iterations, self.cfg.damping)
+        target = self._to_arm_frame(targets, patient_idx)
+        result = solve_ik(self.arm, target, q0, self.cfg.reset_ik_iterations, self.cfg.damping, check=False)
         return result.q
 
     def follow(self, q: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor, dt: float) -> torch.Tensor:
@@ -64,15 +69,15 @@ class TorchBackend:
         target = self._to_arm_frame(targets, patient_idx)
         max_delta = self.arm.velocity.to(q.dtype) * (dt / self.cfg.substeps)
         for _ in range(self.cfg.substeps):
-            q = joint_step(self.arm, q, target, max_delta, self.cfg.damping)
+            q = joint_step(self.arm, q, target, max_delta, self.cfg.damping, check=False)
         return q
 
     def probe_poses(self, q: torch.Tensor, patient_idx: torch.Tensor) -> torch.Tensor:
         """Probe face poses (N, 7) in each environment's patient frame for joint angles q (N, dof)."""
-        poses = self.arm.forward_world(q)
+        poses = self.arm.forward_world(q, check=False)
         return torch.cat([poses[:, :3] + self.anchor[patient_idx], poses[:, 3:]], -1)
 
     def contact(self, patient_idx: torch.Tensor, poses: torch.Tensor, env_ids: torch.Tensor | None = None) -> Contact:
         """Probe-skin contact of probe poses (N, 7), patient frame, of every environment or of
         env_ids (at an episode start)."""
-        return probe_contact(self.skin, patient_idx, poses, self.cfg.stiffness_n_per_m)
+        return probe_contact(self.skin, patient_idx, poses, self.cfg.stiffness_n_per_m, check=False)
