@@ -36,7 +36,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from sim.errors import InputError, check_keys, require
+from sim.config import check_fields
+from sim.errors import require
 from sim.transforms import matrix_to_quat, quat_to_matrix, rotation_exp, rotation_log
 
 
@@ -111,10 +112,7 @@ class SafetyLimits:
     def from_dict(cls, values: Mapping, what: str = "safety limits") -> "SafetyLimits":
         """Limits from a mapping (deploy.json's "safety"); `what` names it in errors."""
         require(isinstance(values, Mapping), what, "a mapping of safety limits", type(values).__name__)
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(values) - names), sorted(n for n in names if n not in values and n != "stop_margin_m")
-        if unknown or missing:
-            raise InputError(f"{what}: unknown keys {unknown}, missing keys {missing}; expected {sorted(names)}")
+        check_fields(cls, values, what)  # every limit but stop_margin_m (which has a default), nothing else
         return cls(**checked_limits(values, what))
 
     def to_dict(self) -> dict:
@@ -139,10 +137,7 @@ class ExportSettings:
         """Settings from a mapping (Hydra's `export` section): every key required, none unknown,
         each value a finite number inside its bound (InputError naming `what`.<key>)."""
         require(isinstance(values, Mapping), what, "a mapping of export settings", type(values).__name__)
-        names = [f.name for f in fields(cls)]
-        check_keys(values, cls, what)
-        missing = [n for n in names if n not in values]
-        require(not missing, what, f"the keys {names}", f"{sorted(values)} (missing {missing})")
+        check_fields(cls, values, what)
         return cls(**bounded_fields(cls, values, what))
 
     def __post_init__(self) -> None:

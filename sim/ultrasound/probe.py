@@ -15,7 +15,8 @@ from typing import Mapping
 import torch
 import yaml
 
-from sim.errors import InputError, check_keys
+from sim.config import build
+from sim.errors import InputError
 
 PROBE_PRESETS = Path(__file__).resolve().parents[2] / "conf" / "probe"
 KINDS = ("linear", "convex", "phased")
@@ -70,17 +71,19 @@ class ProbeSpec:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ProbeSpec":
-        """Load `conf/probe/<name>.yaml` with keyword overrides."""
+        """Load `conf/probe/<name>.yaml` (the settings that differ from the defaults; its Hydra defaults
+        list names the schema, these defaults) with keyword overrides."""
         path = PROBE_PRESETS / f"{name}.yaml"
         if not path.exists():
             known = sorted(p.stem for p in PROBE_PRESETS.glob("*.yaml"))
             raise InputError(f"probe preset {name!r}: expected one of {known}")
-        return cls.from_dict({**yaml.safe_load(path.read_text()), **overrides})
+        settings = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "defaults"}
+        return cls.from_dict({**settings, **overrides})
 
     @classmethod
     def from_dict(cls, cfg: Mapping) -> "ProbeSpec":
-        check_keys(cfg, cls, "probe config")
-        return cls(**dict(cfg))
+        """A spec from a mapping of fields; defaults for what it leaves out, unknown keys refused (InputError)."""
+        return build(cls, cfg, "probe config")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from sim.anatomy.tissues import TISSUE_CLASSES
+from sim.config import build
 from sim.errors import InputError
 
 DEFAULT_TISSUE_TABLE = Path(__file__).resolve().parents[2] / "conf" / "tissue" / "default.yaml"
@@ -39,10 +40,7 @@ class TissueTable:
         self.rows: dict[str, TissueProperties] = {}
         for name in TISSUE_CLASSES:
             row = dict(rows[name])
-            bad = set(row) - set(FIELDS)
-            if bad or set(FIELDS) - set(row):
-                raise InputError(f"{source} {name}: expected keys {list(FIELDS)}, got {sorted(row)}")
-            props = TissueProperties(**row)
+            props = build(TissueProperties, row, f"{source} {name}")  # every field, nothing else
             if not (props.impedance_mrayl > 0 and props.attenuation_db_cm_mhz >= 0):
                 raise InputError(
                     f"{source} {name}: expected impedance_mrayl > 0 and attenuation_db_cm_mhz >= 0, got {row}"
