@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from sim.robot.mount import RobotCfg
+from sim.ultrasound.renderer import RendererConfig
 
 
 @dataclass
@@ -56,21 +57,28 @@ class StartCfg:
 
 @dataclass
 class RewardCfg:
-    """Reward weights. progress_*: reward per metre / radian of error removed this step.
+    """The reward: a weighted sum of terms (`tasks/us_nav/mdp/rewards.py`), each field but
+    max_force_n the weight (>= 0) of the term of its name; each term is logged as `Reward/<name>`.
 
+    progress_position / progress_angle: per metre / radian of goal error removed this step.
     success: once, when the goal has been held (no per-step bonus for being within tolerance: a
-    policy learns to hover near the goal collecting it instead of finishing); force: per newton
-    above max_force_n; action_rate: per squared change of the action; action_excess: per
-    squared overshoot of the policy's raw actions beyond [-1, 1].
+    policy learns to hover near the goal collecting it instead of finishing). Penalties (their
+    terms are negative): force: per newton of contact force above max_force_n; action_rate: per
+    squared change of the action; action_excess: per squared overshoot of the policy's raw
+    actions beyond [-1, 1].
+
+    Costs (extras["costs"], per step, logged per episode as `Cost/<name>`): contact_force, the
+    probe's contact force above max_force_n in N (0 below it). max_force_n is also the unit of
+    the force observation.
     """
 
-    progress_position_per_m: float = 100.0
-    progress_angle_per_rad: float = 10.0
+    progress_position: float = 100.0
+    progress_angle: float = 10.0
     success: float = 10.0
-    force_per_n: float = 0.1
-    max_force_n: float = 10.0
+    force: float = 0.1
     action_rate: float = 0.01
     action_excess: float = 0.2
+    max_force_n: float = 10.0
 
 
 @dataclass
@@ -107,7 +115,9 @@ class UsNavCfg:
     """The `us_nav` task. anchor: the landmark the robot and the start box are placed around.
 
     probe: a preset name under conf/probe or a mapping of `ProbeSpec` fields; the policy image
-    size overrides its image size. renderer: `RendererConfig` settings.
+    size overrides its image size. renderer: `RendererConfig` settings; compiled by default (torch.compile fuses
+    the renderer into CPU loops or GPU kernels; the first step compiles, about a minute on CPU), the
+    setting the README's and BENCHMARKS' figures were measured with; quick tests pass compile=False.
     """
 
     name: str = "us_nav"
@@ -122,4 +132,4 @@ class UsNavCfg:
     success: SuccessCfg = field(default_factory=SuccessCfg)
     observation: ObservationCfg = field(default_factory=ObservationCfg)
     robot: RobotCfg = field(default_factory=RobotCfg)
-    renderer: dict = field(default_factory=lambda: {"compile": False})
+    renderer: RendererConfig = field(default_factory=lambda: RendererConfig(compile=True))

@@ -4,7 +4,10 @@ Observations are a dict of the env's observation groups as numpy arrays (N, ...)
 numpy or torch array (N, A) in [-1, 1]. Episodes reset in the same step they end
 (`AutoresetMode.SAME_STEP`): infos["final_obs"] then holds every group's observation before the
 reset and infos["_final_obs"] marks the environments it applies to; infos[<metric>] holds the
-task's per-episode metrics (NaN where no episode ended).
+task's per-episode metrics and infos["Reward/<term>"] / infos["Cost/<name>"] the episode sums of
+its reward terms and costs (NaN where no episode ended); infos["costs"] holds this step's costs
+{name: (N,)} for constrained learners. The spaces are the env's declared ones (bounds and shapes
+of `observation_spaces` and `action_space`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,18 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from sim.envs.base import BatchedEnv
+from sim.envs.spaces import Space
 from sim.errors import InputError
 
 
 def _numpy(obs) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in obs.items()}
+
+
+def box(space: Space) -> gym.spaces.Box:
+    """The float32 Gymnasium box of a declared space."""
+    low, high = space.bounds()
+    return gym.spaces.Box(low, high, space.shape, np.float32)
 
 
 class GymVectorEnv(VectorEnv):
@@ -34,11 +44,8 @@ class GymVectorEnv(VectorEnv):
         self.env = env
         self.num_envs = env.num_envs
         env.keep_final_obs = True
-        obs = env.get_observations()
-        self.single_observation_space = gym.spaces.Dict(
-            {k: gym.spaces.Box(-np.inf, np.inf, tuple(v.shape[1:]), np.float32) for k, v in obs.items()}
-        )
-        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (env.num_actions,), np.float32)
+        self.single_observation_space = gym.spaces.Dict({k: box(v) for k, v in env.observation_spaces.items()})
+        self.single_action_space = box(env.action_space)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
@@ -54,7 +61,7 @@ class GymVectorEnv(VectorEnv):
                 raise InputError(f"actions: expected numbers of shape ({self.num_envs}, {self.env.num_actions}), got dtype {array.dtype}")
             actions = torch.as_tensor(array)
         obs, reward, terminated, truncated, extras = self.env.step(actions)
-        infos: dict[str, Any] = {}
+        infos: dict[str, Any] = {"costs": _numpy(extras["costs"])}
         done = (terminated | truncated).cpu().numpy()
         if done.any():
             if "final_obs" in extras:
@@ -64,5 +71,5 @@ class GymVectorEnv(VectorEnv):
             for key, value in extras["log"].items():
                 full = np.full(self.num_envs, np.nan, np.float32)
                 full[ids] = value.cpu().numpy()
-                infos[key.split("/")[-1]] = full
+                infos[key.removeprefix("Episode/")] = full
         return _numpy(obs), reward.cpu().numpy(), terminated.cpu().numpy(), truncated.cpu().numpy(), infos

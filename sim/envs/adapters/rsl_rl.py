@@ -1,7 +1,9 @@
 """rsl-rl 5.x `VecEnv` over a `BatchedEnv`.
 
 rsl-rl expects `step` to return (obs, rewards, dones, extras) with extras["time_outs"] marking
-truncations (their values are bootstrapped) and extras["log"] holding metrics to average.
+truncations (their values are bootstrapped) and extras["log"] holding metrics to average: its
+logger writes the env's "Episode/<metric>", "Reward/<term>" and "Cost/<name>" (per-episode sums of
+the episodes that ended in an iteration, averaged) under those names.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from sim.envs.base import BatchedEnv
 
 
 class RslRlVecEnv(VecEnv):
-    """`env` as an rsl-rl VecEnv. cfg: what the runner's logger stores as the env config."""
+    """`env` as an rsl-rl VecEnv, sized by the env's declared spaces (`observation_spaces`:
+    {group: `Space`}). cfg: what the runner's logger stores as the env config."""
 
     def __init__(self, env: BatchedEnv, cfg: dict | None = None) -> None:
         self.env = env
         self.num_envs = env.num_envs
-        self.num_actions = env.num_actions
+        self.num_actions = env.action_space.shape[0]
+        self.observation_spaces = env.observation_spaces
         self.max_episode_length = env.max_episode_length
         self.device = env.device
         self.cfg = cfg or {}
