@@ -1,4 +1,4 @@
-"""Policy evaluation: every environment runs one episode; success and final errors are reported."""
+"""Policy evaluation: every environment runs one episode; the task's metrics of those episodes."""
 
 from __future__ import annotations
 
@@ -7,23 +7,29 @@ from typing import Callable
 import torch
 from tensordict import TensorDict
 
+from policies.learners.base import ActionChunks
 from sim.envs.base import BatchedEnv
+from sim.errors import InputError
+from tasks import registry
 
 Policy = Callable[[TensorDict], torch.Tensor]
+EPISODE = "Episode/"  # the per-episode entries of extras["log"]
 
 
 def evaluate(env: BatchedEnv, policy: Policy, on_step: Callable[[BatchedEnv], None] | None = None, min_steps: int = 0) -> dict:
     """Run `policy` (deterministic: observations -> actions) from a fresh reset until every
     environment has finished its first episode (and at least min_steps steps, for videos).
 
-    Returns {success_rate, pos_err_mm_mean, pos_err_mm_median, ang_err_deg_mean,
-    ang_err_deg_median, time_to_success_s_mean (successful episodes), episodes}. Metrics come
-    from the task's per-episode log (Episode/success, position_error_mm, angle_error_deg, steps).
+    Returns the metrics the task's spec declares (`TaskSpec.metrics`, e.g. success_rate,
+    pos_err_mm_mean for us_nav), computed by its `summary` from each environment's first
+    episode in the task's per-episode log (extras["log"]["Episode/<name>"]), and episodes.
     """
+    task = registry.spec(env.cfg.name)
     n = env.num_envs
-    first = {k: torch.full((n,), float("nan"), device=env.device) for k in ("success", "position_error_mm", "angle_error_deg", "steps")}
+    first: dict[str, torch.Tensor] = {}
     finished = torch.zeros(n, dtype=torch.bool, device=env.device)
     obs = env.reset()
+    policy = ActionChunks(policy)  # a policy may return action chunks (N, H, A): one action per step
     steps = 0
     with torch.inference_mode():
         while not bool(finished.all()) or steps < min_steps:
@@ -34,17 +40,12 @@ def evaluate(env: BatchedEnv, policy: Policy, on_step: Callable[[BatchedEnv], No
             ended = (terminated | truncated).nonzero()[:, 0]
             if len(ended):
                 new = ~finished[ended]
-                for key in first:
-                    first[key][ended[new]] = extras["log"][f"Episode/{key}"][new].float()
+                for key, value in extras["log"].items():
+                    if key.startswith(EPISODE):
+                        store = first.setdefault(key.removeprefix(EPISODE), torch.full((n,), float("nan"), device=env.device))
+                        store[ended[new]] = value[new].float()
                 finished[ended] = True
-    success = first["success"] > 0.5
-    dt = 1.0 / env.cfg.control_hz
-    return {
-        "success_rate": success.float().mean().item(),
-        "pos_err_mm_mean": first["position_error_mm"].mean().item(),
-        "pos_err_mm_median": first["position_error_mm"].median().item(),
-        "ang_err_deg_mean": first["angle_error_deg"].mean().item(),
-        "ang_err_deg_median": first["angle_error_deg"].median().item(),
-        "time_to_success_s_mean": (first["steps"][success] * dt).mean().item() if bool(success.any()) else None,
-        "episodes": n,
-    }
+    metrics = task.summary(first, env.dt)
+    if set(metrics) != set(task.metrics):
+        raise InputError(f"task {task.name!r} summary: expected its declared metrics {sorted(task.metrics)}, got {sorted(metrics)}")
+    return {**metrics, "episodes": n}

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 @dataclass
 class Trajectory:
-    """Per control step t: the policy inputs {name: (...)}, the action (A,), the measured probe
-    pose (7,) and joint angles (dof,) at which the inputs were taken. status: how it ended."""
+    """Per control step t: the policy inputs {name: (...)}, the action (A,), the measured pose
+    (7,) of the (primary) tool and the joint angles (dof,) of the robot holding it at which the
+    inputs were taken. status: how it ended."""
 
     inputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     actions: list[np.ndarray] = field(default_factory=list)
@@ -55,19 +57,22 @@ def load_trajectory(path: str | Path) -> dict[str, np.ndarray]:
 
 class Env0Recorder:
     """Records environment 0's first episode while `evaluate` runs: wrap the policy with it and
-    pass `on_step` to evaluate. names: the observation groups the policy reads."""
+    pass `on_step` to evaluate. names: the observation groups the policy reads. The pose and
+    joint angles are the primary tool's and robot's of the environment's snapshot."""
 
     def __init__(self, env, policy, names: list[str]) -> None:
         self.env, self.policy, self.names = env, policy, names
         self.trajectory = Trajectory()
         self.finished = False
+        self.first = torch.zeros(1, dtype=torch.long, device=env.device)
 
     def __call__(self, obs):
         actions = self.policy(obs)
         if not self.finished:
-            env = self.env
+            snapshot = self.env.snapshot(self.first)
             inputs = {n: obs[n][0].cpu().numpy() for n in self.names}
-            self.trajectory.append(inputs, actions[0].cpu().numpy(), env.poses[0].cpu().numpy(), env.q[0].cpu().numpy())
+            pose, q = snapshot.tool_poses[snapshot.tool][0], snapshot.joint_positions[snapshot.robot][0]
+            self.trajectory.append(inputs, actions[0].cpu().numpy(), pose.cpu().numpy(), q.cpu().numpy())
         return actions
 
     def on_step(self, env) -> None:

@@ -1,7 +1,7 @@
 """Benchmarks that print one JSON object (record results in BENCHMARKS.md).
 
     python scripts/benchmark.py render --probe linear --batch 100 --height 200 --width 150 --json
-    python scripts/benchmark.py env --task us_nav --num-envs 256 --steps 200 --json
+    python scripts/benchmark.py env --task <any registered task> --num-envs 256 --steps 200 --json
 
 `render` times the B-mode renderer on the default phantom (1 mm) with probe poses spread over
 the lumbar back, after a warm-up that includes compilation. `env` times whole environment steps
@@ -30,9 +30,11 @@ from sim.anatomy.prepare import prepare_patient  # noqa: E402
 from sim.anatomy.surface import skin_point  # noqa: E402
 from sim.envs.base import check_device  # noqa: E402
 from sim.errors import InputError, require_int, require_number  # noqa: E402
+from sim.memory import keep_freed_memory  # noqa: E402
 from sim.ultrasound.placement import probe_pose_on_skin  # noqa: E402
 from sim.ultrasound.probe import ProbeSpec  # noqa: E402
 from sim.ultrasound.renderer import Renderer, RendererConfig  # noqa: E402
+from tasks import registry  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -100,7 +102,6 @@ def bench_render(args: argparse.Namespace) -> dict:
 
 def bench_env(args: argparse.Namespace) -> dict:
     from policies.workflow import build_env, compose_config
-    from tasks.us_nav.expert import expert_actions
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     cfg = compose_config([f"task={args.task}", f"num_envs={args.num_envs}", f"device={args.device}", f"backend={args.backend}", *args.override])
@@ -110,10 +111,11 @@ def bench_env(args: argparse.Namespace) -> dict:
 
     obs = env.reset()
     forces, successes = [], []
+    expert = registry.spec(args.task).expert(env) if args.policy == "expert" else None
 
     def act(obs) -> torch.Tensor:
-        if args.policy == "expert":
-            return expert_actions(obs, env.cfg)
+        if expert is not None:
+            return expert(obs)
         return 2 * torch.rand(env.num_envs, env.num_actions, generator=gen, device=env.device) - 1
 
     def run(steps: int, record: bool) -> tuple[float, int]:
@@ -125,7 +127,8 @@ def bench_env(args: argparse.Namespace) -> dict:
             obs, _, terminated, truncated, extras = env.step(act(obs))
             episodes += int((terminated | truncated).sum())
             if record:
-                forces.append(env.force.clone())
+                snapshot = env.snapshot()
+                forces.append(snapshot.tool_forces[snapshot.tool])
                 successes.append(extras["log"].get("Episode/success", torch.zeros(0, device=env.device)))
         sync()
         return time.perf_counter() - t0, episodes
@@ -144,7 +147,7 @@ def bench_env(args: argparse.Namespace) -> dict:
         "ms_per_step": round(1000 * seconds / args.steps, 2),
         "episodes_ended": episodes,
         "policy": args.policy,
-        # the probe's contact force over every environment step, N, and the ended episodes' success
+        # the primary tool's contact force over every environment step, N, and the ended episodes' success
         "contact_force_n": {"median": round(force.median().item(), 2), "p95": round(force.quantile(0.95).item(), 2), "max": round(force.max().item(), 2)},
         "success_rate": round(ended.mean().item(), 3) if len(ended) else None,
         "warmup_s": round(warmup_s, 1),
@@ -179,6 +182,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # as train.py does, so the figures measure the allocator training runs with (sim.memory)
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     r = sub.add_parser("render", help="B-mode renderer throughput")
@@ -193,12 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
     r.add_argument("--json", action="store_true", help="print only the JSON result")
     e = sub.add_parser("env", help="environment steps per second, rendering included")
-    e.add_argument("--task", default="us_nav", help="task config in conf/task/")
+    e.add_argument("--task", choices=registry.names(), default=registry.names()[0], help="a registered task (conf/task/<task>.yaml)")
     e.add_argument("--backend", default="torch", help="backend config in conf/backend/")
     e.add_argument("--num-envs", type=int, default=256)
     e.add_argument("--steps", type=int, default=200, help="timed steps")
     e.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
-    e.add_argument("--policy", choices=("random", "expert"), default="random", help="random actions, or the scripted expert (tasks/us_nav/expert.py)")
+    e.add_argument("--policy", choices=("random", "expert"), default="random", help="random actions, or the task's scripted expert")
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     e.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. patient.common.spacing_mm=2")

@@ -1,4 +1,5 @@
-"""Gymnasium ids for sonolab's tasks, registered when `tasks` is imported.
+"""Gymnasium ids for sonolab's tasks, one per registered task (`tasks.registry`, its `gym_id`),
+registered when `tasks` is imported.
 
 Each id serves two kinds of callers:
 
@@ -13,7 +14,8 @@ Each id serves two kinds of callers:
   isaaclab), `overrides` are added as they are; the training split's patients by default.
 - Isaac Lab's own workflows (`isaaclab train --task Sonolab-UsNavState-v0`, `isaaclab play`):
   `gym.make(id, cfg=...)` builds `tasks.isaaclab_env.SonolabDirectEnv` (a `DirectRLEnv`) from the
-  env and rsl-rl agent config entry points below. Isaac Lab finds these ids through the
+  env and rsl-rl agent config entry points below (`tasks.isaaclab_env.env_cfg_name`,
+  `tasks.isaaclab_agents.runner_cfg_name`). Isaac Lab finds these ids through the
   `isaaclab.tasks` entry point in pyproject.toml. Nothing here imports Isaac Lab.
 """
 
@@ -23,7 +25,8 @@ from typing import Sequence
 
 import gymnasium as gym
 
-GYM_IDS = {"Sonolab-UsNav-v0": "us_nav", "Sonolab-UsNavState-v0": "us_nav_state"}
+from tasks import registry
+
 # Registration keys Isaac Lab reads; gym also hands them to the vector entry point, which ignores them.
 ISAACLAB_KEYS = ("env_cfg_entry_point", "rsl_rl_cfg_entry_point", "default_agent")
 
@@ -40,21 +43,31 @@ def make_vector_env(task: str, num_envs: int = 64, split: str = "train", overrid
     return GymVectorEnv(build_env(cfg, split, num_envs))
 
 
+def env_cfg_name(task: str) -> str:
+    """The Isaac Lab env config class of `task` in tasks.isaaclab_env: us_nav_state -> UsNavStateEnvCfg."""
+    return "".join(word.capitalize() for word in task.split("_")) + "EnvCfg"
+
+
+def runner_cfg_name(task: str) -> str:
+    """The rsl-rl runner config function of `task` in tasks.isaaclab_agents: <task>_runner_cfg."""
+    return f"{task}_runner_cfg"
+
+
 def register() -> None:
-    """Register every id (once)."""
-    for gym_id, task in GYM_IDS.items():
+    """Register the id of every registered task (once)."""
+    for name in registry.names():
+        gym_id = registry.spec(name).gym_id
         if gym_id in gym.registry:
             continue
-        config = "".join(word.capitalize() for word in task.split("_"))
         gym.register(
             gym_id,
             entry_point="tasks.isaaclab_env:SonolabDirectEnv",
             vector_entry_point=make_vector_env,
             disable_env_checker=True,
             kwargs={
-                "task": task,
-                "env_cfg_entry_point": f"tasks.isaaclab_env:{config}EnvCfg",
-                "rsl_rl_cfg_entry_point": f"tasks.isaaclab_agents:{task}_runner_cfg",
+                "task": name,
+                "env_cfg_entry_point": f"tasks.isaaclab_env:{env_cfg_name(name)}",
+                "rsl_rl_cfg_entry_point": f"tasks.isaaclab_agents:{runner_cfg_name(name)}",
                 "default_agent": "rsl_rl",
             },
         )

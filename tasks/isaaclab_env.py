@@ -31,7 +31,8 @@ from sim.backends.isaaclab.config import IsaacLabCfg
 from sim.backends.isaaclab.scene import physics_cfg
 from sim.config import build
 from sim.errors import InputError
-from tasks import TASKS, make_env
+from tasks import make_env, registry
+from tasks.gym_ids import env_cfg_name
 
 
 # Isaac Lab's physics config (what its --physics selects) -> backend.physics
@@ -40,7 +41,7 @@ ENGINES = {"NewtonCfg": "newton", "PhysxCfg": "physx"}
 
 @configclass
 class SonolabEnvCfg(DirectRLEnvCfg):
-    """task: the sonolab task (conf/task/<task>.yaml); split: the patients' split; overrides:
+    """task: the registered sonolab task (conf/task/<task>.yaml); split: the patients' split; overrides:
     sonolab config overrides as on scripts/train.py's command line (conf/config.yaml keys, e.g.
     patient=totalseg_example, task.episode_steps=64, backend.physics_hz=120; backend is isaaclab).
 
@@ -50,7 +51,7 @@ class SonolabEnvCfg(DirectRLEnvCfg):
     decimation, episode length and spaces are replaced by the task's when the environment starts.
     """
 
-    task: str = "us_nav"
+    task: str = ""
     split: str = "train"
     overrides: list[str] = []
     seed: int | None = 0
@@ -63,14 +64,14 @@ class SonolabEnvCfg(DirectRLEnvCfg):
     scene: InteractiveSceneCfg = InteractiveSceneCfg(num_envs=64, env_spacing=2.5)
 
 
-@configclass
-class UsNavEnvCfg(SonolabEnvCfg):
-    task: str = "us_nav"
+def task_env_cfg(task: str) -> type[SonolabEnvCfg]:
+    """`SonolabEnvCfg` for `task` (the class a Gymnasium id's env_cfg_entry_point names)."""
+    name = env_cfg_name(task)
+    return configclass(type(name, (SonolabEnvCfg,), {"__annotations__": {"task": str}, "task": task, "__module__": __name__, "__qualname__": name}))
 
 
-@configclass
-class UsNavStateEnvCfg(SonolabEnvCfg):
-    task: str = "us_nav_state"
+# One config class per registered task: UsNavEnvCfg, UsNavStateEnvCfg, ...
+globals().update({env_cfg_name(name): task_env_cfg(name) for name in registry.names()})
 
 
 def sonolab_config(cfg: SonolabEnvCfg) -> DictConfig:
@@ -86,6 +87,7 @@ def sonolab_config(cfg: SonolabEnvCfg) -> DictConfig:
         raise InputError(f"sim.physics {type(cfg.sim.physics).__name__}: sonolab's tasks run on {sorted(ENGINES)} (--physics newton_mjwarp or isaacsim_physx)")
     seed = 0 if cfg.seed is None else int(cfg.seed)
     isaaclab = ["backend=isaaclab", f"num_envs={cfg.scene.num_envs}", f"device={cfg.sim.device}", f"seed={seed}", f"backend.physics={physics}"]
+    registry.spec(cfg.task)  # a registered task, or InputError listing them
     return compose_config([f"task={cfg.task}", *cfg.overrides, *isaaclab])
 
 
@@ -101,8 +103,8 @@ class SonolabDirectEnv(DirectRLEnv):
         num_envs, seed = int(conf.num_envs), int(conf.seed)
         patients = load_patients(conf.patient, cfg.split)
         task_settings = OmegaConf.to_container(conf.task, resolve=True)
-        task_class = TASKS[conf.task.name]
-        task_cfg = build(task_class.config_class, task_settings, "task config")
+        task = registry.spec(conf.task.name)
+        task_cfg = build(task.config_class, registry.task_config(task.name, task_settings), "task config")
         backend_settings = OmegaConf.to_container(conf.backend, resolve=True)
         backend_settings.pop("name")
         # The backend describes the world; Isaac Lab builds it from these configs in super().__init__.
@@ -111,7 +113,7 @@ class SonolabDirectEnv(DirectRLEnv):
         cfg.decimation = max(1, round(1.0 / (task_cfg.control_hz * backend.physics_dt)))
         cfg.sim.render_interval = cfg.decimation
         cfg.episode_length_s = task_cfg.episode_steps / task_cfg.control_hz
-        cfg.action_space = task_class.num_actions
+        cfg.action_space = task.env_class.num_actions
         super().__init__(cfg, render_mode)
         backend.attach(self.sim, self.scene)
         probe = OmegaConf.to_container(conf.probe, resolve=True)

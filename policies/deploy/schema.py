@@ -11,7 +11,6 @@ action shapes must match the ONNX graph.
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 from pathlib import Path
@@ -19,13 +18,12 @@ from typing import Mapping
 
 from sim.errors import InputError, require
 from sim.robot.safety import DT_S, SAMPLES, SPEED_MARGIN, Bound, SafetyLimits
+from tasks import registry
 
 DEPLOY_FORMAT = "sonolab-deploy/1"
 TOLERANCE = 1e-5  # max |exported - training model| per action on the samples
 REQUIRED = ("format", "task", "control", "observation", "action", "robot", "safety", "versions", "verification")
 OPTIONAL = ("task_frame", "source")
-# Task name -> module whose `deploy_contract(task_config)` says what control and action must be.
-TASK_MODULES = {"us_nav": "tasks.us_nav.deploy", "us_nav_state": "tasks.us_nav.deploy"}
 # The largest motion one step of a full action may command, by unit: 10 mm of translation and
 # 0.2 rad (11.5 degrees) of rotation, twice the us_nav defaults (5 mm, 0.1 rad): a policy trained
 # with more than that moves a probe on a patient too far between two looks at the image.
@@ -56,9 +54,10 @@ def validate_spec(spec: object, folder: Path) -> None:
 def task_contract(task: object, what: str) -> dict:
     """The control and action parts deploy.json must have for its task (name and config)."""
     require(isinstance(task, Mapping) and set(task) == {"name", "config"}, what, "an object with keys name and config", task)
-    require(task["name"] in TASK_MODULES, f"{what}.name", f"one of {sorted(TASK_MODULES)}", repr(task["name"]))
+    require(task["name"] in registry.names(), f"{what}.name", f"one of {registry.names()}", repr(task["name"]))
     require(isinstance(task["config"], Mapping), f"{what}.config", "an object (the task's settings)", type(task["config"]).__name__)
-    return importlib.import_module(TASK_MODULES[task["name"]]).deploy_contract(task["config"], f"{what}.config")
+    contract = registry.load(registry.spec(task["name"]).deploy_contract, f"task {task['name']!r} deploy_contract")
+    return contract(task["config"], f"{what}.config")
 
 
 def check_control(control: object, expected: Mapping, what: str) -> None:

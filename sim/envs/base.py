@@ -1,11 +1,12 @@
 """`BatchedEnv`: N environments stepped together on one device, with per-environment resets.
 
 A task subclasses it and fills in four hooks over batched state tensors (no Python loop over
-environments): `_apply_action`, `_evaluate`, `_reset_idx` and `get_observations`. The base class
-sanitises actions, counts episode steps, ends episodes (terminated or truncated), resets the
-ended environments in the same step and keeps all randomness in one seeded generator, so one
-seed gives the same rollouts on CPU. `state_dict` / `load_state_dict` capture everything a
-rollout depends on, for exact resume. Stepping, resetting and loading run in inference mode
+environments): `_apply_action`, `_evaluate`, `_reset_idx` and `get_observations` (and `_costs`
+for a constrained task). The base class sanitises actions, sums the task's weighted reward
+terms, counts episode steps and per-episode sums of the terms and costs, ends episodes
+(terminated or truncated), resets the ended environments in the same step and keeps all
+randomness in one seeded generator, so one seed gives the same rollouts on CPU. `state_dict` /
+`load_state_dict` capture everything a rollout and its logs depend on, for exact resume. Stepping, resetting and loading run in inference mode
 (no autograd), so state created during a learner's inference-mode rollout can be updated in
 place anywhere else.
 """
@@ -17,6 +18,9 @@ import abc
 import torch
 from tensordict import TensorDict
 
+from sim.envs.snapshot import EnvSnapshot
+from sim.envs.spaces import Space
+from sim.envs.terms import RewardTerm, total
 from sim.errors import InputError, require_int
 
 
@@ -36,16 +40,29 @@ def check_device(device: torch.device | str) -> str:
 class BatchedEnv(abc.ABC):
     """Base of sonolab's batched environments.
 
-    Subclasses set `num_actions`, `max_episode_length` (steps) and `state_names` (attributes
-    holding per-environment state tensors), and call `super().__init__` first.
+    Subclasses set `num_actions`, `max_episode_length` (steps), `dt` (the control period, s),
+    `cfg` (the task's config, whose `name` is its registered name in `tasks.registry`),
+    `patients` and `state_names` (attributes holding per-environment state tensors), and call
+    `super().__init__` first. They declare, before their first reset: `reward_terms` (the reward
+    as weighted terms, `sim.envs.terms`), `cost_units` ({cost name: unit} of `_costs`),
+    `observation_spaces` ({group: `Space`} of `get_observations`) and `action_space` (a `Space`
+    of shape (num_actions,)).
     `step(actions)` returns (obs TensorDict, reward (N,), terminated (N,) bool, truncated (N,) bool,
-    extras) where extras["log"] holds per-episode metrics of the environments that just ended and
-    extras["final_obs"] (when `keep_final_obs`) their observations before the reset.
+    extras) where extras["reward_terms"] holds this step's weighted reward terms {name: (N,)}
+    (they add up to reward), extras["costs"] this step's costs {name: (N,)} in `cost_units`,
+    extras["log"] per-episode values of the environments that just ended: the task's metrics as
+    "Episode/<name>", each reward term's episode sum as "Reward/<name>" (they add up to the
+    episode's return) and each cost's as "Cost/<name>", (M,) each; and extras["final_obs"] (when
+    `keep_final_obs`) their observations before the reset.
     """
 
     num_actions: int
     max_episode_length: int
     state_names: tuple[str, ...] = ()
+    reward_terms: tuple[RewardTerm, ...]
+    cost_units: dict[str, str] = {}
+    observation_spaces: dict[str, Space]
+    action_space: Space
 
     def __init__(self, num_envs: int, device: torch.device | str, seed: int) -> None:
         self.num_envs = require_int(num_envs, "num_envs", 1)
@@ -63,9 +80,15 @@ class BatchedEnv(abc.ABC):
         """Advance every environment by one control step under actions (N, A) in [-1, 1]."""
 
     @abc.abstractmethod
-    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Reward (N,), terminated (N,) bool and per-environment episode metrics {name: (N,)},
-        reported for the environments whose episode ends this step."""
+    def _evaluate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted reward terms {name: (N,)} (`sim.envs.terms.weighted` over `reward_terms`),
+        terminated (N,) bool and per-environment episode metrics {name: (N,)}, reported for the
+        environments whose episode ends this step."""
+
+    def _costs(self) -> dict[str, torch.Tensor]:
+        """This step's costs {name: (N,) float32 >= 0, in `cost_units`} for constrained learners,
+        read after `_evaluate`; a task without constraints has none."""
+        return {}
 
     @abc.abstractmethod
     def _reset_idx(self, env_ids: torch.Tensor) -> None:
@@ -74,6 +97,19 @@ class BatchedEnv(abc.ABC):
     @abc.abstractmethod
     def get_observations(self) -> TensorDict:
         """Observation groups for every environment, computed from the state alone."""
+
+    # -- what generic tools read and drive (viewer, videos, trajectories, the simulated robot)
+
+    @abc.abstractmethod
+    def snapshot(self, env_ids: torch.Tensor | None = None) -> EnvSnapshot:
+        """The state of environments env_ids (M,) int64 (None: all) as an `EnvSnapshot` (copies)."""
+
+    @abc.abstractmethod
+    def drive_tools(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One control step toward tool targets {tool: (N, 7) pose, patient frame} instead of
+        actions (an external controller: `policies.deploy.sim_robot`): counts the step and
+        evaluates the task like `step`, but resets nothing. Returns (N,) bool: the episode is over
+        (the task's termination or its time limit)."""
 
     # -- API
 
@@ -92,6 +128,8 @@ class BatchedEnv(abc.ABC):
     def reset(self) -> TensorDict:
         """Start new episodes everywhere; returns the observations."""
         self.episode_length_buf.zero_()
+        # (N, terms + costs): each episode's running sums, logged when it ends
+        self.episode_sums = torch.zeros(self.num_envs, len(self.reward_terms) + len(self.cost_units), device=self.device)
         self._reset_idx(torch.arange(self.num_envs, device=self.device))
         return self.get_observations()
 
@@ -110,34 +148,46 @@ class BatchedEnv(abc.ABC):
         actions = clean
         self._apply_action(actions)
         self.episode_length_buf += 1
-        reward, terminated, metrics = self._evaluate()
+        terms, terminated, metrics = self._evaluate()
+        costs = self._costs()
+        reward = total(terms)
+        self.episode_sums += torch.stack([terms[t.name] for t in self.reward_terms] + [costs[c] for c in self.cost_units], -1)
         truncated = (self.episode_length_buf >= self.max_episode_length) & ~terminated
         done = terminated | truncated
         ids = done.nonzero()[:, 0]
-        extras: dict = {"time_outs": truncated, "log": {}}
+        extras: dict = {"time_outs": truncated, "log": {}, "reward_terms": terms, "costs": costs}
         if len(ids):
             extras["log"] = {f"Episode/{k}": v[ids].float() for k, v in metrics.items()}
+            extras["log"].update(self._episode_sums_log(ids))
             if self.keep_final_obs:
                 extras["final_obs"] = self.get_observations()
             self.episode_length_buf[ids] = 0
             self._reset_idx(ids)
         return self.get_observations(), reward, terminated, truncated, extras
 
+    def _episode_sums_log(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"Reward/<term>" and "Cost/<name>": (M,)} episode sums of environments ids (M,), whose
+        sums then restart."""
+        names = [f"Reward/{t.name}" for t in self.reward_terms] + [f"Cost/{c}" for c in self.cost_units]
+        sums = self.episode_sums[ids]
+        self.episode_sums[ids] = 0.0
+        return {name: sums[:, j] for j, name in enumerate(names)}
+
     # -- exact resume
 
     def state_dict(self) -> dict:
         """Everything later steps depend on: state tensors, episode counters and the generator."""
-        state = {name: getattr(self, name).clone() for name in self.state_names}
+        state = {name: getattr(self, name).clone() for name in (*self.state_names, "episode_sums")}
         state["episode_length_buf"] = self.episode_length_buf.clone()
         state["generator"] = self.generator.get_state()
         return state
 
     @torch.inference_mode()
     def load_state_dict(self, state: dict) -> None:
-        expected = {*self.state_names, "episode_length_buf", "generator"}
+        expected = {*self.state_names, "episode_sums", "episode_length_buf", "generator"}
         if set(state) != expected:
             raise InputError(f"environment state: expected keys {sorted(expected)}, got {sorted(state)}")
-        for name in self.state_names:
+        for name in (*self.state_names, "episode_sums"):
             current = getattr(self, name)
             if state[name].shape != current.shape:
                 raise InputError(f"environment state {name!r}: expected shape {tuple(current.shape)}, got {tuple(state[name].shape)}")

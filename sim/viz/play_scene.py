@@ -2,9 +2,10 @@
 
 One `pv.Plotter` with two viewports. Left, in the patient frame (metres): the translucent body,
 the bones, the arm with its probe (posed from the environment's joint angles), the ultrasound
-image as a textured plane at the probe, the goal plane (translucent green field of view with an
-opaque outline), the probe's path in this episode (red) and a status line. Right: the same image
-flat. Images come from a full-size probe (`probe`), not the policy's small one. The interactive
+image as a textured plane at the probe, the task's own layer (its registered `drawing`, e.g.
+us_nav's goal plane), the probe's path in this episode (red) and a status line. Right: the same
+image flat. Images come from a full-size probe (`probe`), not the policy's small one. Everything
+drawn comes from the environment's `snapshot` (`sim.envs.snapshot.EnvSnapshot`). The interactive
 viewer (`sim.viz.viewer`) and play videos (`sim.viz.play_video`) both draw through `PlayScene`.
 """
 
@@ -19,35 +20,35 @@ from sim.envs.base import BatchedEnv
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer
 from sim.viz.arm import ArmDrawing
-from sim.viz.scene import add_patient, image_plane, image_texture, plane_texture, pose_matrix
+from sim.viz.scene import add_patient, image_plane, image_texture, pose_matrix
+from tasks import registry
 
 FRAME_SIZE = (1280, 720)  # (width, height) pixels of the window and of video frames (even, for H.264)
 COLUMN_WEIGHTS = (3, 1)  # 3-D view : ultrasound panel widths
 IDENTITY_POSE = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
-GOAL_RGB, PATH_COLOUR, TEXT_COLOUR = (40, 210, 60), "red", "black"
-# Camera: looking at a point above the back, a little toward the arm (offset from the anchor
-# vertebra, metres; the prone patient's back faces -y), from 1 m away on the patient's left,
-# above the back and toward the head, so transverse and parasagittal image planes both show.
-CAMERA_FOCUS_M = np.array([0.06, -0.16, 0.0])
+PATH_COLOUR, TEXT_COLOUR = "red", "black"
+# Camera: looking at a point above the back, a little toward the arm (offset from the primary
+# robot's base, metres, which stands 0.55 m along +x from the anchor vertebra by default: the
+# focus is 6 cm from the anchor; the prone patient's back faces -y), from 1 m away on the
+# patient's left, above the back and toward the head, so transverse and parasagittal image
+# planes both show.
+CAMERA_FOCUS_M = np.array([-0.49, -0.16, 0.0])
 CAMERA_OFFSET_M = 1.0 * np.array([-0.6, -0.55, 0.58]) / np.linalg.norm([-0.6, -0.55, 0.58])
 
 
 class PlayScene:
-    """Draws environment `i` of a us_nav-like environment as it is now (`draw(env, i)`).
+    """Draws environment `i` of a task environment as it is now (`draw(env, i)`).
 
-    env: patients (with meshes), patient_idx, poses (N, 7) and q (N, dof) of the arm,
-    goal_pose (N, 7), goal_names, goal_idx, pos_err / ang_err (N,), episode_length_buf,
-    cfg.control_hz and backend.arm / backend.anchor (P, 3) (the arm works in the anchor frame).
-    probe: the probe preset whose full-size image is shown. off_screen: render without a window
-    (videos, tests). size: (width, height) pixels.
+    env: a `BatchedEnv` with patients (with meshes), dt, cfg.name (its task's registered
+    drawing) and backend.arm (the URDF drawn for the snapshot's primary robot); the state drawn
+    is its `snapshot`. probe: the probe preset whose full-size image is shown. off_screen:
+    render without a window (videos, tests). size: (width, height) pixels.
     """
 
     def __init__(self, env: BatchedEnv, probe: ProbeSpec, off_screen: bool = False, size: tuple[int, int] = FRAME_SIZE) -> None:
         self.probe = probe
         self.patients = env.patients
         self.renderer = Renderer(PatientBank(env.patients, env.device), probe)
-        self.anchor = env.backend.anchor.detach().cpu().double().numpy()
-        self.base = pose_matrix(env.backend.arm.base_pose)
         self.plotter = pv.Plotter(shape=(1, 2), col_weights=COLUMN_WEIGHTS, window_size=size, off_screen=off_screen)
         if off_screen:  # no multisampling: a quarter less time per frame in software OpenGL, no visible loss in H.264
             self.plotter.render_window.SetMultiSamples(0)
@@ -61,7 +62,8 @@ class PlayScene:
         self.plotter.set_background("white", all_renderers=False)
         self.arm = ArmDrawing(self.plotter, env.backend.arm)
         self.image = self.plotter.add_mesh(image_plane(probe, IDENTITY_POSE), texture=texture, lighting=False)
-        self.goal = self.plotter.add_mesh(image_plane(probe, IDENTITY_POSE), texture=plane_texture(probe, GOAL_RGB), lighting=False)
+        task = registry.spec(env.cfg.name)
+        self.task_layer = registry.load(task.drawing, f"task {task.name!r} drawing")(self.plotter, probe)
         self.path_actor = self.plotter.add_mesh(pv.PolyData(np.zeros((1, 3))), color=PATH_COLOUR, line_width=3, lighting=False)
         self.status = self.plotter.add_text("", position="upper_left", font_size=10, color=TEXT_COLOUR)
         self.patient_actors: dict[int, list[pv.Actor]] = {}
@@ -86,8 +88,9 @@ class PlayScene:
         aspect = (x1 - x0) * width / ((y1 - y0) * height)
         camera.parallel_scale = 1.05 * max(h / 2, w / 2 / aspect)
 
-    def _show_patient(self, p: int) -> None:
-        """Show patient p's body and bones (added on first use), hide the others', frame the camera."""
+    def _show_patient(self, p: int, base: np.ndarray) -> None:
+        """Show patient p's body and bones (added on first use), hide the others', frame the
+        camera from the primary robot's base position `base` (3,), patient frame."""
         if p == self.patient:
             return
         if p not in self.patient_actors:
@@ -96,39 +99,35 @@ class PlayScene:
             for actor in actors:
                 actor.visibility = q == p
         camera = self.plotter.renderer.camera
-        focus = self.anchor[p] + CAMERA_FOCUS_M
+        focus = base + CAMERA_FOCUS_M
         camera.focal_point, camera.position, camera.up = focus, focus + CAMERA_OFFSET_M, (0.0, -1.0, 0.0)
         self.plotter.renderer.reset_camera_clipping_range()
         self.patient = p
 
     def draw(self, env: BatchedEnv, i: int, note: str = "") -> None:
         """Update every actor to environment i's current state; `note` ends the status line."""
-        p = int(env.patient_idx[i])
+        snap = env.snapshot(torch.tensor([i], device=env.device))
+        p, robot = int(snap.patient[0]), snap.robot
+        base = snap.base_poses[robot][0].detach().cpu().double()
         self.plotter.subplot(0, 0)
-        self._show_patient(p)
-        offset = np.eye(4)
-        offset[:3, 3] = self.anchor[p]
-        self.arm.pose(env.q[i], offset @ self.base)
-        pose = env.poses[i].detach().cpu().double()
+        self._show_patient(p, base[:3].numpy())
+        self.arm.pose(snap.joint_positions[robot][0], pose_matrix(base))
+        pose = snap.tool_poses[snap.tool][0].detach().cpu().double()
         self.image.user_matrix = pose_matrix(pose)
-        self.goal.user_matrix = pose_matrix(env.goal_pose[i])
+        task_text = self.task_layer(snap, 0)
         with torch.inference_mode():
-            ultrasound = self.renderer.render(env.poses[i : i + 1].float(), env.patient_idx[i : i + 1])[0]
+            ultrasound = self.renderer.render(pose[None].float().to(env.device), snap.patient)[0]
         texture = image_texture(self.probe, ultrasound.cpu().numpy())
         self.image.texture = self.panel.texture = texture
-        step = int(env.episode_length_buf[i])
+        step = int(snap.step[0])
         if i != self.env_id or step == 0:
             self.path = []
         self.env_id = i
         self.path.append(pose[:3].numpy())
         points = np.array(self.path)
         self.path_actor.mapper.SetInputData(pv.PolyData(points, lines=[len(points), *range(len(points))]))
-        self.status.set_text(
-            "upper_left",
-            f"env {i + 1}/{env.num_envs}  {env.patients[p].name}  goal {env.goal_names[int(env.goal_idx[i])]}  "
-            f"t {step / env.cfg.control_hz:4.1f} s  error {float(env.pos_err[i]) * 1000:5.1f} mm "
-            f"{float(torch.rad2deg(env.ang_err[i])):5.1f} deg{note}",
-        )
+        status = f"env {i + 1}/{env.num_envs}  {self.patients[p].name}  t {step * env.dt:4.1f} s  {task_text}{note}"
+        self.status.set_text("upper_left", status)
 
     def screenshot(self) -> np.ndarray:
         """The current frame (height, width, 3) uint8."""

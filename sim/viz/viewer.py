@@ -1,6 +1,6 @@
 """Interactive replay: a policy drives the environments in a pyvista window (`PlayScene`).
 
-Every control period (1 / cfg.control_hz s) a timer runs one step of every environment,
+Every control period (env.dt s) a timer runs one step of every environment,
 observations -> policy -> env.step, as `policies.evaluation.evaluate` does, and redraws the
 environment on show. Keys (`KEYS`):
 
@@ -115,7 +115,7 @@ class PlayViewer:
 
     def show(self) -> int:
         """Open the window and play at the control rate until it is closed; returns the steps run."""
-        period_ms = max(1, round(1000 / self.env.cfg.control_hz))
+        period_ms = max(1, round(1000 * self.env.dt))
         self.scene.plotter.add_timer_event(max_steps=sys.maxsize, duration=period_ms, callback=self.tick)
         self.scene.plotter.show(title="sonolab play")
         return self.steps

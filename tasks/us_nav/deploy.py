@@ -27,8 +27,7 @@ from sim.robot.safety import ANGULAR_SPEED_RAD_S, SPEED_M_S, ExportSettings, Saf
 from sim.ultrasound.placement import skin_state_from_pose
 from tasks.us_nav.config import UsNavCfg
 from tasks.us_nav.mdp import actions, observations
-
-ACTION_NAMES = ("lateral", "elevation", "yaw", "tilt_x", "tilt_y")
+from tasks.us_nav.spaces import ACTION_NAMES, ACTION_UNITS
 
 
 def observation_layout(cfg: UsNavCfg, dof: int) -> list[dict]:
@@ -67,7 +66,7 @@ def deploy_contract(config: Mapping, what: str = "deploy.json task.config") -> d
         "action": {
             "shape": ["batch", len(ACTION_NAMES)],
             "names": list(ACTION_NAMES),
-            "units": ["m", "m", "rad", "rad", "rad"],
+            "units": list(ACTION_UNITS),
             "scale": [a.translation_m, a.translation_m, a.yaw_rad, a.tilt_rad, a.tilt_rad],
             "clamp": [-1.0, 1.0],
             "meaning": "increments of the commanded probe state per control step: translation along the untilted probe's "

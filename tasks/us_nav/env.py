@@ -20,11 +20,15 @@ from sim.anatomy.patient import Patient
 from sim.backends import make_backend
 from sim.config import build
 from sim.envs.base import BatchedEnv
-from sim.errors import InputError, require
+from sim.envs.snapshot import EnvSnapshot
+from sim.envs.terms import weighted
+from sim.errors import InputError, require, require_number
+from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer, RendererConfig, RenderParams
 from tasks.us_nav.config import UsNavCfg
 from tasks.us_nav.mdp import actions, goals, observations, rewards, terminations
+from tasks.us_nav.spaces import action_space, observation_spaces
 
 RENDER_PARAM_NAMES = ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue")
 
@@ -44,11 +48,13 @@ class UsNavEnv(BatchedEnv):
     Observation groups: "policy" (N, D) for the actor (proprioception, plus the relative goal
     pose when cfg.observation.images is False), "image" (N, history + 1, S, S) ultrasound
     history and goal image when images are on, "critic" (N, Dc) privileged state.
-    Actions (N, 5) in [-1, 1], see `ActionCfg`.
+    Actions (N, 5) in [-1, 1], see `ActionCfg`. Reward terms, costs and their units: `RewardCfg`;
+    declared spaces: `tasks.us_nav.spaces`.
     """
 
     num_actions = 5
     config_class = UsNavCfg
+    cost_units = {"contact_force": "N"}
 
     def __init__(
         self,
@@ -78,6 +84,8 @@ class UsNavEnv(BatchedEnv):
         anchor_xz = self.backend.anchor[:, [0, 2]]
         extent = torch.tensor(cfg.workspace_half_extent_m, device=dev)
         self.box_low, self.box_high = anchor_xz - extent, anchor_xz + extent
+        # Made once: a reset copies nothing from the host (a sync on CUDA).
+        self.start_half_extent = torch.tensor(cfg.start.half_extent_m, device=dev)
         self.anchor_xz = anchor_xz
         n = num_envs
         self.patient_idx = torch.zeros(n, dtype=torch.long, device=dev)
@@ -101,6 +109,9 @@ class UsNavEnv(BatchedEnv):
             if cfg.observation.randomize_imaging:
                 names += [f"render_{k}" for k in RENDER_PARAM_NAMES]
         self.state_names = tuple(names)
+        self.reward_terms = rewards.reward_terms(cfg.reward)
+        self.observation_spaces = observation_spaces(cfg, self.backend.arm.dof)
+        self.action_space = action_space(cfg)
         self.reset()
 
     @staticmethod
@@ -114,6 +125,7 @@ class UsNavEnv(BatchedEnv):
         for key in ("translation_m", "yaw_rad", "tilt_rad", "max_tilt_rad"):
             value = getattr(cfg.actions, key)
             require(math.isfinite(value) and value >= 0, f"task.actions.{key}", "a finite non-negative bound", value)
+        require_number(cfg.reward.max_force_n, "task.reward.max_force_n", 0.0, low_open=True)
 
     def _init_imaging(self, probe: str | Mapping | ProbeSpec) -> None:
         cfg, dev = self.cfg, self.device
@@ -173,20 +185,17 @@ class UsNavEnv(BatchedEnv):
             image = self.renderer.render(self.poses, self.patient_idx, self._render_params(None), check=False)  # own state: no per-step sync
             self.history = torch.cat([image[:, None], self.history[:, :-1]], 1)
 
-    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        cfg, w = self.cfg, self.cfg.reward
+    def _evaluate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
         pos_err, ang_err = terminations.pose_errors(self.poses, self.goal_pose)
         within = terminations.within_tolerance(pos_err, ang_err, cfg.success.position_m, cfg.success.angle_rad)
         self.hold = terminations.update_hold(self.hold, within)
         success = self.hold >= cfg.success.hold_steps
-        reward = (
-            w.progress_position_per_m * rewards.progress(self.pos_err, pos_err)
-            + w.progress_angle_per_rad * rewards.progress(self.ang_err, ang_err)
-            + w.success * success.float()
-            - w.force_per_n * rewards.excess_force(self.force, w.max_force_n)
-            - w.action_rate * rewards.action_rate(self.action, self.last_action)
-            - w.action_excess * self.last_action_excess
-        )
+        outcome = rewards.StepOutcome(
+            self.pos_err, pos_err, self.ang_err, ang_err, success, rewards.excess_force(self.force, cfg.reward.max_force_n),
+            self.action, self.last_action, self.last_action_excess,
+        )  # fmt: skip
+        reward = weighted(self.reward_terms, outcome)
         self.pos_err, self.ang_err = pos_err, ang_err
         self.last_action = self.action
         metrics = {
@@ -198,13 +207,16 @@ class UsNavEnv(BatchedEnv):
         }
         return reward, success, metrics
 
+    def _costs(self) -> dict[str, torch.Tensor]:
+        """{"contact_force": (N,) newtons of probe contact force above task.reward.max_force_n}."""
+        return {"contact_force": rewards.excess_force(self.force, self.cfg.reward.max_force_n)}
+
     def _reset_idx(self, ids: torch.Tensor) -> None:
         cfg, gen, dev, m = self.cfg, self.generator, self.device, len(ids)
         patient = self.backend.patients_for(ids, torch.randint(len(self.patients), (m,), generator=gen, device=dev))
         self.patient_idx[ids] = patient
         self.goal_idx[ids] = torch.randint(len(self.goal_names), (m,), generator=gen, device=dev)
-        extent = torch.tensor(cfg.start.half_extent_m, device=dev)
-        xz = self.anchor_xz[patient] + (2 * torch.rand(m, 2, generator=gen, device=dev) - 1) * extent
+        xz = self.anchor_xz[patient] + (2 * torch.rand(m, 2, generator=gen, device=dev) - 1) * self.start_half_extent
         point, _ = self.backend.skin.query(patient, xz[:, 0], xz[:, 1])
         xz = torch.where(torch.isfinite(point).all(-1, keepdim=True), xz, self.anchor_xz[patient])
         low, high = cfg.start.yaw_rad
@@ -227,7 +239,8 @@ class UsNavEnv(BatchedEnv):
                 params = self.renderer.sample_params(m, gen)
                 for k in RENDER_PARAM_NAMES:
                     getattr(self, f"render_{k}")[ids] = getattr(params, k)
-            image = self.reset_renderer.render(poses, patient, self._render_params(ids))
+            # Own state, valid by construction: no input checks, no host synchronisation.
+            image = self.reset_renderer.render(poses, patient, self._render_params(ids), check=False)
             self.history[ids] = image[:, None].expand(-1, cfg.observation.history, -1, -1)
 
     def get_observations(self) -> TensorDict:
@@ -245,3 +258,44 @@ class UsNavEnv(BatchedEnv):
         groups = observations.actor_groups(cfg, proprio, relative, history, goal_image)
         groups["critic"] = torch.cat([relative, proprio, progress], -1)
         return TensorDict(groups, batch_size=[self.num_envs], device=self.device)
+
+    # -- the contract of generic tools (sim.envs.snapshot)
+
+    def snapshot(self, env_ids: torch.Tensor | None = None) -> EnvSnapshot:
+        """Environments env_ids (None: all) now: the probe held by the arm (named by its robot
+        config), the goal pose and newest image; extras: goal_name (list of M), position_error_m
+        and angle_error_rad (M,) to the goal, goal_image (M, S, S) with images."""
+        ids = torch.arange(self.num_envs, device=self.device) if env_ids is None else torch.as_tensor(env_ids, device=self.device)
+        patient, arm = self.patient_idx[ids], self.backend.arm
+        base = arm.base_pose.to(self.device, torch.float32).expand(len(ids), 7).clone()
+        base[:, :3] += self.backend.anchor[patient]  # the arm works in the anchor frame
+        goal = self.goal_idx[ids]
+        extras = {"goal_name": [self.goal_names[g] for g in goal.tolist()]}
+        extras.update(position_error_m=self.pos_err[ids], angle_error_rad=self.ang_err[ids])
+        if self.renderer is not None:
+            extras["goal_image"] = self.goal_images[patient, goal]
+        return EnvSnapshot(
+            env_ids=ids,
+            patient=patient,
+            step=self.episode_length_buf[ids],
+            tool_poses={"probe": self.poses[ids]},
+            tool_forces={"probe": self.force[ids]},
+            joint_positions={arm.name: self.q[ids]},
+            base_poses={arm.name: base},
+            goal_pose=self.goal_poses[patient, goal],
+            image=self.history[ids, 0] if self.renderer is not None else None,
+            extras=extras,
+        )
+
+    @torch.inference_mode()
+    def drive_tools(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One control step of the arm toward probe targets {"probe": (N, 7)} (see `BatchedEnv.drive_tools`);
+        the success test (tolerances, hold counter) is the task's own."""
+        probe = targets.get("probe") if set(targets) == {"probe"} else None
+        got = {k: tuple(v.shape) for k, v in targets.items()}
+        require(probe is not None and tuple(probe.shape) == (self.num_envs, 7), "tool targets", f"{{'probe': ({self.num_envs}, 7) poses}}", got)
+        check_poses(probe)  # outside data; the backend's IK and contact skip their checks (sync-free)
+        self.drive(probe.to(self.device, torch.float32))
+        self.episode_length_buf += 1
+        _, terminated, _ = self._evaluate()
+        return terminated | (self.episode_length_buf >= self.max_episode_length)

@@ -7,6 +7,9 @@ record demonstrations.
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from tensordict import TensorDict
 
@@ -35,3 +38,8 @@ def expert_actions(obs: TensorDict, cfg: UsNavCfg, gain: float = 1.0) -> torch.T
         -1,
     )
     return (gain * act).clamp(-1.0, 1.0)
+
+
+def make_expert(env) -> Callable[[TensorDict], torch.Tensor]:
+    """The expert as a policy (observations -> actions) for a `UsNavEnv` (the registry's `expert`)."""
+    return partial(expert_actions, cfg=env.cfg)

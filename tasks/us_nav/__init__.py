@@ -1,0 +1,35 @@
+"""`us_nav`: a robot-held probe navigates to a requested standard plane of the lumbar spine;
+`us_nav_state` is the same task with the relative goal pose instead of images (a fast baseline).
+Both register here (`tasks.registry`)."""
+
+from __future__ import annotations
+
+from tasks.registry import TaskSpec, register
+from tasks.us_nav import contract
+from tasks.us_nav.config import UsNavCfg
+from tasks.us_nav.env import UsNavEnv
+from tasks.us_nav.expert import make_expert
+
+DEPLOY = "tasks.us_nav.deploy"
+COMMON = dict(
+    env_class=UsNavEnv,
+    config_class=UsNavCfg,
+    expert=make_expert,
+    summary=contract.summary,
+    metrics=contract.METRICS,
+    drawing="tasks.us_nav.drawing:GoalDrawing",
+    controller=f"{DEPLOY}:Controller",
+    deployment_spec=f"{DEPLOY}:deployment_spec",
+    deploy_contract=f"{DEPLOY}:deploy_contract",
+    sim_session="tasks.us_nav.contract:sim_session",
+)
+register(TaskSpec(name="us_nav", gym_id="Sonolab-UsNav-v0", agents={"ppo": "us_nav/ppo"}, **COMMON))
+register(
+    TaskSpec(
+        name="us_nav_state",
+        gym_id="Sonolab-UsNavState-v0",
+        agents={"ppo": "us_nav_state/ppo"},
+        variant={"name": "us_nav_state", "observation": {"images": False}},
+        **COMMON,
+    )
+)

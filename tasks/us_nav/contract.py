@@ -1,0 +1,51 @@
+"""us_nav's side of the generic tools: how its episodes are summarised (`policies.evaluation`)
+and what the simulated robot tells the deploy runtime at an episode's start (`policies.deploy.sim_robot`)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from policies.deploy.robot import Session
+
+# What `summary` reports, with units ("1": a fraction); evaluation also reports "episodes".
+METRICS = {
+    "success_rate": "1",
+    "pos_err_mm_mean": "mm",
+    "pos_err_mm_median": "mm",
+    "ang_err_deg_mean": "deg",
+    "ang_err_deg_median": "deg",
+    "time_to_success_s_mean": "s",
+}
+
+
+def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
+    """The metrics of one episode per environment: episodes holds the task's per-episode log
+    (success, position_error_mm, angle_error_deg, steps: (N,) each); dt: the control period, s.
+    time_to_success_s_mean is over the successful episodes (None without any)."""
+    success = episodes["success"] > 0.5
+    pos, ang = episodes["position_error_mm"], episodes["angle_error_deg"]
+    return {
+        "success_rate": success.float().mean().item(),
+        "pos_err_mm_mean": pos.mean().item(),
+        "pos_err_mm_median": pos.median().item(),
+        "ang_err_deg_mean": ang.mean().item(),
+        "ang_err_deg_median": ang.median().item(),
+        "time_to_success_s_mean": (episodes["steps"][success] * dt).mean().item() if bool(success.any()) else None,
+    }
+
+
+def sim_session(env) -> Session:
+    """Environment 0's episode as the runtime's `Session`: its patient's skin, anchor point and
+    goal (pose and, with images, goal image) and the commanded probe state it was placed with."""
+    p, g = int(env.patient_idx[0]), int(env.goal_idx[0])
+    skin = env.patients[p].skin
+    surface = {"x0": skin.x0, "z0": skin.z0, "dx": skin.dx, "dz": skin.dz, "y": skin.y, "normal": skin.normal}
+    return Session(
+        anchor_m=env.backend.anchor[p].cpu().numpy(),
+        surface=surface,
+        goal_pose=env.goal_pose[0].cpu().numpy(),
+        goal_image=env.goal_images[p, g].cpu().numpy() if env.renderer is not None else None,
+        start_command=(env.xz[0].cpu().numpy(), float(env.yaw[0]), env.tilt[0].cpu().numpy()),
+    )
