@@ -15,6 +15,7 @@ from sim.anatomy.patient_set import load_patients
 from sim.envs.base import BatchedEnv, check_device  # noqa: F401 (check_device: re-exported for callers of policies.workflow)
 from sim.errors import InputError
 from tasks import make_env
+from tasks.schemas import register_schemas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIG = "config.yaml"
@@ -29,6 +30,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
     # A Hydra app that ran earlier in this process (Isaac Lab's task resolution) leaves Hydra set up.
     GlobalHydra.instance().clear()
+    register_schemas()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         try:
             return compose("config", overrides=list(overrides))
@@ -49,7 +51,8 @@ def build_env(cfg: DictConfig, split: str = "train", num_envs: int | None = None
 
 
 def train_config(cfg: DictConfig) -> dict:
-    """rsl-rl's plain train config: the agent group plus the chosen log writer."""
+    """rsl-rl's plain train config (learner=ppo and learners built on rsl-rl): the agent group
+    (conf/agent/<task>/<learner>.yaml) plus the chosen log writer."""
     agent = OmegaConf.to_container(cfg.agent, resolve=True)
     if cfg.logger == "tensorboard":
         agent["logger"] = "tensorboard"
@@ -99,8 +102,8 @@ def find_run(spec: str | bool, cfg: DictConfig, what: str = "checkpoint") -> tup
 
 
 def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
-    """(run folder, checkpoint) of `cfg.checkpoint`, with the run's task, agent and probe settings
-    (what the policy was trained with) put into cfg in place.
+    """(run folder, checkpoint) of `cfg.checkpoint`, with the run's task, learner, agent and probe
+    settings (what the policy was trained with) put into cfg in place.
 
     The checkpoint is read (as data only) before anything is built, so a crafted, foreign or
     broken file, or one trained for another task, fails here in a second."""
@@ -108,7 +111,7 @@ def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
     saved = run_config(run_dir)
     if saved is not None:
         with open_dict(cfg):
-            cfg.task, cfg.agent, cfg.probe = saved.task, saved.agent, saved.probe
+            cfg.task, cfg.learner, cfg.agent, cfg.probe = saved.task, saved.learner, saved.agent, saved.probe
     recorded = checkpoints.load_checkpoint(checkpoint).get("layout")
     if isinstance(recorded, dict) and recorded.get("task") != cfg.task.name:
         source = run_dir / RUN_CONFIG if saved is not None else f"the command line; {run_dir} has no {RUN_CONFIG}"
@@ -121,7 +124,8 @@ def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
 
 def run_config(run_dir: Path) -> DictConfig | None:
     """The config a run was trained with, if the run folder has one; InputError if it is not a
-    readable config with task (and its name), agent and probe settings."""
+    readable config with task (and its name), agent and probe settings. A run from before the
+    `learner` setting was trained by PPO: its learner is ppo."""
     path = run_dir / RUN_CONFIG
     if not path.is_file():
         return None
@@ -132,4 +136,6 @@ def run_config(run_dir: Path) -> DictConfig | None:
     complete = isinstance(saved, DictConfig) and all(isinstance(saved.get(k), DictConfig) for k in ("task", "agent", "probe"))
     if not complete or not isinstance(saved.task.get("name"), str):
         raise InputError(f"run config {path}: expected a mapping with task (and task.name), agent and probe settings")
+    if "learner" not in saved:
+        saved.learner = "ppo"
     return saved

@@ -34,6 +34,7 @@ from policies.export import EXPORT_DIR
 from policies.workflow import build_env, trained_run
 from sim.errors import InputError, require
 from sim.robot.safety import SafetyLimits
+from tasks.schemas import register_schemas
 
 ROBOTS = ("sim", "network", "ros2")
 ROLES = ("runtime", "robot_pc")
@@ -123,6 +124,9 @@ def deploy(cfg: DictConfig) -> dict:
         if hasattr(robot, "close"):
             robot.close()
     return {"exported": str(run_dir / EXPORT_DIR), "robot": str(d.robot), "engine": str(d.engine), "episodes": episodes}
+
+
+register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

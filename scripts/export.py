@@ -4,7 +4,7 @@
     python scripts/export.py task=us_nav checkpoint=logs/us_nav/<run>/model_499.pt export.max_force_n=15
 
 Writes <run>/exported/ (atomically: only a folder whose graphs matched the training model is put
-in place) and prints that folder as the last line. The task, agent and probe come from the run's
+in place) and prints that folder as the last line. The task, learner, agent and probe come from the run's
 config.yaml; safety settings from `export.*` (conf/config.yaml), each within the hard bounds of
 sim/robot/safety.py (a NaN, infinite or too large limit exits with an error, status 2).
 """
@@ -18,12 +18,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from policies.export import EXPORT_DIR, export_policy
-from policies.runner import Runner
-from policies.workflow import build_env, train_config, trained_run
+from policies import learners
+from policies.export import EXPORT_DIR
+from policies.workflow import build_env, trained_run
 from sim.errors import InputError
 from sim.robot.safety import ExportSettings
-from tasks.us_nav.deploy import deployment_spec
+from tasks import registry
+from tasks.schemas import register_schemas
 
 SAMPLE_ENVS = 32  # environments stepped to record samples
 
@@ -35,14 +36,19 @@ def export(cfg: DictConfig) -> Path:
     run_dir, checkpoint = trained_run(cfg)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, "train", num_envs=SAMPLE_ENVS)
-    runner = Runner(env, train_config(cfg), None, cfg.device)
-    data = runner.load(str(checkpoint))
-    spec = deployment_spec(env, settings)
-    spec["source"] = {"run": str(run_dir), "checkpoint": checkpoint.name, "iteration": data["iter"], "probe": OmegaConf.to_container(cfg.probe, resolve=True)}
+    learner = learners.get(cfg.learner)
+    policy = learner.load_policy(cfg, env, checkpoint)
+    task = registry.spec(cfg.task.name)
+    spec = registry.load(task.deployment_spec, f"task {task.name!r} deployment_spec")(env, settings)
+    probe = OmegaConf.to_container(cfg.probe, resolve=True)
+    spec["source"] = {"run": str(run_dir), "checkpoint": checkpoint.name, "iteration": policy.iteration, "probe": probe}
     git = run_dir / "git.txt"
     if git.is_file():
         spec["source"]["git"] = git.read_text().splitlines()[0]
-    return export_policy(runner.alg.get_policy(), env, run_dir / EXPORT_DIR, spec, settings.samples)
+    return learner.export(policy, env, run_dir / EXPORT_DIR, spec, settings.samples)
+
+
+register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

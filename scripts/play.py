@@ -5,7 +5,7 @@
     python scripts/play.py task=us_nav_state patient=totalseg_example split=test   # the real CT
     python scripts/play.py task=us_nav_state checkpoint=last viewer=true              # interactive
 
-The task, agent and probe settings come from the run's config.yaml (what the policy was trained
+The task, learner, agent and probe settings come from the run's config.yaml (what the policy was trained
 with); patients, split, num_envs, seed and device from the command line. video=true writes
 <run>/videos/play_<split>.mp4 (the 3-D scene of environment 0 beside its ultrasound image,
 rendered off screen). The last line printed is one JSON object: success_rate,
@@ -25,13 +25,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from policies import learners
 from policies.evaluation import evaluate
-from policies.export import actor_inputs
-from policies.runner import Runner
 from policies.trajectory import Env0Recorder
-from policies.workflow import build_env, train_config, trained_run
+from policies.workflow import build_env, trained_run
 from sim.errors import InputError
 from sim.ultrasound.probe import ProbeSpec
+from tasks.schemas import register_schemas
 
 
 def play(cfg: DictConfig) -> dict:
@@ -40,9 +40,8 @@ def play(cfg: DictConfig) -> dict:
     run_dir, checkpoint = trained_run(cfg)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, str(cfg.split))
-    runner = Runner(env, train_config(cfg), None, cfg.device)
-    runner.load(str(checkpoint))
-    policy = runner.get_inference_policy(cfg.device)
+    trained = learners.get(cfg.learner).load_policy(cfg, env, checkpoint)
+    policy = learners.ActionChunks(trained)  # one action per control step, also from a policy that returns chunks
     probe = ProbeSpec.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))  # full size, for the viewer and videos
     if cfg.viewer:
         from sim.viz.viewer import PlayViewer  # VTK loads only for the viewer and videos
@@ -54,7 +53,7 @@ def play(cfg: DictConfig) -> dict:
         from sim.viz.play_video import PlayVideo
 
         video = PlayVideo(env, probe, run_dir / "videos" / f"play_{cfg.split}.mp4", fps=env.cfg.control_hz)
-    recorder = Env0Recorder(env, policy, actor_inputs(policy)) if cfg.trajectory else None
+    recorder = Env0Recorder(env, policy, trained.inputs) if cfg.trajectory else None
     hooks = [hook for hook in (video, recorder and recorder.on_step) if hook is not None]
     metrics = evaluate(env, recorder or policy, on_step=lambda e: [hook(e) for hook in hooks], min_steps=int(cfg.video_steps) if video else 0)
     metrics.update(task=cfg.task.name, split=str(cfg.split), patients=[p.name for p in env.patients], checkpoint=str(checkpoint))
@@ -63,6 +62,9 @@ def play(cfg: DictConfig) -> dict:
     if recorder is not None:
         metrics["trajectory"] = str(recorder.trajectory.save(run_dir / "trajectories" / f"play_{cfg.split}.npz"))
     return metrics
+
+
+register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -1,4 +1,4 @@
-"""Train a policy with rsl-rl PPO (Hydra config: conf/config.yaml).
+"""Train a policy with the `learner` (default ppo: rsl-rl PPO; Hydra config: conf/config.yaml).
 
     python scripts/train.py task=us_nav_state                 # fast state-based baseline
     python scripts/train.py task=us_nav num_envs=256 seed=1   # images
@@ -8,7 +8,7 @@ Each run writes logs/<task>/<timestamp>/: config.yaml (resolved), git.txt, Tenso
 checkpoints model_<iteration>.pt (written atomically). The last line printed is the run folder.
 A training that fails before its first checkpoint removes the run folder it created. A resume
 continues with the run's own config.yaml: it refuses task=<another task> and overrides of task,
-agent, patient, probe, backend, num_envs or seed, reports other overrides as ignored, and removes
+learner, agent, patient, probe, backend, num_envs or seed, reports other overrides as ignored, and removes
 the temporary files of checkpoint writes that were killed.
 """
 
@@ -25,14 +25,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from policies import checkpoints
-from policies.runner import Runner
+from policies import checkpoints, learners
 from policies.settings import check_settings
-from policies.workflow import REPO_ROOT, build_env, find_run, new_run_dir, run_config, train_config, write_run_info
+from policies.workflow import build_env, find_run, new_run_dir, run_config, write_run_info
 from sim.errors import InputError
+from sim.memory import keep_freed_memory
+from tasks.schemas import register_schemas
 
 # Settings a resumed run keeps from its config.yaml: a different value would change the training.
-TRAINING_SETTINGS = ("task", "agent", "patient", "probe", "backend", "num_envs", "seed")
+TRAINING_SETTINGS = ("task", "learner", "agent", "patient", "probe", "backend", "num_envs", "seed")
 FINDS_THE_RUN = ("resume", "log_root")  # read to find the run, not to train it
 
 
@@ -100,20 +101,20 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> str:
 
 
 def learn(cfg: DictConfig, run_dir: Path, checkpoint: Path | None) -> str:
-    """Run cfg's training in run_dir, from scratch or continuing exactly from `checkpoint`."""
+    """Run cfg's training (by cfg's learner) in run_dir, from scratch or continuing exactly from `checkpoint`."""
+    learner = learners.get(cfg.learner)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, "train")
-    runner = Runner(env, train_config(cfg), str(run_dir), cfg.device, env_cfg=OmegaConf.to_container(cfg, resolve=True))
-    runner.add_git_repo_to_log(str(REPO_ROOT))
-    total = int(cfg.agent.max_iterations)
-    start = runner.resume(checkpoint) if checkpoint is not None else 0
-    if start < total:
-        runner.learn(total - start, init_at_random_ep_len=bool(cfg.agent.init_at_random_ep_len) and checkpoint is None)
+    learner.train(cfg, env, run_dir, checkpoint)
     return str(run_dir)
+
+
+register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()  # a process-wide allocator choice (sim.memory): made by the program, not by an import
     try:
         print(train(cfg, list(HydraConfig.get().overrides.task)))
     except InputError as err:

@@ -1,7 +1,7 @@
 """rsl-rl agent configs for Isaac Lab's workflows (`rsl_rl_cfg_entry_point` of tasks.gym_ids):
-sonolab's own agent group (conf/agent/<task>.yaml, the plain dict scripts/train.py hands to
-rsl-rl) as Isaac Lab's `RslRlOnPolicyRunnerCfg`, so `isaaclab train` trains with the same
-networks and PPO settings. Settings the YAML leaves out take rsl-rl's own defaults.
+sonolab's own agent group for learner=ppo (conf/agent/<task>/ppo.yaml, the plain dict
+scripts/train.py hands to rsl-rl) as Isaac Lab's `RslRlOnPolicyRunnerCfg`, so `isaaclab train`
+trains with the same networks and PPO settings. Settings the YAML leaves out take rsl-rl's own defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from isaaclab_rl.rsl_rl import RslRlCNNModelCfg, RslRlMLPModelCfg, RslRlOnPolicy
 
 from policies.workflow import compose_config
 from sim.errors import InputError
+from tasks import registry
+from tasks.gym_ids import runner_cfg_name
 
 MODELS = {"MLPModel": RslRlMLPModelCfg, "CNNModel": RslRlCNNModelCfg, "RNNModel": RslRlRNNModelCfg}
 DISTRIBUTIONS = {
@@ -54,9 +56,9 @@ def ppo_cfg(spec: dict) -> RslRlPpoAlgorithmCfg:
 
 
 def runner_cfg(task: str) -> RslRlOnPolicyRunnerCfg:
-    """sonolab's agent config of `task` (conf/agent/<task>.yaml) for Isaac Lab's rsl-rl runner.
-    The device is the GPU where there is one (override with agent.device=cpu)."""
-    cfg = compose_config([f"task={task}"])
+    """sonolab's PPO agent config of `task` (conf/agent/<task>/ppo.yaml) for Isaac Lab's rsl-rl
+    runner. The device is the GPU where there is one (override with agent.device=cpu)."""
+    cfg = compose_config([f"task={task}", "learner=ppo"])  # Isaac Lab's rsl-rl workflow runs PPO
     agent = OmegaConf.to_container(cfg.agent, resolve=True)
     return RslRlOnPolicyRunnerCfg(
         seed=int(cfg.seed),
@@ -74,9 +76,15 @@ def runner_cfg(task: str) -> RslRlOnPolicyRunnerCfg:
     )
 
 
-def us_nav_runner_cfg() -> RslRlOnPolicyRunnerCfg:
-    return runner_cfg("us_nav")
+def task_runner_cfg(task: str):
+    """A function of no arguments returning `runner_cfg(task)` (what an rsl_rl_cfg_entry_point names)."""
+
+    def make() -> RslRlOnPolicyRunnerCfg:
+        return runner_cfg(task)
+
+    make.__name__ = make.__qualname__ = runner_cfg_name(task)
+    return make
 
 
-def us_nav_state_runner_cfg() -> RslRlOnPolicyRunnerCfg:
-    return runner_cfg("us_nav_state")
+# One entry point per registered task: us_nav_runner_cfg, us_nav_state_runner_cfg, ...
+globals().update({runner_cfg_name(name): task_runner_cfg(name) for name in registry.names()})

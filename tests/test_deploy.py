@@ -199,7 +199,7 @@ def test_safety_stops_on_force_box_speed_and_nan():
     assert "outside the workspace" in monitor.check(q, pose(0.2, -0.1, 0), 5.0)
     assert "speed" in monitor.check(q, pose(0.05, -0.1, 0), 5.0)  # 5 cm in one 0.1 s period
     assert "not finite" in monitor.check(q, pose(np.nan, 0, 0), 5.0)
-    with pytest.raises(InputError, match="unknown keys \\['colour'\\]"):
+    with pytest.raises(InputError, match="keys \\['colour'\\] are unknown"):
         SafetyLimits.from_dict({**LIMITS.to_dict(), "colour": 1})
 
 

@@ -120,7 +120,7 @@ TRAIN_CASES = {
     "agent.algorithm.gamma=inf": "agent.algorithm.gamma", "log_root=FILE": "log_root",
 }  # fmt: skip
 BENCHMARK_CASES = {
-    "env --task nope": "Could not find 'task/nope'", "render --height abc": "invalid int value",
+    "env --task nope": "invalid choice: 'nope'", "render --height abc": "invalid int value",
 }  # fmt: skip
 
 

@@ -2,12 +2,12 @@
 
 Each control step: read the robot's state, stop if it breaks a safety limit, build the policy's
 inputs (the task's robot-side controller), run the policy, turn the action into a probe target,
-clamp the target to the safety limits and send it; in real time the loop keeps the period.
+clamp the target to the safety limits and send it; in real time the loop keeps the period. A
+policy that returns an action chunk (1, H, A) is run again only once its H actions are sent.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 
@@ -15,19 +15,19 @@ import numpy as np
 
 from policies.deploy.policy import ExportedPolicy
 from policies.deploy.robot import RobotInterface, Session, check_state
+from policies.learners.base import ActionChunks
 from policies.trajectory import Trajectory
 from sim.errors import InputError, require
 from sim.robot.safety import SafetyLimits, SafetyMonitor
-
-# task name -> module with the task's robot-side `Controller`
-CONTROLLERS = {"us_nav": "tasks.us_nav.deploy", "us_nav_state": "tasks.us_nav.deploy"}
+from tasks import registry
 
 
 def make_controller(spec: dict):
+    """The robot-side controller the registry names for deploy.json's task (InputError naming the registered tasks for another)."""
     name = spec["task"]["name"]
-    if name not in CONTROLLERS:
-        raise InputError(f"deploy.json task {name!r}: no robot-side controller; expected one of {sorted(CONTROLLERS)}")
-    return importlib.import_module(CONTROLLERS[name]).Controller(spec)
+    if name not in registry.names():
+        raise InputError(f"deploy.json task {name!r}: no robot-side controller; expected one of {registry.names()}")
+    return registry.load(registry.spec(name).controller, f"task {name!r} controller")(spec)
 
 
 class Runtime:
@@ -68,6 +68,7 @@ class Runtime:
         state = check_state(robot.read(), dof)
         controller.start(session, state)
         safety = SafetyMonitor(self.limits, session.anchor_m, self.dt)
+        policy = ActionChunks(self.policy)  # a chunk (1, H, A) is kept and executed one action per control step
         previous, tick = np.asarray(state.probe_pose, np.float32), time.monotonic()
         for step in range(steps + 1):
             if step:
@@ -80,7 +81,7 @@ class Runtime:
                 log.status = "done" if state.done else "max_steps"
                 return None
             inputs = controller.inputs(state)
-            action = self.policy(inputs)[0]
+            action = policy(inputs)[0]
             if not np.isfinite(action).all():
                 return "the policy returned a non-finite action"
             target, _ = safety.clamp(controller.target(action), previous)
