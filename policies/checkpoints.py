@@ -50,11 +50,14 @@ def plain(obj: object, where: str = "checkpoint") -> object:
         return out
     if type(obj) in (list, tuple):
         return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
-    raise TypeError(f"{where}: a {type(obj).__name__} cannot be stored in a checkpoint (weights_only loading refuses it)")
+    raise TypeError(
+        f"{where}: a {type(obj).__name__} cannot be stored in a checkpoint (weights_only loading refuses it)"
+    )
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
-    """torch.save `obj` (made `plain`) to `path` so that `path` is either absent, the old file or the complete new one."""
+    """torch.save `obj` (made `plain`) to `path` so that `path` is either absent, the old file or the complete
+    new one."""
     path = Path(path)
     obj = plain(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +126,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"(refusing to unpickle arbitrary code: {detail or 'unsupported pickle'})"
         ) from err
     except Exception as err:  # truncated or foreign files raise many kinds of errors
-        raise InputError(f"checkpoint {path}: expected a complete sonolab checkpoint, could not read it ({err})") from err
+        raise InputError(
+            f"checkpoint {path}: expected a complete sonolab checkpoint, could not read it ({err})"
+        ) from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(f"checkpoint {path}: expected a sonolab checkpoint (format {FORMAT!r})")
     return data
@@ -150,10 +155,17 @@ def check_compatible(data: dict, path: str | os.PathLike, current: dict, model_s
     recorded = data.get("layout")
     here = f"this run is task {describe(current)}"
     if recorded is not None:
-        well_formed = isinstance(recorded, dict) and set(recorded) == set(current) and isinstance(recorded["observations"], dict)
-        require(well_formed, f"checkpoint {path}: layout", f"keys {sorted(current)} with observations a mapping", recorded)
+        well_formed = (
+            isinstance(recorded, dict) and set(recorded) == set(current) and isinstance(recorded["observations"], dict)
+        )
+        require(
+            well_formed, f"checkpoint {path}: layout", f"keys {sorted(current)} with observations a mapping", recorded
+        )
     if recorded is not None and recorded != current:
-        raise InputError(f"checkpoint {path}: trained for task {describe(recorded)}, {here}: expected a checkpoint of this task and observation layout")
+        raise InputError(
+            f"checkpoint {path}: trained for task {describe(recorded)}, "
+            f"{here}: expected a checkpoint of this task and observation layout"
+        )
     for key, state in model_state.items():
         theirs = data.get(key)
         if not isinstance(theirs, dict):
@@ -164,10 +176,21 @@ def check_compatible(data: dict, path: str | os.PathLike, current: dict, model_s
             detail = f"{key}: the checkpoint {' and '.join(p for p in parts if p)}"
         else:
             detail = next(
-                (f"{key}[{name!r}] has shape {tuple(getattr(theirs[name], 'shape', ()))} there and {tuple(t.shape)} here"
-                 for name, t in state.items() if not isinstance(theirs[name], torch.Tensor) or theirs[name].shape != t.shape),
+                (
+                    f"{key}[{name!r}] has shape {tuple(getattr(theirs[name], 'shape', ()))} "
+                    f"there and {tuple(t.shape)} here"
+                    for name, t in state.items()
+                    if not isinstance(theirs[name], torch.Tensor) or theirs[name].shape != t.shape
+                ),
                 None,
-            )  # fmt: skip
+            )
         if detail:
-            trained = f"trained for task {describe(recorded)}" if recorded is not None else "trained for another task or observation layout"
-            raise InputError(f"checkpoint {path}: {trained} ({detail}), {here}: expected a checkpoint of this task, observation layout and agent network")
+            trained = (
+                f"trained for task {describe(recorded)}"
+                if recorded is not None
+                else "trained for another task or observation layout"
+            )
+            raise InputError(
+                f"checkpoint {path}: {trained} ({detail}), {here}: "
+                "expected a checkpoint of this task, observation layout and agent network"
+            )

@@ -16,7 +16,9 @@ Policy = Callable[[TensorDict], torch.Tensor]
 EPISODE = "Episode/"  # the per-episode entries of extras["log"]
 
 
-def evaluate(env: BatchedEnv, policy: Policy, on_step: Callable[[BatchedEnv], None] | None = None, min_steps: int = 0) -> dict:
+def evaluate(
+    env: BatchedEnv, policy: Policy, on_step: Callable[[BatchedEnv], None] | None = None, min_steps: int = 0
+) -> dict:
     """Run `policy` (deterministic: observations -> actions) from a fresh reset until every
     environment has finished its first episode (and at least min_steps steps, for videos).
 
@@ -42,10 +44,14 @@ def evaluate(env: BatchedEnv, policy: Policy, on_step: Callable[[BatchedEnv], No
                 new = ~finished[ended]
                 for key, value in extras["log"].items():
                     if key.startswith(EPISODE):
-                        store = first.setdefault(key.removeprefix(EPISODE), torch.full((n,), float("nan"), device=env.device))
+                        store = first.setdefault(
+                            key.removeprefix(EPISODE), torch.full((n,), float("nan"), device=env.device)
+                        )
                         store[ended[new]] = value[new].float()
                 finished[ended] = True
     metrics = task.summary(first, env.dt)
     if set(metrics) != set(task.metrics):
-        raise InputError(f"task {task.name!r} summary: expected its declared metrics {sorted(task.metrics)}, got {sorted(metrics)}")
+        raise InputError(
+            f"task {task.name!r} summary: expected its declared metrics {sorted(task.metrics)}, got {sorted(metrics)}"
+        )
     return {**metrics, "episodes": n}

@@ -88,7 +88,12 @@ def versions() -> dict[str, str]:
 
 
 def export_policy(
-    model: torch.nn.Module, env: BatchedEnv, folder: str | Path, spec: dict, samples: int = 128, tolerance: float = TOLERANCE
+    model: torch.nn.Module,
+    env: BatchedEnv,
+    folder: str | Path,
+    spec: dict,
+    samples: int = 128,
+    tolerance: float = TOLERANCE,
 ) -> Path:
     """Write folder/{policy.onnx, policy.pt, samples.npz, deploy.json, manifest.json} for the actor
     `model`, atomically: everything is written into a temporary sibling folder, the graphs are
@@ -118,7 +123,9 @@ def export_policy(
     return folder
 
 
-def write_verified(model: torch.nn.Module, env: BatchedEnv, folder: Path, spec: dict, samples: int, tolerance: float) -> None:
+def write_verified(
+    model: torch.nn.Module, env: BatchedEnv, folder: Path, spec: dict, samples: int, tolerance: float
+) -> None:
     """The exported files in the empty `folder`, deploy.json and manifest.json only after both
     engines matched the training model within `tolerance` (InputError otherwise)."""
     module, names = policy_graph(model)
@@ -126,10 +133,21 @@ def write_verified(model: torch.nn.Module, env: BatchedEnv, folder: Path, spec: 
     inputs, outputs = record_samples(env, model, names, samples)
     np.savez_compressed(folder / "samples.npz", **{f"input/{n}": v for n, v in inputs.items()}, actions=outputs)
     write_graphs(module, names, tuple(torch.from_numpy(inputs[n][:2]) for n in names), folder)
-    errors = {engine: float(np.abs(GraphPolicy(folder / file, engine, names)(inputs) - outputs).max()) for engine, file in ENGINES.items()}
+    errors = {
+        engine: float(np.abs(GraphPolicy(folder / file, engine, names)(inputs) - outputs).max())
+        for engine, file in ENGINES.items()
+    }
     if not all(error <= tolerance for error in errors.values()):  # a NaN error fails too
-        raise InputError(f"exported policy: outputs differ from the training model by {errors} (tolerance {tolerance}); nothing was written")
-    deploy = {"format": DEPLOY_FORMAT, **spec, "versions": versions(), "verification": {"samples": samples, "max_abs_error": errors, "tolerance": tolerance}}
+        raise InputError(
+            "exported policy: outputs differ from the training model "
+            f"by {errors} (tolerance {tolerance}); nothing was written"
+        )
+    deploy = {
+        "format": DEPLOY_FORMAT,
+        **spec,
+        "versions": versions(),
+        "verification": {"samples": samples, "max_abs_error": errors, "tolerance": tolerance},
+    }
     try:
         text = json.dumps(deploy, indent=2, allow_nan=False)
     except ValueError as err:  # NaN or infinity somewhere in the task config: JSON has no such numbers

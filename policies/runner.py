@@ -22,7 +22,9 @@ class Runner(OnPolicyRunner):
     """OnPolicyRunner over a `BatchedEnv`. train_cfg: rsl-rl's plain config dict (conf/agent);
     env_cfg: the resolved task config stored with the logs."""
 
-    def __init__(self, env: BatchedEnv, train_cfg: dict, log_dir: str | None, device: str = "cpu", env_cfg: dict | None = None) -> None:
+    def __init__(
+        self, env: BatchedEnv, train_cfg: dict, log_dir: str | None, device: str = "cpu", env_cfg: dict | None = None
+    ) -> None:
         self.batched_env = env
         self.layout = checkpoints.layout(env)
         super().__init__(RslRlVecEnv(env, env_cfg), train_cfg, log_dir, device)
@@ -35,12 +37,17 @@ class Runner(OnPolicyRunner):
             infos=infos,
             layout=self.layout,
             env_state=self.batched_env.state_dict(),
-            rng={"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            rng={
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
         )
         checkpoints.atomic_save(state, path)
         self.logger.save_model(path, self.current_learning_iteration)
 
-    def load(self, path: str, load_cfg: dict | None = None, strict: bool = True, map_location: str | None = None) -> dict:
+    def load(
+        self, path: str, load_cfg: dict | None = None, strict: bool = True, map_location: str | None = None
+    ) -> dict:
         """Restore models and optimiser; with `resume` also the environment and the generators.
 
         After a full load the next iteration is the one after the checkpoint's.

@@ -43,7 +43,12 @@ def check_log_root(value: object) -> None:
     """log_root must be a folder, or a path whose first existing ancestor is a folder (runs create it)."""
     path = require_path(value, "log_root")
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    require(existing is None or existing.is_dir(), "log_root", "a folder or a path that does not exist yet", f"{value!r} ({existing} is a file)")
+    require(
+        existing is None or existing.is_dir(),
+        "log_root",
+        "a folder or a path that does not exist yet",
+        f"{value!r} ({existing} is a file)",
+    )
 
 
 def check_settings(cfg: Mapping, num_envs: object = None) -> int:

@@ -39,7 +39,9 @@ class Trajectory:
     def arrays(self) -> dict[str, np.ndarray]:
         """Stacked arrays: input/<name> (T, ...), actions (T, A), poses (T, 7), q (T, dof)."""
         out = {f"input/{k}": np.stack(v) for k, v in self.inputs.items()}
-        out.update(actions=np.stack(self.actions), poses=np.stack(self.poses), q=np.stack(self.q), status=np.array(self.status))
+        out.update(
+            actions=np.stack(self.actions), poses=np.stack(self.poses), q=np.stack(self.q), status=np.array(self.status)
+        )
         return out
 
     def save(self, path: str | Path) -> Path:

@@ -35,7 +35,9 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         try:
             return compose("config", overrides=list(overrides))
         except HydraException as err:  # one line: Hydra's message without its search path
-            message = " ".join(line.strip() for line in str(err).split("Config search path")[0].splitlines() if line.strip())
+            message = " ".join(
+                line.strip() for line in str(err).split("Config search path")[0].splitlines() if line.strip()
+            )
             raise InputError(f"overrides {list(overrides)}: {message}") from err
 
 
@@ -116,7 +118,8 @@ def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
     if isinstance(recorded, dict) and recorded.get("task") != cfg.task.name:
         source = run_dir / RUN_CONFIG if saved is not None else f"the command line; {run_dir} has no {RUN_CONFIG}"
         raise InputError(
-            f"checkpoint {checkpoint}: trained for task {recorded.get('task')}, this run is task {cfg.task.name} (from {source}): "
+            f"checkpoint {checkpoint}: trained for task {recorded.get('task')}, "
+            f"this run is task {cfg.task.name} (from {source}): "
             "expected a checkpoint of this task"
         )
     return run_dir, checkpoint
@@ -132,8 +135,12 @@ def run_config(run_dir: Path) -> DictConfig | None:
     try:
         saved = OmegaConf.load(path)
     except Exception as err:  # YAML and OmegaConf raise many kinds of errors
-        raise InputError(f"run config {path}: expected the YAML config the run was trained with, could not read it ({err})") from err
-    complete = isinstance(saved, DictConfig) and all(isinstance(saved.get(k), DictConfig) for k in ("task", "agent", "probe"))
+        raise InputError(
+            f"run config {path}: expected the YAML config the run was trained with, could not read it ({err})"
+        ) from err
+    complete = isinstance(saved, DictConfig) and all(
+        isinstance(saved.get(k), DictConfig) for k in ("task", "agent", "probe")
+    )
     if not complete or not isinstance(saved.task.get("name"), str):
         raise InputError(f"run config {path}: expected a mapping with task (and task.name), agent and probe settings")
     if "learner" not in saved:

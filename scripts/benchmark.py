@@ -43,7 +43,9 @@ def peak_rss_mb() -> float:
 
 def machine() -> dict:
     return {
-        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
     }
@@ -63,7 +65,9 @@ def lumbar_poses(patient, n: int, seed: int) -> torch.Tensor:
 
 def bench_render(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    probe = ProbeSpec.preset(args.probe, image_height=args.height, image_width=args.width)  # checked before the phantom is made
+    probe = ProbeSpec.preset(
+        args.probe, image_height=args.height, image_width=args.width
+    )  # checked before the phantom is made
     patient = prepare_patient({"source": "phantom", "seed": 0, "spacing_mm": args.spacing_mm}, progress=False)
     bank = PatientBank([patient], device=args.device)
     renderer = Renderer(bank, probe, config=RendererConfig(compile=not args.no_compile))
@@ -104,7 +108,15 @@ def bench_env(args: argparse.Namespace) -> dict:
     from policies.workflow import build_env, compose_config
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    cfg = compose_config([f"task={args.task}", f"num_envs={args.num_envs}", f"device={args.device}", f"backend={args.backend}", *args.override])
+    cfg = compose_config(
+        [
+            f"task={args.task}",
+            f"num_envs={args.num_envs}",
+            f"device={args.device}",
+            f"backend={args.backend}",
+            *args.override,
+        ]
+    )
     env = build_env(cfg, "train")
     gen = torch.Generator(env.device).manual_seed(0)
     sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
@@ -148,7 +160,11 @@ def bench_env(args: argparse.Namespace) -> dict:
         "episodes_ended": episodes,
         "policy": args.policy,
         # the primary tool's contact force over every environment step, N, and the ended episodes' success
-        "contact_force_n": {"median": round(force.median().item(), 2), "p95": round(force.quantile(0.95).item(), 2), "max": round(force.max().item(), 2)},
+        "contact_force_n": {
+            "median": round(force.median().item(), 2),
+            "p95": round(force.quantile(0.95).item(), 2),
+            "max": round(force.max().item(), 2),
+        },
         "success_rate": round(ended.mean().item(), 3) if len(ended) else None,
         "warmup_s": round(warmup_s, 1),
         "observation_shapes": {k: list(v.shape[1:]) for k, v in obs.items()},
@@ -169,7 +185,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """InputError naming the first option out of range (the task, probe and overrides are checked where they are read)."""
+    """InputError naming the first option out of range (the task, probe and overrides are checked where they
+    are read)."""
     check_device(args.device)
     require_int(args.threads, "--threads", 0)
     counts = ("batch", "height", "width", "repeats") if args.what == "render" else ("num_envs", "steps")
@@ -197,12 +214,19 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
     r.add_argument("--json", action="store_true", help="print only the JSON result")
     e = sub.add_parser("env", help="environment steps per second, rendering included")
-    e.add_argument("--task", choices=registry.names(), default=registry.names()[0], help="a registered task (conf/task/<task>.yaml)")
+    e.add_argument(
+        "--task",
+        choices=registry.names(),
+        default=registry.names()[0],
+        help="a registered task (conf/task/<task>.yaml)",
+    )
     e.add_argument("--backend", default="torch", help="backend config in conf/backend/")
     e.add_argument("--num-envs", type=int, default=256)
     e.add_argument("--steps", type=int, default=200, help="timed steps")
     e.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
-    e.add_argument("--policy", choices=("random", "expert"), default="random", help="random actions, or the task's scripted expert")
+    e.add_argument(
+        "--policy", choices=("random", "expert"), default="random", help="random actions, or the task's scripted expert"
+    )
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     e.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. patient.common.spacing_mm=2")

@@ -51,7 +51,12 @@ def simulator(cfg: DictConfig):
 def _number(d: DictConfig, key: str, low: float, high: float) -> float:
     """deploy.<key>: a finite number in [low, high]."""
     value = d[key]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
     require(ok, f"deploy.{key}", f"a number in [{low}, {high}]", repr(value))
     return float(value)
 
@@ -63,8 +68,12 @@ def check_settings(d: DictConfig) -> None:
     require(d.engine in ENGINES, "deploy.engine", f"one of {sorted(ENGINES)}", repr(d.engine))
     require(type(d.episodes) is int and d.episodes > 0, "deploy.episodes", "a positive int", repr(d.episodes))
     require(type(d.realtime) is bool, "deploy.realtime", "true or false", repr(d.realtime))
-    lowest = 0 if d.role == "runtime" else 1  # the runtime may bind port 0 (any free port); a robot PC connects to a real one
-    require(type(d.port) is int and lowest <= d.port <= 65535, "deploy.port", f"an int in [{lowest}, 65535]", repr(d.port))
+    lowest = (
+        0 if d.role == "runtime" else 1
+    )  # the runtime may bind port 0 (any free port); a robot PC connects to a real one
+    require(
+        type(d.port) is int and lowest <= d.port <= 65535, "deploy.port", f"an int in [{lowest}, 65535]", repr(d.port)
+    )
     is_loopback(str(d.host))  # an IP address
     _number(d, "timeout_s", 1e-3, 3600.0)
     _number(d, "connect_timeout_s", 1e-3, 86400.0)
@@ -73,7 +82,9 @@ def check_settings(d: DictConfig) -> None:
 
 def read_secret(d: DictConfig) -> bytes | None:
     """The bridge secret from deploy.secret or deploy.secret_file (not both), or None."""
-    require(d.secret is None or d.secret_file is None, "deploy.secret / deploy.secret_file", "at most one of them", "both")
+    require(
+        d.secret is None or d.secret_file is None, "deploy.secret / deploy.secret_file", "at most one of them", "both"
+    )
     if d.secret_file is not None:
         path = Path(str(d.secret_file))
         require(path.is_file(), "deploy.secret_file", "a readable file holding the secret", str(path))
@@ -87,7 +98,9 @@ def serve(cfg: DictConfig, run_dir: Path, secret: bytes | None) -> dict:
     d, spec = cfg.deploy, read_spec(run_dir / EXPORT_DIR)
     limits, dt = SafetyLimits.from_dict(spec["safety"]), float(spec["control"]["dt_s"])
     robot = simulator(cfg)
-    served = serve_robot(robot, str(d.host), int(d.port), limits, dt, float(d.timeout_s), secret, float(d.max_penetration_m))
+    served = serve_robot(
+        robot, str(d.host), int(d.port), limits, dt, float(d.timeout_s), secret, float(d.max_penetration_m)
+    )
     return {"role": "robot_pc", **served}
 
 
@@ -110,7 +123,9 @@ def deploy(cfg: DictConfig) -> dict:
         from policies.deploy.ros2 import Ros2Robot
 
         if d.session is None:
-            raise InputError("deploy.session: expected the .npz session file a ROS 2 robot needs (skin surface, anchor, goal)")
+            raise InputError(
+                "deploy.session: expected the .npz session file a ROS 2 robot needs (skin surface, anchor, goal)"
+            )
         joints = [j["name"] for j in runtime.spec["robot"]["joints"]]
         images = any(i["name"] == "image" for i in runtime.spec["observation"]["inputs"])
         robot = Ros2Robot(str(d.session), joints, frame_id=str(d.frame_id), images=images)
@@ -119,7 +134,9 @@ def deploy(cfg: DictConfig) -> dict:
         for i in range(int(d.episodes)):
             log = runtime.run_episode(robot, realtime=bool(d.realtime))
             path = log.save(run_dir / "trajectories" / f"deploy_{d.robot}_{stamp}_{i}.npz") if len(log) else None
-            episodes.append({"status": log.status, "steps": len(log), "trajectory": None if path is None else str(path)})
+            episodes.append(
+                {"status": log.status, "steps": len(log), "trajectory": None if path is None else str(path)}
+            )
     finally:
         if hasattr(robot, "close"):
             robot.close()

@@ -55,8 +55,15 @@ def play(cfg: DictConfig) -> dict:
         video = PlayVideo(env, probe, run_dir / "videos" / f"play_{cfg.split}.mp4", fps=env.cfg.control_hz)
     recorder = Env0Recorder(env, policy, trained.inputs) if cfg.trajectory else None
     hooks = [hook for hook in (video, recorder and recorder.on_step) if hook is not None]
-    metrics = evaluate(env, recorder or policy, on_step=lambda e: [hook(e) for hook in hooks], min_steps=int(cfg.video_steps) if video else 0)
-    metrics.update(task=cfg.task.name, split=str(cfg.split), patients=[p.name for p in env.patients], checkpoint=str(checkpoint))
+    metrics = evaluate(
+        env,
+        recorder or policy,
+        on_step=lambda e: [hook(e) for hook in hooks],
+        min_steps=int(cfg.video_steps) if video else 0,
+    )
+    metrics.update(
+        task=cfg.task.name, split=str(cfg.split), patients=[p.name for p in env.patients], checkpoint=str(checkpoint)
+    )
     if video is not None:
         metrics["video"] = str(video.close())
     if recorder is not None:

@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--labels", help="TotalSegmentator multilabel NIfTI or folder of <name>.nii.gz masks")
     ap.add_argument("--tissue-types", help="folder of TotalSegmentator tissue_types masks (any grid)")
     ap.add_argument("--body", help="body mask NIfTI (any grid)")
-    ap.add_argument("--class-map", help="class_map.json / YAML naming the label ids (default: TotalSegmentator v2 total)")
+    ap.add_argument(
+        "--class-map", help="class_map.json / YAML naming the label ids (default: TotalSegmentator v2 total)"
+    )
     ap.add_argument("--spacing", type=float, help="resample to this isotropic voxel size in mm")
     ap.add_argument("--name", help="patient name")
     ap.add_argument("--split", choices=("train", "test"), default="train")

@@ -26,9 +26,9 @@ from sim.anatomy.bank import PatientBank
 from sim.anatomy.derive import derive
 from sim.anatomy.phantom import make_phantom
 from sim.errors import InputError
+from sim.ultrasound.placement import standard_plane_pose
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer
-from sim.ultrasound.placement import standard_plane_pose
 from sim.viz.scene import build_scene
 
 VERTEBRA = "vertebrae_L3"
@@ -54,7 +54,9 @@ def render_view(bank: PatientBank, preset: str, view: str) -> tuple[ProbeSpec, n
     """(probe, pose (7,), image (H, W) in [0, 1]) of one standard view of the bank's patient 0."""
     probe = ProbeSpec.preset(preset)
     pose = standard_plane_pose(bank.patients[0], VERTEBRA, view)
-    image = Renderer(bank, probe).render(torch.tensor(pose[None], dtype=torch.float32), torch.zeros(1, dtype=torch.long))
+    image = Renderer(bank, probe).render(
+        torch.tensor(pose[None], dtype=torch.float32), torch.zeros(1, dtype=torch.long)
+    )
     return probe, pose, image[0].cpu().numpy()
 
 

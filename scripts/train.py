@@ -47,10 +47,13 @@ def check_resume_overrides(overrides: Sequence[str], cfg: DictConfig, saved: Dic
     """The command-line `overrides` a resume of run_dir ignores (other values than the run's own, of
     settings that do not change the training); InputError for a task other than the run's and for
     overrides that would change the training (TRAINING_SETTINGS), since the run continues with its own."""
-    keys = [override.split("=", 1)[0].lstrip("+~").split("@")[0] for override in overrides]  # Hydra: [+|++|~]key[@package]=value
+    keys = [
+        override.split("=", 1)[0].lstrip("+~").split("@")[0] for override in overrides
+    ]  # Hydra: [+|++|~]key[@package]=value
     if "task" in keys and cfg.task.name != saved.task.name:
         raise InputError(
-            f"resume {run_dir}: the run is task {saved.task.name}, the command line asks for task {cfg.task.name}: expected the run's task or no task="
+            f"resume {run_dir}: the run is task {saved.task.name}, the command line asks for task {cfg.task.name}: "
+            "expected the run's task or no task="
         )
     changed, ignored = [], []
     for override, key in zip(overrides, keys):
@@ -60,8 +63,10 @@ def check_resume_overrides(overrides: Sequence[str], cfg: DictConfig, saved: Dic
         (changed if top in TRAINING_SETTINGS else ignored).append(override)
     if changed:
         raise InputError(
-            f"resume {run_dir}: overrides {changed} would change the training, but a resumed run continues with the settings in its "
-            f"{run_dir / 'config.yaml'}: expected none of {list(TRAINING_SETTINGS)} (except task=<the run's task>); start a new run to change them"
+            f"resume {run_dir}: overrides {changed} would change the training, "
+            "but a resumed run continues with the settings in its "
+            f"{run_dir / 'config.yaml'}: expected none of {list(TRAINING_SETTINGS)} "
+            "(except task=<the run's task>); start a new run to change them"
         )
     return ignored
 

@@ -30,7 +30,11 @@ def check_fields(cls: type, cfg: Mapping, what: str) -> None:
     """InputError naming `what` unless `cfg` has only fields of dataclass `cls` and every field without a default."""
     check_keys(cfg, cls, what)
     names = [f.name for f in dataclasses.fields(cls)]
-    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [name for name in required if name not in cfg]
     require(not missing, what, f"the keys {names}", f"{sorted(cfg)} (missing {missing})")
 

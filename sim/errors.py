@@ -22,7 +22,12 @@ def require(condition: bool, what: str, expected: str, got: object) -> None:
 
 def require_int(value: object, what: str, minimum: int) -> int:
     """`value` as an int if it is an integer (bool is not) >= `minimum`; `InputError` naming `what` otherwise."""
-    require(isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum, what, f"an int >= {minimum}", repr(value))
+    require(
+        isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum,
+        what,
+        f"an int >= {minimum}",
+        repr(value),
+    )
     return int(value)
 
 

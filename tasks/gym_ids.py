@@ -31,7 +31,14 @@ from tasks import registry
 ISAACLAB_KEYS = ("env_cfg_entry_point", "rsl_rl_cfg_entry_point", "default_agent")
 
 
-def make_vector_env(task: str, num_envs: int = 64, split: str = "train", overrides: Sequence[str] = (), backend: str = "isaaclab", **settings):
+def make_vector_env(
+    task: str,
+    num_envs: int = 64,
+    split: str = "train",
+    overrides: Sequence[str] = (),
+    backend: str = "isaaclab",
+    **settings,
+):
     """The task as a Gymnasium vector env with `num_envs` (an int >= 1) environments; settings:
     any top-level config keys (device, seed, patient, probe...)."""
     from policies.workflow import build_env, compose_config

@@ -9,10 +9,15 @@ from __future__ import annotations
 import inspect
 
 import torch
+from isaaclab_rl.rsl_rl import (
+    RslRlCNNModelCfg,
+    RslRlMLPModelCfg,
+    RslRlOnPolicyRunnerCfg,
+    RslRlPpoAlgorithmCfg,
+    RslRlRNNModelCfg,
+)
 from omegaconf import OmegaConf
 from rsl_rl.algorithms import PPO
-
-from isaaclab_rl.rsl_rl import RslRlCNNModelCfg, RslRlMLPModelCfg, RslRlOnPolicyRunnerCfg, RslRlPpoAlgorithmCfg, RslRlRNNModelCfg
 
 from policies.workflow import compose_config
 from sim.errors import InputError
@@ -39,7 +44,9 @@ def model_cfg(spec: dict, where: str) -> RslRlMLPModelCfg:
     distribution = spec.pop("distribution_cfg", None)
     if distribution is not None:
         distribution = dict(distribution)
-        spec["distribution_cfg"] = _lookup(DISTRIBUTIONS, distribution.pop("class_name"), f"{where}.distribution_cfg.class_name")(**distribution)
+        spec["distribution_cfg"] = _lookup(
+            DISTRIBUTIONS, distribution.pop("class_name"), f"{where}.distribution_cfg.class_name"
+        )(**distribution)
     if "cnn_cfg" in spec:
         spec["cnn_cfg"] = RslRlCNNModelCfg.CNNCfg(**spec["cnn_cfg"])
     return model(**spec)
@@ -49,8 +56,14 @@ def ppo_cfg(spec: dict) -> RslRlPpoAlgorithmCfg:
     """The PPO group, with rsl-rl's defaults for what it leaves out."""
     spec = dict(spec)
     if spec.pop("class_name", "PPO") != "PPO":
-        raise InputError(f"agent.algorithm.class_name {spec.get('class_name')!r}: Isaac Lab's on-policy runner config expects PPO")
-    defaults = {name: p.default for name, p in inspect.signature(PPO.__init__).parameters.items() if p.default is not inspect.Parameter.empty}
+        raise InputError(
+            f"agent.algorithm.class_name {spec.get('class_name')!r}: Isaac Lab's on-policy runner config expects PPO"
+        )
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(PPO.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
     fields = set(RslRlPpoAlgorithmCfg.__dataclass_fields__)
     return RslRlPpoAlgorithmCfg(**{**{k: v for k, v in defaults.items() if k in fields and v is not None}, **spec})
 

@@ -16,13 +16,12 @@ hooks are not used, the backend runs the physics steps of each control step itse
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-
 from isaaclab.envs import DirectRLEnv, DirectRLEnvCfg
 from isaaclab.envs.utils.spaces import spec_to_gym_space
 from isaaclab.scene import InteractiveSceneCfg
 from isaaclab.sim import SimulationCfg
 from isaaclab.utils import configclass
+from omegaconf import DictConfig, OmegaConf
 
 from policies.workflow import compose_config
 from sim.anatomy.patient_set import load_patients
@@ -33,7 +32,6 @@ from sim.config import build
 from sim.errors import InputError
 from tasks import make_env, registry
 from tasks.gym_ids import env_cfg_name
-
 
 # Isaac Lab's physics config (what its --physics selects) -> backend.physics
 ENGINES = {"NewtonCfg": "newton", "PhysxCfg": "physx"}
@@ -67,7 +65,13 @@ class SonolabEnvCfg(DirectRLEnvCfg):
 def task_env_cfg(task: str) -> type[SonolabEnvCfg]:
     """`SonolabEnvCfg` for `task` (the class a Gymnasium id's env_cfg_entry_point names)."""
     name = env_cfg_name(task)
-    return configclass(type(name, (SonolabEnvCfg,), {"__annotations__": {"task": str}, "task": task, "__module__": __name__, "__qualname__": name}))
+    return configclass(
+        type(
+            name,
+            (SonolabEnvCfg,),
+            {"__annotations__": {"task": str}, "task": task, "__module__": __name__, "__qualname__": name},
+        )
+    )
 
 
 # One config class per registered task: UsNavEnvCfg, UsNavStateEnvCfg, ...
@@ -84,9 +88,18 @@ def sonolab_config(cfg: SonolabEnvCfg) -> DictConfig:
         )
     physics = ENGINES.get(type(cfg.sim.physics).__name__)
     if physics is None:
-        raise InputError(f"sim.physics {type(cfg.sim.physics).__name__}: sonolab's tasks run on {sorted(ENGINES)} (--physics newton_mjwarp or isaacsim_physx)")
+        raise InputError(
+            f"sim.physics {type(cfg.sim.physics).__name__}: "
+            f"sonolab's tasks run on {sorted(ENGINES)} (--physics newton_mjwarp or isaacsim_physx)"
+        )
     seed = 0 if cfg.seed is None else int(cfg.seed)
-    isaaclab = ["backend=isaaclab", f"num_envs={cfg.scene.num_envs}", f"device={cfg.sim.device}", f"seed={seed}", f"backend.physics={physics}"]
+    isaaclab = [
+        "backend=isaaclab",
+        f"num_envs={cfg.scene.num_envs}",
+        f"device={cfg.sim.device}",
+        f"seed={seed}",
+        f"backend.physics={physics}",
+    ]
     registry.spec(cfg.task)  # a registered task, or InputError listing them
     return compose_config([f"task={cfg.task}", *cfg.overrides, *isaaclab])
 
@@ -108,7 +121,9 @@ class SonolabDirectEnv(DirectRLEnv):
         backend_settings = OmegaConf.to_container(conf.backend, resolve=True)
         backend_settings.pop("name")
         # The backend describes the world; Isaac Lab builds it from these configs in super().__init__.
-        backend = IsaacLabBackend(patients, task_cfg.robot, task_cfg.anchor, num_envs, conf.device, backend_settings, open_world=False)
+        backend = IsaacLabBackend(
+            patients, task_cfg.robot, task_cfg.anchor, num_envs, conf.device, backend_settings, open_world=False
+        )
         cfg.sim, cfg.scene = backend.sim_cfg, backend.scene_cfg
         cfg.decimation = max(1, round(1.0 / (task_cfg.control_hz * backend.physics_dt)))
         cfg.sim.render_interval = cfg.decimation
@@ -166,10 +181,14 @@ class SonolabDirectEnv(DirectRLEnv):
         return dict(self.task.get_observations().items())
 
     def _pre_physics_step(self, actions: torch.Tensor) -> None:
-        raise NotImplementedError("SonolabDirectEnv steps through its sonolab task (step); there is no per-physics-step action hook")
+        raise NotImplementedError(
+            "SonolabDirectEnv steps through its sonolab task (step); there is no per-physics-step action hook"
+        )
 
     def _apply_action(self) -> None:
-        raise NotImplementedError("SonolabDirectEnv steps through its sonolab task (step); the backend drives each physics step")
+        raise NotImplementedError(
+            "SonolabDirectEnv steps through its sonolab task (step); the backend drives each physics step"
+        )
 
     def _get_rewards(self) -> torch.Tensor:
         return self.reward_buf

@@ -62,9 +62,16 @@ def register(task: TaskSpec) -> TaskSpec:
     """Add `task`; InputError if its name or Gymnasium id is taken by another spec."""
     require(isinstance(task, TaskSpec), "task spec", "a tasks.registry.TaskSpec", type(task).__name__)
     known = _SPECS.get(task.name)
-    require(known is None or known == task, f"task {task.name!r}", "a name no other task registered", "a second, different spec")
+    require(
+        known is None or known == task,
+        f"task {task.name!r}",
+        "a name no other task registered",
+        "a second, different spec",
+    )
     taken = [s.name for s in _SPECS.values() if s.gym_id == task.gym_id and s.name != task.name]
-    require(not taken, f"task {task.name!r} gym_id", f"an id no other task uses ({task.gym_id!r} is {taken}'s)", task.gym_id)
+    require(
+        not taken, f"task {task.name!r} gym_id", f"an id no other task uses ({task.gym_id!r} is {taken}'s)", task.gym_id
+    )
     _SPECS[task.name] = task
     return task
 
@@ -91,7 +98,9 @@ def _merge(base: Mapping, over: Mapping) -> dict:
     """base with over's values over it, nested mappings merged key by key."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        )
     return out
 
 

@@ -24,4 +24,10 @@ def register_schemas() -> None:
     for name in registry.names():
         task = registry.spec(name)
         tasks[f"base_{name}"] = schema(task.config_class, registry.task_config(name, {"name": name}))
-    store_schemas({"task": tasks, "probe": {"base_probe": schema(ProbeSpec)}, "backend": {"base_isaaclab": schema(IsaacLabCfg, {"name": "isaaclab"})}})
+    store_schemas(
+        {
+            "task": tasks,
+            "probe": {"base_probe": schema(ProbeSpec)},
+            "backend": {"base_isaaclab": schema(IsaacLabCfg, {"name": "isaaclab"})},
+        }
+    )

@@ -37,7 +37,9 @@ def real_seg(totalseg_dir: Path) -> Path:
     return totalseg_dir / "example_seg_fast_force_split.nii.gz"
 
 
-def write_dicom_series(folder: Path, hu: np.ndarray, affine_lps_mm: np.ndarray, intercept: float = -1024.0) -> list[Path]:
+def write_dicom_series(
+    folder: Path, hu: np.ndarray, affine_lps_mm: np.ndarray, intercept: float = -1024.0
+) -> list[Path]:
     """Write `hu` (I, J, K) as a real CT DICOM series (one int16 file per k) into `folder`.
 
     Voxel (i, j, k) is column i, row j of slice k; `affine_lps_mm` maps it to LPS millimetres as
@@ -58,7 +60,9 @@ def write_dicom_series(folder: Path, hu: np.ndarray, affine_lps_mm: np.ndarray, 
         ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "CT", study, series
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [float(v) for v in (affine_lps_mm @ [0, 0, k, 1])[:3]]
-        ds.ImageOrientationPatient = [float(v) for v in (*col_step / np.linalg.norm(col_step), *row_step / np.linalg.norm(row_step))]
+        ds.ImageOrientationPatient = [
+            float(v) for v in (*col_step / np.linalg.norm(col_step), *row_step / np.linalg.norm(row_step))
+        ]
         ds.PixelSpacing = [float(np.linalg.norm(row_step)), float(np.linalg.norm(col_step))]
         ds.SliceThickness = float(np.linalg.norm(affine_lps_mm[:3, 2]))
         ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]

@@ -29,7 +29,11 @@ SMALL_TASK = {"task.renderer.compile": False, "task.observation.image_size": 16,
 def small_overrides(name: str) -> list[str]:
     """Hydra overrides for a small run of task `name`: the small patients and SMALL_TASK's settings it has."""
     cfg = compose_config([f"task={name}"])
-    task = [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in SMALL_TASK.items() if OmegaConf.select(cfg, key) is not None]
+    task = [
+        f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+        for key, value in SMALL_TASK.items()
+        if OmegaConf.select(cfg, key) is not None
+    ]
     return [*SMALL_RUN, *task]
 
 
@@ -83,10 +87,21 @@ def test_task_keeps_the_environment_contract(name):
         check_step(env, env.step(actions))
 
     snap = env.snapshot()
-    assert torch.equal(snap.env_ids, torch.arange(env.num_envs)) and snap.tool in snap.tool_forces and snap.robot in snap.base_poses
-    for tensor in (*snap.tool_poses.values(), *snap.base_poses.values(), *snap.joint_positions.values(), *snap.tool_forces.values()):
+    assert (
+        torch.equal(snap.env_ids, torch.arange(env.num_envs))
+        and snap.tool in snap.tool_forces
+        and snap.robot in snap.base_poses
+    )
+    for tensor in (
+        *snap.tool_poses.values(),
+        *snap.base_poses.values(),
+        *snap.joint_positions.values(),
+        *snap.tool_forces.values(),
+    ):
         assert len(tensor) == env.num_envs and torch.isfinite(tensor).all()
-    assert snap.tool_poses[snap.tool].shape[1:] == (7,) and (snap.goal_pose is None or snap.goal_pose.shape == (env.num_envs, 7))
+    assert snap.tool_poses[snap.tool].shape[1:] == (7,) and (
+        snap.goal_pose is None or snap.goal_pose.shape == (env.num_envs, 7)
+    )
     assert len(env.snapshot(torch.tensor([1])).patient) == 1
 
     # An external controller drives the tools: holding them where they are counts one step.
@@ -102,7 +117,9 @@ def test_task_keeps_the_environment_contract(name):
     nan_out = env.step(torch.full_like(zero, float("nan")))
     env.load_state_dict(state)
     zero_out = env.step(zero)
-    assert all(torch.equal(nan_out[0][k], zero_out[0][k]) for k in zero_out[0].keys()) and torch.equal(nan_out[1], zero_out[1])
+    assert all(torch.equal(nan_out[0][k], zero_out[0][k]) for k in zero_out[0].keys()) and torch.equal(
+        nan_out[1], zero_out[1]
+    )
 
     # Exact resume: a fresh environment (another seed) loaded with the state steps identically.
     state = env.state_dict()
@@ -118,7 +135,9 @@ def test_gymnasium_ids_of_every_task_step():
         obs, _ = envs.reset(seed=1)
         assert envs.single_observation_space.contains({k: v[0] for k, v in obs.items()}), name
         obs, reward, terminated, truncated, _ = envs.step(np.zeros((2, *envs.single_action_space.shape), np.float32))
-        assert reward.shape == (2,) and np.isfinite(reward).all() and all(np.isfinite(v).all() for v in obs.values()), name
+        assert reward.shape == (2,) and np.isfinite(reward).all() and all(np.isfinite(v).all() for v in obs.values()), (
+            name
+        )
 
 
 def test_registry_finds_tasks_by_name_only():

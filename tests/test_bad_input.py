@@ -9,10 +9,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from niftis import crop_pair, save_nifti
 
 from sim.anatomy.loaders import load_class_map, load_dicom, load_nifti
 from sim.errors import InputError
-from niftis import crop_pair, save_nifti
 
 
 @pytest.fixture
@@ -55,7 +55,9 @@ def test_label_grid_differs_from_ct(small_pair, tmp_path: Path) -> None:
     ct, seg, _, seg_img = small_pair
     data = np.asanyarray(seg_img.dataobj)
     cropped = save_nifti(data[:, :, :-1], seg_img.affine, tmp_path / "short.nii.gz")
-    with pytest.raises(InputError, match=r"short\.nii\.gz: expected the grid of ct .*shape \(40, 40, 20\).*got shape \(40, 40, 19\)"):
+    with pytest.raises(
+        InputError, match=r"short\.nii\.gz: expected the grid of ct .*shape \(40, 40, 20\).*got shape \(40, 40, 19\)"
+    ):
         load_nifti(ct, cropped)
     moved = seg_img.affine.copy()
     moved[0, 3] += 1.5  # mm
@@ -85,7 +87,9 @@ def test_non_finite_hu(small_pair, tmp_path: Path) -> None:
     hu[3, 4, 5] = np.nan
     hu[6, 7, 8] = np.inf
     bad = save_nifti(hu, ct_img.affine, tmp_path / "nan_ct.nii.gz")
-    with pytest.raises(InputError, match=r"nan_ct\.nii\.gz: expected finite Hounsfield units, found 2 NaN or infinite voxels"):
+    with pytest.raises(
+        InputError, match=r"nan_ct\.nii\.gz: expected finite Hounsfield units, found 2 NaN or infinite voxels"
+    ):
         load_nifti(bad, seg)
 
 

@@ -14,7 +14,9 @@ def test_render_benchmark_prints_one_json_object(tmp_path):
         sys.executable, str(ROOT / "scripts" / "benchmark.py"), "render", "--probe", "convex", "--batch", "3",
         "--height", "32", "--width", "32", "--repeats", "1", "--spacing-mm", "4", "--no-compile", "--json",
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SONOLAB_CACHE": str(tmp_path)})
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SONOLAB_CACHE": str(tmp_path)}
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("images_per_s", "ms_per_batch", "peak_rss_mb", "device", "threads"):
@@ -28,7 +30,9 @@ def test_env_benchmark_with_the_expert_reports_the_skin_models_force(tmp_path):
         sys.executable, str(ROOT / "scripts" / "benchmark.py"), "env", "--task", "us_nav_state", "--num-envs", "8",
         "--steps", "60", "--warmup", "0", "--policy", "expert", "--override", *small, "--json",
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SONOLAB_CACHE": str(tmp_path)})
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SONOLAB_CACHE": str(tmp_path)}
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["policy"] == "expert" and result["env_steps_per_s"] > 0

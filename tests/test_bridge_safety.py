@@ -39,7 +39,13 @@ def exported(tmp_path_factory) -> Path:
     """The exported folder of a tiny us_nav_state training."""
     root = tmp_path_factory.mktemp("bridge")
     script("train.py", "task=us_nav_state", *TINY, f"log_root={root}")
-    return Path(last_line(script("export.py", "task=us_nav_state", "checkpoint=last", f"log_root={root}", "export.samples=8", *SMALL_RUN)))
+    return Path(
+        last_line(
+            script(
+                "export.py", "task=us_nav_state", "checkpoint=last", f"log_root={root}", "export.samples=8", *SMALL_RUN
+            )
+        )
+    )
 
 
 def sim_robot(exported: Path, seed: int = 3) -> SimRobot:
@@ -79,16 +85,24 @@ def frame(header: object, payload: bytes = b"") -> bytes:
 
 ARRAYS = st.dictionaries(
     st.text("abcdefgh_", min_size=1, max_size=8),
-    st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 4), max_size=3)).map(lambda t: np.zeros(t[1], np.dtype(t[0]))),
+    st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 4), max_size=3)).map(
+        lambda t: np.zeros(t[1], np.dtype(t[0]))
+    ),
     max_size=4,
 )
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
-JSON = st.recursive(SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=10)
+JSON = st.recursive(
+    SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=10
+)
 HEADERS = st.fixed_dictionaries({"type": st.sampled_from(TYPES), "seq": st.just(0), "fields": JSON, "arrays": JSON})
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(TYPES), fields=st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=6) | st.booleans(), max_size=3), arrays=ARRAYS)
+@given(
+    kind=st.sampled_from(TYPES),
+    fields=st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=6) | st.booleans(), max_size=3),
+    arrays=ARRAYS,
+)
 def test_valid_frames_round_trip(kind, fields, arrays):
     runtime, robot_pc = pair(secret=SECRET)
     with runtime.sock, robot_pc.sock:
@@ -109,7 +123,9 @@ def test_any_bytes_give_a_message_or_a_protocol_error(data):
     assert kind in TYPES and isinstance(fields, dict) and all(isinstance(a, np.ndarray) for a in arrays.values())
 
 
-@pytest.mark.parametrize("shape, dtype", [([1 << 40], "<f8"), ([1 << 32], "|u1"), ([65536, 65536, 2], "<f4"), ([1 << 62, 1 << 62], "<i8")])
+@pytest.mark.parametrize(
+    "shape, dtype", [([1 << 40], "<f8"), ([1 << 32], "|u1"), ([65536, 65536, 2], "<f4"), ([1 << 62, 1 << 62], "<i8")]
+)
 def test_oversized_announcements_are_refused_before_allocation(shape, dtype):
     header = {"type": "state", "seq": 0, "fields": {}, "arrays": [{"name": "q", "dtype": dtype, "shape": shape}]}
     tracemalloc.start()
@@ -129,7 +145,15 @@ def test_oversized_announcements_are_refused_before_allocation(shape, dtype):
     [
         ({"type": "state", "seq": 0, "fields": {}, "arrays": [{"name": "q", "dtype": "O", "shape": [1]}]}, "dtype"),
         ({"type": "state", "seq": 0, "fields": {}, "arrays": [{"name": "q", "dtype": ">f8", "shape": [1]}]}, "dtype"),
-        ({"type": "state", "seq": 0, "fields": {}, "arrays": [{"name": "q", "dtype": "<f8", "shape": [1, 1, 1, 1, 1]}]}, "shape"),
+        (
+            {
+                "type": "state",
+                "seq": 0,
+                "fields": {},
+                "arrays": [{"name": "q", "dtype": "<f8", "shape": [1, 1, 1, 1, 1]}],
+            },
+            "shape",
+        ),
         ({"type": "state", "seq": 0, "fields": {}, "arrays": [{"name": "q", "dtype": "<f8", "shape": [-1]}]}, "shape"),
         ({"type": "state", "seq": True, "fields": {}, "arrays": []}, "seq an int"),
         ({"type": "state", "seq": 0, "fields": {}}, "keys"),
@@ -146,7 +170,12 @@ def test_nested_garbage_and_short_frames_are_protocol_errors():
     with pytest.raises(ProtocolError, match="UTF-8 JSON"):
         receive_raw(LENGTH.pack(5000) + b"[" * 5000)  # deeply nested JSON
     with pytest.raises(ProtocolError, match="closed the connection"):
-        receive_raw(frame({"type": "state", "seq": 0, "fields": {}, "arrays": [{"name": "q", "dtype": "<f8", "shape": [3]}]}, b"\0" * 10))
+        receive_raw(
+            frame(
+                {"type": "state", "seq": 0, "fields": {}, "arrays": [{"name": "q", "dtype": "<f8", "shape": [3]}]},
+                b"\0" * 10,
+            )
+        )
 
 
 def test_a_slow_peer_is_cut_off_at_the_message_deadline():
@@ -192,7 +221,9 @@ def test_duplicates_forgeries_and_mismatched_auth_are_refused():
     with pytest.raises(ProtocolError, match="authentication failed"):
         runtime.receive(TYPES)
     runtime, robot_pc = pair(secret=SECRET)
-    Channel(runtime.sock, "runtime", 1.0).send("hello", {"version": VERSION, "auth": "none", "nonce": "0" * 32})  # an unauthenticated runtime
+    Channel(runtime.sock, "runtime", 1.0).send(
+        "hello", {"version": VERSION, "auth": "none", "nonce": "0" * 32}
+    )  # an unauthenticated runtime
     with pytest.raises(ProtocolError, match="auth 'hmac-sha256'"):
         robot_pc.handshake()
     with pytest.raises(InputError, match="at least 16 bytes"):
@@ -248,7 +279,11 @@ def misbehave(channel: Channel, case: str, arrays: dict, state: RobotState) -> N
     if case == "malformed json":
         channel.sock.sendall(LENGTH.pack(9) + b"{not json")
     elif case == "oversized":
-        channel.sock.sendall(frame({"type": "state", "seq": 3, "fields": {}, "arrays": [{"name": "q", "dtype": "<f8", "shape": [1 << 40]}]}))
+        channel.sock.sendall(
+            frame(
+                {"type": "state", "seq": 3, "fields": {}, "arrays": [{"name": "q", "dtype": "<f8", "shape": [1 << 40]}]}
+            )
+        )
     elif case == "slow":  # a byte every 0.2 s until just before the runtime's 1 s deadline: the frame never completes
         for byte in frame({"type": "state", "seq": 3, "fields": {}, "arrays": []})[:4]:
             time.sleep(0.2)
@@ -262,10 +297,18 @@ def misbehave(channel: Channel, case: str, arrays: dict, state: RobotState) -> N
         channel.send("state", *state_message(state, 2, **{"force": {"force_n": -1e9}, "done": {"done": "no"}}[case]))
 
 
-@pytest.mark.parametrize("case, match", [
-    ("malformed json", "UTF-8 JSON"), ("oversized", "at most"), ("slow", "within 1.0 s"), ("duplicated", "expected seq 3, got 2"),
-    ("stale ack", "expected ack 2"), ("force", "force_n"), ("done", "field 'done': expected a JSON bool"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("malformed json", "UTF-8 JSON"),
+        ("oversized", "at most"),
+        ("slow", "within 1.0 s"),
+        ("duplicated", "expected seq 3, got 2"),
+        ("stale ack", "expected ack 2"),
+        ("force", "force_n"),
+        ("done", "field 'done': expected a JSON bool"),
+    ],
+)
 def test_runtime_stops_the_robot_on_any_bridge_failure(exported, episode_start, case, match):
     runtime = Runtime(exported, "onnx")
     robot = NetworkRobot("127.0.0.1", 0, timeout_s=1.0, connect_timeout_s=5.0, secret=SECRET)
@@ -318,8 +361,19 @@ def drive(exported: Path, move) -> tuple[dict, SimRobot, tuple, np.ndarray]:
     robot = sim_robot(exported)
     server = socket.create_server(("127.0.0.1", 0))
     out: dict = {}
-    pc = threading.Thread(target=lambda: out.update(serve_robot(robot, "127.0.0.1", server.getsockname()[1], SafetyLimits.from_dict(spec["safety"]),
-                                                                spec["control"]["dt_s"], timeout_s=2.0, secret=SECRET)))  # fmt: skip
+    pc = threading.Thread(
+        target=lambda: out.update(
+            serve_robot(
+                robot,
+                "127.0.0.1",
+                server.getsockname()[1],
+                SafetyLimits.from_dict(spec["safety"]),
+                spec["control"]["dt_s"],
+                timeout_s=2.0,
+                secret=SECRET,
+            )
+        )
+    )
     pc.start()
     conn, _ = server.accept()
     runtime = Channel(conn, "runtime", 2.0, SECRET)
@@ -344,10 +398,16 @@ def test_robot_pc_refuses_a_target_into_the_patient(exported):
     assert out == {"targets": 0, "status": f"stopped: {reply[1]['reason']}"} and robot.done
     assert float(robot.env.force[0]) < 25.0 and np.array_equal(robot.env.poses[0].numpy(), start)  # it never moved
 
-    out, robot, _, _ = drive(exported, lambda pose: pose + np.array([0, 0.012, 0, 0, 0, 0, 0], np.float32))  # 12 mm deeper
-    assert "below the skin (at most 10 mm)" in out["status"] and out["targets"] == 0 and float(robot.env.force[0]) < 25.0
+    out, robot, _, _ = drive(
+        exported, lambda pose: pose + np.array([0, 0.012, 0, 0, 0, 0, 0], np.float32)
+    )  # 12 mm deeper
+    assert (
+        "below the skin (at most 10 mm)" in out["status"] and out["targets"] == 0 and float(robot.env.force[0]) < 25.0
+    )
 
-    out, robot, reply, _ = drive(exported, lambda pose: pose + np.array([0.004, 0, 0, 0, 0, 0, 0], np.float32))  # a fine step
+    out, robot, reply, _ = drive(
+        exported, lambda pose: pose + np.array([0.004, 0, 0, 0, 0, 0, 0], np.float32)
+    )  # a fine step
     assert reply[0] == "state" and out["targets"] == 1 and "closed the connection" in out["status"] and robot.done
 
 
@@ -356,7 +416,11 @@ def test_authenticated_bridge_on_loopback_runs_an_episode(exported):
     robot = NetworkRobot("127.0.0.1", 0, timeout_s=5.0, secret=SECRET, allow=("127.0.0.1",))
     limits = SafetyLimits.from_dict(runtime.spec["safety"])
     served: dict = {}
-    pc = threading.Thread(target=lambda: served.update(serve_robot(sim_robot(exported), "127.0.0.1", robot.port, limits, runtime.dt, 5.0, SECRET)))
+    pc = threading.Thread(
+        target=lambda: served.update(
+            serve_robot(sim_robot(exported), "127.0.0.1", robot.port, limits, runtime.dt, 5.0, SECRET)
+        )
+    )
     pc.start()
     try:
         log = runtime.run_episode(robot, max_steps=4)
@@ -370,10 +434,15 @@ def test_deploy_settings_are_checked():
     from scripts.deploy import check_settings, read_secret
 
     for override, match in [
-        ("deploy.port=70000", "deploy.port"), ("deploy.episodes=0", "deploy.episodes"), ("deploy.episodes=1.5", "deploy.episodes"),
-        ("deploy.engine=tflite", "deploy.engine"), ("deploy.realtime=maybe", "deploy.realtime"), ("deploy.host=robot.local", "IP address"),
-        ("deploy.timeout_s=nan", "deploy.timeout_s"), ("deploy.role=both", "deploy.role"),
-    ]:  # fmt: skip
+        ("deploy.port=70000", "deploy.port"),
+        ("deploy.episodes=0", "deploy.episodes"),
+        ("deploy.episodes=1.5", "deploy.episodes"),
+        ("deploy.engine=tflite", "deploy.engine"),
+        ("deploy.realtime=maybe", "deploy.realtime"),
+        ("deploy.host=robot.local", "IP address"),
+        ("deploy.timeout_s=nan", "deploy.timeout_s"),
+        ("deploy.role=both", "deploy.role"),
+    ]:
         with pytest.raises(InputError, match=match):
             check_settings(compose_config([override]).deploy)
     with pytest.raises(InputError, match="at least 16 bytes"):

@@ -23,7 +23,14 @@ from tests.tasks_helpers import ROOT, SMALL_RUN
 
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 PLAY = [sys.executable, str(ROOT / "scripts" / "play.py")]
-TINY = ["task=us_nav_state", "num_envs=4", "agent.num_steps_per_env=4", "agent.save_interval=1", "agent.algorithm.num_mini_batches=2", *SMALL_RUN]
+TINY = [
+    "task=us_nav_state",
+    "num_envs=4",
+    "agent.num_steps_per_env=4",
+    "agent.save_interval=1",
+    "agent.algorithm.num_mini_batches=2",
+    *SMALL_RUN,
+]
 STATE_LAYOUT = {"task": "us_nav_state", "observations": {"policy": [26], "critic": [30]}, "actions": 5}
 
 
@@ -97,7 +104,13 @@ def test_checkpoints_hold_only_plain_data_with_their_layout(trained):
 def test_atomic_save_stores_numpy_as_plain_data_and_refuses_objects(tmp_path):
     state = OrderedDict(w=torch.ones(2))
     state._metadata = {"": {"version": 1}}  # what load_state_dict reads from a module's state_dict
-    obj = {"format": checkpoints.FORMAT, "array": np.arange(3.0), "scalar": np.float64(2.5), "count": np.int64(4), "model": state}
+    obj = {
+        "format": checkpoints.FORMAT,
+        "array": np.arange(3.0),
+        "scalar": np.float64(2.5),
+        "count": np.int64(4),
+        "model": state,
+    }
     data = checkpoints.load_checkpoint(checkpoints.atomic_save(obj, tmp_path / "model_0.pt"))
     assert torch.equal(data["array"], torch.arange(3.0, dtype=torch.float64))
     assert type(data["scalar"]) is float and data["scalar"] == 2.5 and type(data["count"]) is int
@@ -108,19 +121,27 @@ def test_atomic_save_stores_numpy_as_plain_data_and_refuses_objects(tmp_path):
 
 
 def test_checkpoint_of_another_task_is_refused_naming_both(tmp_path, trained):
-    cfg = compose_config(["task=us_nav", "num_envs=2", "task.renderer.compile=false", "task.observation.image_size=16", *TINY[2:]])
+    cfg = compose_config(
+        ["task=us_nav", "num_envs=2", "task.renderer.compile=false", "task.observation.image_size=16", *TINY[2:]]
+    )
     torch.manual_seed(0)
     runner = Runner(build_env(cfg, "train"), train_config(cfg), None, "cpu")
     before = {k: v.clone() for k, v in runner.alg.get_policy().state_dict().items()}
     checkpoint = checkpoints.latest_checkpoint(trained)
-    both = r"model_1\.pt: trained for task us_nav_state \(policy \(26,\), critic \(30,\), actions 5\), this run is task us_nav \(policy \(20,\), image \(3, 16"
+    both = (
+        r"model_1\.pt: trained for task us_nav_state \(policy \(26,\), critic \(30,\), actions 5\), "
+        r"this run is task us_nav \(policy \(20,\), image \(3, 16"
+    )
     with pytest.raises(InputError, match=both):
         runner.load(str(checkpoint))
     # a checkpoint written before layouts were recorded: its tensors' shapes give the mismatch away
     old = checkpoints.load_checkpoint(checkpoint)
     del old["layout"]
     old_file = checkpoints.atomic_save(old, tmp_path / "model_1.pt")
-    with pytest.raises(InputError, match=r"trained for another task or observation layout \(actor_state_dict.*\), this run is task us_nav \("):
+    with pytest.raises(
+        InputError,
+        match=r"trained for another task or observation layout \(actor_state_dict.*\), this run is task us_nav \(",
+    ):
         runner.load(str(old_file))
     assert all(torch.equal(before[k], v) for k, v in runner.alg.get_policy().state_dict().items())  # nothing was copied
     # play finds the recorded task before building anything: this folder has no config.yaml, so the run is task us_nav
@@ -131,8 +152,12 @@ def test_checkpoint_of_another_task_is_refused_naming_both(tmp_path, trained):
 def test_resume_refuses_another_task_and_training_settings(trained):
     with pytest.raises(InputError, match="the run is task us_nav_state, the command line asks for task us_nav"):
         train_with(f"resume={trained}", "task=us_nav")
-    with pytest.raises(InputError, match=r"overrides \['num_envs=8', 'agent.max_iterations=9'\] would change the training"):
-        train_with(f"resume={trained}", "task=us_nav_state", "num_envs=8", "agent.max_iterations=9", "seed=0")  # seed=0 is the run's own
+    with pytest.raises(
+        InputError, match=r"overrides \['num_envs=8', 'agent.max_iterations=9'\] would change the training"
+    ):
+        train_with(
+            f"resume={trained}", "task=us_nav_state", "num_envs=8", "agent.max_iterations=9", "seed=0"
+        )  # seed=0 is the run's own
 
 
 def test_resume_removes_killed_writes_and_keeps_its_folder(tmp_path, trained, capsys):
@@ -152,7 +177,9 @@ def test_resume_removes_killed_writes_and_keeps_its_folder(tmp_path, trained, ca
 
 
 @pytest.mark.parametrize(
-    "bad, error", [("+task.colour=red", InputError), ("agent.actor.class_name=NoSuchModel", Exception)], ids=["input_error", "exception"]
+    "bad, error",
+    [("+task.colour=red", InputError), ("agent.actor.class_name=NoSuchModel", Exception)],
+    ids=["input_error", "exception"],
 )
 def test_training_failing_before_its_first_checkpoint_leaves_no_run_folder(tmp_path, bad, error):
     with pytest.raises(error):

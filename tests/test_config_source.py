@@ -91,7 +91,12 @@ def test_backend_groups_match_their_dataclass():
 def test_any_field_overrides_without_plus_and_types_are_checked():
     cfg = compose_config(["task=us_nav_state", "task.success.position_m=0.003", "probe=convex", "probe.lines=64",
                           "backend=isaaclab", "backend.physics_hz=60", "task.renderer.gain_db=3"])  # fmt: skip
-    assert (cfg.task.success.position_m, cfg.probe.lines, cfg.backend.physics_hz, cfg.task.renderer.gain_db) == (0.003, 64, 60.0, 3.0)
+    assert (cfg.task.success.position_m, cfg.probe.lines, cfg.backend.physics_hz, cfg.task.renderer.gain_db) == (
+        0.003,
+        64,
+        60.0,
+        3.0,
+    )
     with pytest.raises(InputError, match="task.episode_steps"):
         compose_config(["task.episode_steps=abc"])
     # Keys no dataclass has compose (the command line may add them) and are refused by name when built.
@@ -100,12 +105,23 @@ def test_any_field_overrides_without_plus_and_types_are_checked():
 
 
 def test_the_scripts_compose_with_the_schemas():
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "task=us_nav_state", "task.success.position_m=0.003", "--cfg", "job"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "task=us_nav_state",
+        "task.success.position_m=0.003",
+        "--cfg",
+        "job",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     task = yaml.safe_load(out.stdout)["task"]
     assert task == to_container(compose_config(["task=us_nav_state", "task.success.position_m=0.003"]).task)
-    assert task["success"]["position_m"] == 0.003 and task["observation"]["images"] is False and task["renderer"]["compile"] is True
+    assert (
+        task["success"]["position_m"] == 0.003
+        and task["observation"]["images"] is False
+        and task["renderer"]["compile"] is True
+    )
 
 
 @dataclass
@@ -131,7 +147,10 @@ def test_build_nests_converts_and_names_bad_keys():
     assert build(Outer, built, "outer") is built
     with pytest.raises(InputError, match=r"^outer.inner keys \['spam'\] are unknown"):
         build(Outer, {"required": 1.0, "inner": {"spam": 1}}, "outer")
-    with pytest.raises(InputError, match=r"^outer: expected the keys \['required', 'inner', 'label'\], got \['label'\] \(missing \['required'\]\)"):
+    with pytest.raises(
+        InputError,
+        match=r"^outer: expected the keys \['required', 'inner', 'label'\], got \['label'\] \(missing \['required'\]\)",
+    ):
         build(Outer, {"label": "y"}, "outer")
     with pytest.raises(InputError, match="^outer.inner: expected a mapping of settings, got int"):
         build(Outer, {"required": 1.0, "inner": 3}, "outer")

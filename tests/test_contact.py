@@ -23,7 +23,9 @@ def test_skin_bank_matches_skin_point_for_mixed_patients(patients):
     n = 64
     idx = rng.integers(0, 2, n)
     x, z = rng.uniform(-0.05, 0.05, n), rng.uniform(-0.08, 0.08, n)
-    point, normal = bank.query(torch.as_tensor(idx), torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(z, dtype=torch.float32))
+    point, normal = bank.query(
+        torch.as_tensor(idx), torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(z, dtype=torch.float32)
+    )
     for p in (0, 1):
         sel = idx == p
         ref_point, ref_normal = skin_point(patients[p].skin, x[sel], z[sel])
@@ -37,7 +39,9 @@ def test_contact_force_follows_penetration(patients):
     x, z = torch.tensor([0.0, 0.01, -0.01, 0.02]), torch.tensor([0.0, 0.02, -0.03, 0.01])
     point, normal = bank.query(idx, x, z)
     press = torch.tensor([0.004, 0.0, 0.008, -0.005])  # the last probe hovers 5 mm above the skin
-    poses = torch.cat([point - normal * press[:, None], probe_pose_on_skin(point, normal, torch.zeros(4), 0.0)[:, 3:]], -1)
+    poses = torch.cat(
+        [point - normal * press[:, None], probe_pose_on_skin(point, normal, torch.zeros(4), 0.0)[:, 3:]], -1
+    )
     contact = probe_contact(bank, idx, poses, stiffness_n_per_m=2000.0)
     assert torch.allclose(contact.penetration_m, press, atol=2e-4)
     assert torch.allclose(contact.force_n, torch.tensor([8.0, 0.0, 16.0, 0.0]), atol=0.4)

@@ -31,11 +31,20 @@ from tests.tasks_helpers import ROOT, SMALL_RUN
 
 SCRIPTS = ROOT / "scripts"
 QUICK = ["num_envs=16", "agent.num_steps_per_env=8", "agent.max_iterations=2", *SMALL_RUN]
-IMAGE_QUICK = ["task.renderer.compile=false", "task.observation.image_size=32", "num_envs=8", "agent.num_steps_per_env=4", "agent.max_iterations=1", *SMALL_RUN]
+IMAGE_QUICK = [
+    "task.renderer.compile=false",
+    "task.observation.image_size=32",
+    "num_envs=8",
+    "agent.num_steps_per_env=4",
+    "agent.max_iterations=1",
+    *SMALL_RUN,
+]
 
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -48,7 +57,9 @@ def last_line(out: subprocess.CompletedProcess) -> str:
 def state_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("state")
     run_dir = Path(last_line(script("train.py", "task=us_nav_state", *QUICK, f"log_root={root}")))
-    exported = Path(last_line(script("export.py", "task=us_nav_state", "checkpoint=last", f"log_root={root}", *SMALL_RUN)))
+    exported = Path(
+        last_line(script("export.py", "task=us_nav_state", "checkpoint=last", f"log_root={root}", *SMALL_RUN))
+    )
     assert exported == run_dir / "exported"
     return run_dir
 
@@ -73,9 +84,15 @@ def check_export(run_dir: Path, inputs: tuple[str, ...]) -> None:
     samples = np.load(folder / "samples.npz")
     assert [i["name"] for i in spec["observation"]["inputs"]] == list(inputs)
     policy_input = spec["observation"]["inputs"][0]
-    assert sum(s["size"] for s in policy_input["layout"]) == policy_input["shape"][1] == samples["input/policy"].shape[1]
-    assert spec["action"]["names"] == ["lateral", "elevation", "yaw", "tilt_x", "tilt_y"] and spec["action"]["clamp"] == [-1.0, 1.0]
-    assert spec["control"]["rate_hz"] == 10.0 and spec["robot"]["name"] == "iiwa14" and len(spec["robot"]["joints"]) == 7
+    assert (
+        sum(s["size"] for s in policy_input["layout"]) == policy_input["shape"][1] == samples["input/policy"].shape[1]
+    )
+    assert spec["action"]["names"] == ["lateral", "elevation", "yaw", "tilt_x", "tilt_y"] and spec["action"][
+        "clamp"
+    ] == [-1.0, 1.0]
+    assert (
+        spec["control"]["rate_hz"] == 10.0 and spec["robot"]["name"] == "iiwa14" and len(spec["robot"]["joints"]) == 7
+    )
     assert spec["robot"]["tool_frame"] == "probe_tip" and spec["safety"]["max_force_n"] == 25.0
     manifest = json.loads((folder / "manifest.json").read_text())
     assert spec["versions"]["torch"] and sorted(manifest) == ["deploy.json", "policy.onnx", "policy.pt", "samples.npz"]
@@ -120,9 +137,13 @@ def sim_robot(run_dir: Path, seed: int) -> SimRobot:
 
 
 def test_runtime_on_the_simulator_reproduces_play(state_run):
-    played = json.loads(last_line(script("play.py", f"checkpoint={state_run}", "num_envs=1", "seed=5", "trajectory=true", *SMALL_RUN)))
+    played = json.loads(
+        last_line(script("play.py", f"checkpoint={state_run}", "num_envs=1", "seed=5", "trajectory=true", *SMALL_RUN))
+    )
     reference = load_trajectory(played["trajectory"])
-    deployed = json.loads(last_line(script("deploy.py", f"checkpoint={state_run}", "seed=5", "deploy.engine=torchscript", *SMALL_RUN)))
+    deployed = json.loads(
+        last_line(script("deploy.py", f"checkpoint={state_run}", "seed=5", "deploy.engine=torchscript", *SMALL_RUN))
+    )
     assert deployed["episodes"][0]["status"] == "done"
     runtime = load_trajectory(deployed["episodes"][0]["trajectory"])
     assert len(runtime["actions"]) == len(reference["actions"]) >= 5
@@ -140,14 +161,20 @@ def test_network_bridge_on_loopback_matches_the_direct_run(state_run):
     robot = NetworkRobot("127.0.0.1", 0)
     served: dict = {}
     limits = SafetyLimits.from_dict(runtime.spec["safety"])  # the robot PC's own limits
-    pc = threading.Thread(target=lambda: served.update(serve_robot(sim_robot(state_run, 7), "127.0.0.1", robot.port, limits, runtime.dt)))
+    pc = threading.Thread(
+        target=lambda: served.update(serve_robot(sim_robot(state_run, 7), "127.0.0.1", robot.port, limits, runtime.dt))
+    )
     pc.start()
     try:
         bridged = runtime.run_episode(robot)
     finally:
         robot.close()
         pc.join(timeout=60)
-    assert served == {"targets": len(bridged), "status": "closed"} and len(bridged) == len(direct) and bridged.status == direct.status == "done"
+    assert (
+        served == {"targets": len(bridged), "status": "closed"}
+        and len(bridged) == len(direct)
+        and bridged.status == direct.status == "done"
+    )
     a, b = direct.arrays(), bridged.arrays()
     for key in ("poses", "q", "actions", "input/policy"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -171,7 +198,14 @@ def test_runtime_stops_the_robot_on_excess_force(state_run):
     assert log.status.startswith("stopped: contact force") and len(log) == 0 and robot.done
 
 
-LIMITS = SafetyLimits((-0.1, -0.2, -0.1), (0.1, 0.0, 0.1), max_speed_m_s=0.1, max_angular_speed_rad_s=1.0, stop_speed_m_s=0.2, max_force_n=20.0)
+LIMITS = SafetyLimits(
+    (-0.1, -0.2, -0.1),
+    (0.1, 0.0, 0.1),
+    max_speed_m_s=0.1,
+    max_angular_speed_rad_s=1.0,
+    stop_speed_m_s=0.2,
+    max_force_n=20.0,
+)
 
 
 def pose(x, y, z, angle_z=0.0) -> np.ndarray:

@@ -149,7 +149,10 @@ def test_adapters_use_the_declared_spaces(patients):
     policy = gym_env.single_observation_space["policy"]
     low, high = env.observation_spaces["policy"].bounds()
     assert np.array_equal(policy.low, low) and np.array_equal(policy.high, high) and policy.dtype == np.float32
-    assert np.isinf(policy.low[:3]).all() and policy.low[env.observation_spaces["policy"].names.index("contact_force")] == 0.0
+    assert (
+        np.isinf(policy.low[:3]).all()
+        and policy.low[env.observation_spaces["policy"].names.index("contact_force")] == 0.0
+    )
     assert gym_env.single_action_space == gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
     obs, _ = gym_env.reset(seed=0)
     assert gym_env.observation_space.contains(obs)
@@ -165,7 +168,11 @@ def test_gym_infos_keep_episode_metrics_and_term_sums_apart(patients):
     gym_env.step(np.zeros((2, 5)))
     infos = gym_env.step(np.zeros((2, 5)))[4]
     assert set(infos["success"]) <= {0.0, 1.0}  # the metric, not the success term's weighted sum
-    assert "Reward/success" in infos and "Cost/contact_force" in infos and np.isfinite(infos["Reward/progress_position"]).all()
+    assert (
+        "Reward/success" in infos
+        and "Cost/contact_force" in infos
+        and np.isfinite(infos["Reward/progress_position"]).all()
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -174,7 +181,10 @@ def test_gym_infos_keep_episode_metrics_and_term_sums_apart(patients):
     st.lists(st.integers(1, 3), max_size=2),
 )
 def test_space_bounds_broadcast_each_segment_over_its_elements(segments, tail):
-    space = Space((sum(s for s, _, _ in segments), *tail), tuple(Segment(f"s{i}", s, lo, hi) for i, (s, lo, hi) in enumerate(segments)))
+    space = Space(
+        (sum(s for s, _, _ in segments), *tail),
+        tuple(Segment(f"s{i}", s, lo, hi) for i, (s, lo, hi) in enumerate(segments)),
+    )
     low, high = space.bounds()
     assert low.shape == high.shape == space.shape and low.dtype == np.float32
     expected = np.repeat([lo for _, lo, _ in segments], [s for s, _, _ in segments]).astype(np.float32)
@@ -183,7 +193,9 @@ def test_space_bounds_broadcast_each_segment_over_its_elements(segments, tail):
 
 
 def test_space_and_term_misuse_is_refused():
-    with pytest.raises(InputError, match="space segments: expected sizes adding up to shape\\[0\\] of \\(4,\\), got \\[3\\]"):
+    with pytest.raises(
+        InputError, match="space segments: expected sizes adding up to shape\\[0\\] of \\(4,\\), got \\[3\\]"
+    ):
         Space((4,), (Segment("a", 3),))
     with pytest.raises(InputError, match="reward term 'a' weight"):
         RewardTerm("a", lambda c: c, float("inf"))

@@ -33,7 +33,9 @@ SETTINGS = {"samples": 128, "max_force_n": 25.0, "speed_margin": 2.0, "workspace
 
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,9 @@ def run_dir(tmp_path_factory) -> Path:
     quick = ["num_envs=16", "agent.num_steps_per_env=8", "agent.max_iterations=1", *SMALL_RUN]
     trained = script("train.py", "task=us_nav_state", *quick, f"log_root={root}")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    exported = script("export.py", "task=us_nav_state", "checkpoint=last", f"log_root={root}", "export.samples=16", *SMALL_RUN)
+    exported = script(
+        "export.py", "task=us_nav_state", "checkpoint=last", f"log_root={root}", "export.samples=16", *SMALL_RUN
+    )
     assert exported.returncode == 0, exported.stderr[-3000:]
     return Path(trained.stdout.strip().splitlines()[-1])
 
@@ -64,7 +68,14 @@ def edit_spec(folder: Path, edit: Callable[[dict], None], rehash: bool) -> None:
 
 
 def test_export_script_refuses_a_nan_limit_before_any_work(tmp_path):
-    out = script("export.py", "task=us_nav_state", "checkpoint=last", f"log_root={tmp_path}", "export.max_force_n=nan", *SMALL_RUN)
+    out = script(
+        "export.py",
+        "task=us_nav_state",
+        "checkpoint=last",
+        f"log_root={tmp_path}",
+        "export.max_force_n=nan",
+        *SMALL_RUN,
+    )
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
     assert out.stderr.startswith("error: export.max_force_n: expected a finite number in (0, 45] N, got nan")
     assert not list(tmp_path.iterdir())  # nothing was read, built or written
@@ -83,15 +94,27 @@ def test_export_refuses_unsafe_settings_before_any_work(tmp_path, override, mess
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # scripts/export.py's own export(), as its main() calls it
     with pytest.raises(InputError) as err:
-        module.export(compose_config(["task=us_nav_state", "checkpoint=last", f"log_root={tmp_path}", override, *SMALL_RUN]))
+        module.export(
+            compose_config(["task=us_nav_state", "checkpoint=last", f"log_root={tmp_path}", override, *SMALL_RUN])
+        )
     assert str(err.value) == message and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
     "key, value",
-    [("max_force_n", -1.0), ("max_force_n", 46.0), ("max_force_n", True), ("max_force_n", "25"), ("max_force_n", None),
-     ("speed_margin", 0.5), ("speed_margin", math.inf), ("workspace_margin_m", 0.2), ("stop_margin_m", 0.0), ("samples", 1.5)],
-)  # fmt: skip
+    [
+        ("max_force_n", -1.0),
+        ("max_force_n", 46.0),
+        ("max_force_n", True),
+        ("max_force_n", "25"),
+        ("max_force_n", None),
+        ("speed_margin", 0.5),
+        ("speed_margin", math.inf),
+        ("workspace_margin_m", 0.2),
+        ("stop_margin_m", 0.0),
+        ("samples", 1.5),
+    ],
+)
 def test_export_settings_are_checked_against_hard_bounds(key, value):
     with pytest.raises(InputError, match=f"^export.{key}: expected"):
         ExportSettings.from_dict({**SETTINGS, key: value})
@@ -103,7 +126,9 @@ def test_export_settings_are_checked_against_hard_bounds(key, value):
 
 def test_tampered_deploy_json_is_refused_by_the_manifest(run_dir, tmp_path):
     folder = copy_export(run_dir, tmp_path)
-    edit_spec(folder, lambda s: s["safety"].update(max_force_n=30.0), rehash=False)  # within bounds: only the hash can tell
+    edit_spec(
+        folder, lambda s: s["safety"].update(max_force_n=30.0), rehash=False
+    )  # within bounds: only the hash can tell
     with pytest.raises(InputError, match="deploy.json: missing or its sha256 differs from manifest.json"):
         ExportedPolicy(folder)
     (folder / "manifest.json").unlink()
@@ -122,21 +147,33 @@ def scale_with_config(spec: dict, translation_m: float) -> None:
 
 
 HAND_EDITS = {
-    "force 1e6 N": (lambda s: s["safety"].update(max_force_n=1e6), "safety.max_force_n: expected a finite number in \\(0, 45\\] N"),
+    "force 1e6 N": (
+        lambda s: s["safety"].update(max_force_n=1e6),
+        "safety.max_force_n: expected a finite number in \\(0, 45\\] N",
+    ),
     "force NaN": (lambda s: s["safety"].update(max_force_n=math.nan), "safety.max_force_n: expected a finite number"),
     "speed 10 m/s": (lambda s: s["safety"].update(max_speed_m_s=10.0, stop_speed_m_s=10.0), "safety.max_speed_m_s"),
-    "speed beyond the scale": (lambda s: scale_with_config(s, 0.0005), "safety.max_speed_m_s: expected at most 10 x one full action step"),
+    "speed beyond the scale": (
+        lambda s: scale_with_config(s, 0.0005),
+        "safety.max_speed_m_s: expected at most 10 x one full action step",
+    ),
     "box 5 m": (lambda s: s["safety"].update(workspace_high_m=[5.0, 0.0, 0.1]), "workspace_high_m\\[0\\]"),
     "scale x10": (lambda s: scale(s, 10.0), "action.scale\\[0\\] \\(lateral, per step\\)"),
     "scale x1.5": (lambda s: scale(s, 1.5), "action.scale: expected .* \\(from task.config\\)"),
     "scale and config 57 mm": (lambda s: scale_with_config(s, 0.057), "action.scale\\[0\\]"),
     "press 0.5 m": (lambda s: s["task"]["config"]["actions"].update(press_m=0.5), "actions.press_m"),
-    "dt negative": (lambda s: s["control"].update(dt_s=-0.1), "control.dt_s: expected a finite number in \\[0.001, 1\\] s"),
+    "dt negative": (
+        lambda s: s["control"].update(dt_s=-0.1),
+        "control.dt_s: expected a finite number in \\[0.001, 1\\] s",
+    ),
     "dt not 1 / rate": (lambda s: s["control"].update(dt_s=0.05), "control.dt_s: expected 1 / rate_hz"),
     "steps 1.5": (lambda s: s["control"].update(episode_steps=1.5), "control.episode_steps"),
     "clamp relaxed": (lambda s: s["action"].update(clamp=[-10.0, 10.0]), "action.clamp"),
     "input width": (lambda s: s["observation"]["inputs"][0].update(shape=["batch", 27]), "layout"),
-    "joint limits swapped": (lambda s: s["robot"]["joints"][0].update(lower_rad=3.0, upper_rad=-3.0), "robot.joints\\[0\\]"),
+    "joint limits swapped": (
+        lambda s: s["robot"]["joints"][0].update(lower_rad=3.0, upper_rad=-3.0),
+        "robot.joints\\[0\\]",
+    ),
     "no safety": (lambda s: s.pop("safety"), "missing \\['safety'\\]"),
     "unverified": (lambda s: s["verification"]["max_abs_error"].update(onnx=0.1), "verification.max_abs_error.onnx"),
 }
@@ -183,7 +220,9 @@ def test_failed_verification_leaves_no_deployable_folder(loaded, tmp_path):
         export_policy(model, env, tmp_path / "exported", spec, samples=4, tolerance=-1.0)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(InputError, match="export tolerance: expected a finite number at most 1e-05"):
-        export_policy(model, env, tmp_path / "exported", spec, samples=4, tolerance=1.0)  # never looser than the default
+        export_policy(
+            model, env, tmp_path / "exported", spec, samples=4, tolerance=1.0
+        )  # never looser than the default
 
 
 def test_export_replaces_an_old_folder_only_when_verified(loaded, tmp_path):
@@ -201,18 +240,33 @@ def test_export_replaces_an_old_folder_only_when_verified(loaded, tmp_path):
 
 def test_speed_margin_that_breaks_the_speed_bound_is_refused(loaded):
     env, _ = loaded
-    with pytest.raises(InputError, match="export.speed_margin: expected a margin that keeps the target speeds within \\(0, 0.25\\] m/s"):
+    with pytest.raises(
+        InputError, match="export.speed_margin: expected a margin that keeps the target speeds within \\(0, 0.25\\] m/s"
+    ):
         safety_limits(env, ExportSettings.from_dict({**SETTINGS, "speed_margin": 4.0}))  # 0.28 m/s
 
 
 def test_safety_monitor_refuses_a_bad_control_period():
-    limits = SafetyLimits((-0.1, -0.2, -0.1), (0.1, 0.0, 0.1), max_speed_m_s=0.1, max_angular_speed_rad_s=1.0, stop_speed_m_s=0.2, max_force_n=20.0)
+    limits = SafetyLimits(
+        (-0.1, -0.2, -0.1),
+        (0.1, 0.0, 0.1),
+        max_speed_m_s=0.1,
+        max_angular_speed_rad_s=1.0,
+        stop_speed_m_s=0.2,
+        max_force_n=20.0,
+    )
     for dt in (-0.1, 0.0, math.nan, 10.0):
         with pytest.raises(InputError, match="control period dt_s"):
             SafetyMonitor(limits, np.zeros(3), dt)
 
 
-ANYTHING = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6), st.booleans(), st.none(), st.text(max_size=3))
+ANYTHING = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**6), 10**6),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
 CORNER = st.one_of(st.lists(st.floats(-2.0, 2.0) | ANYTHING, min_size=3, max_size=3), ANYTHING)
 SCALAR = st.one_of(st.floats(-1.0, 50.0), ANYTHING)  # mostly near and inside the bounds, so some limits are built
 
@@ -222,7 +276,13 @@ SCALAR = st.one_of(st.floats(-1.0, 50.0), ANYTHING)  # mostly near and inside th
     low=CORNER, high=CORNER, speed=SCALAR, turn=SCALAR, stop=SCALAR, force=SCALAR, margin=SCALAR,
 )  # fmt: skip
 def test_safety_limits_never_leave_the_hard_bounds(low, high, speed, turn, stop, force, margin):
-    values = dict(workspace_low_m=low, workspace_high_m=high, max_speed_m_s=speed, max_angular_speed_rad_s=turn, stop_speed_m_s=stop)
+    values = dict(
+        workspace_low_m=low,
+        workspace_high_m=high,
+        max_speed_m_s=speed,
+        max_angular_speed_rad_s=turn,
+        stop_speed_m_s=stop,
+    )
     values.update(max_force_n=force, stop_margin_m=margin)
     try:
         limits = SafetyLimits.from_dict(values)
@@ -233,4 +293,7 @@ def test_safety_limits_never_leave_the_hard_bounds(low, high, speed, turn, stop,
     corners = np.array([limits.workspace_low_m, limits.workspace_high_m], dtype=np.float64)
     assert corners.shape == (2, 3) and np.isfinite(corners).all() and (np.abs(corners) <= 1).all()
     assert ((corners[1] - corners[0] > 0) & (corners[1] - corners[0] <= 1)).all()
-    assert all(type(v) is float for v in (limits.max_force_n, limits.max_speed_m_s, limits.stop_speed_m_s, limits.max_angular_speed_rad_s))
+    assert all(
+        type(v) is float
+        for v in (limits.max_force_n, limits.max_speed_m_s, limits.stop_speed_m_s, limits.max_angular_speed_rad_s)
+    )

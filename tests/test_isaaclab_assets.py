@@ -46,7 +46,11 @@ def _rz(a: float) -> np.ndarray:
 
 def test_robot_bodies_masses_and_tool_frame(tmp_path):
     path = robot_usd(IIWA, tmp_path)
-    assert path.name == "iiwa14.usda" and path.parent.name.startswith("iiwa14-") and len(path.parent.name) == len("iiwa14-") + 12
+    assert (
+        path.name == "iiwa14.usda"
+        and path.parent.name.startswith("iiwa14-")
+        and len(path.parent.name) == len("iiwa14-") + 12
+    )
     stage = Usd.Stage.Open(str(path))
     root = stage.GetDefaultPrim()
     assert root.GetPath() == "/iiwa14" and root.HasAPI(UsdPhysics.ArticulationRootAPI)
@@ -92,10 +96,15 @@ def test_robot_joints_limits_in_degrees_and_consistent_frames(tmp_path):
         b0, b1 = (stage.GetPrimAtPath(r.GetTargets()[0]) for r in (joint.GetBody0Rel(), joint.GetBody1Rel()))
         # at rest both bodies agree on where the joint frame is
         frames = []
-        sides = ((b0, joint.GetLocalPos0Attr(), joint.GetLocalRot0Attr()), (b1, joint.GetLocalPos1Attr(), joint.GetLocalRot1Attr()))
+        sides = (
+            (b0, joint.GetLocalPos0Attr(), joint.GetLocalRot0Attr()),
+            (b1, joint.GetLocalPos1Attr(), joint.GetLocalRot1Attr()),
+        )
         for body, pos, rot in sides:
             world = np.array(cache.GetLocalToWorldTransform(body)).T
-            frames.append(world[:3, :3] @ np.column_stack([_quat(rot.Get()), pos.Get()]) + np.c_[np.zeros((3, 3)), world[:3, 3]])
+            frames.append(
+                world[:3, :3] @ np.column_stack([_quat(rot.Get()), pos.Get()]) + np.c_[np.zeros((3, 3)), world[:3, 3]]
+            )
         assert np.allclose(frames[0], frames[1], atol=1e-6), name
         if name not in revolute:
             continue
@@ -120,7 +129,9 @@ def test_robot_inertia_principal_axes(tmp_path):
         if inertial is None:
             continue
         i = {k: float(v) for k, v in inertial.find("inertia").attrib.items()}
-        tensor = np.array([[i["ixx"], i["ixy"], i["ixz"]], [i["ixy"], i["iyy"], i["iyz"]], [i["ixz"], i["iyz"], i["izz"]]])
+        tensor = np.array(
+            [[i["ixx"], i["ixy"], i["ixz"]], [i["ixy"], i["iyy"], i["iyz"]], [i["ixz"], i["iyz"], i["izz"]]]
+        )
         r, p, y = (float(v) for v in inertial.find("origin").get("rpy").split())
         rot = _rz(y) @ _ry(p) @ _rx(r)  # URDF rpy
         mass = UsdPhysics.MassAPI(bodies[link.get("name")])
@@ -144,7 +155,11 @@ def test_robot_cache_reuse_and_invalidation(tmp_path):
     ("old", "new", "match"),
     [
         ('name="iiwa_joint_3" type="revolute"', 'name="iiwa_joint_3" type="prismatic"', "iiwa_joint_3"),
-        ('<link name="probe_tip"/>', '<link name="probe_tip"><inertial><mass value="-1"/></inertial></link>', "probe_tip"),
+        (
+            '<link name="probe_tip"/>',
+            '<link name="probe_tip"><inertial><mass value="-1"/></inertial></link>',
+            "probe_tip",
+        ),
         ('<cylinder radius="0.05" length="0.1"/>', '<mesh filename="link7.stl"/>', "iiwa_link_7"),
         ('<parent link="iiwa_link_6"/>', '<parent link="nowhere"/>', "nowhere"),
     ],

@@ -104,7 +104,14 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_train_one_iteration_then_play_and_export(tmp_path):
     common = ["backend=isaaclab", "task=us_nav_state", "num_envs=2", "task.episode_steps=8", *SMALL_RUN]
-    trained = run(str(ROOT / "scripts" / "train.py"), *common, "agent.num_steps_per_env=4", "agent.max_iterations=1", "agent.save_interval=1", f"log_root={tmp_path}")
+    trained = run(
+        str(ROOT / "scripts" / "train.py"),
+        *common,
+        "agent.num_steps_per_env=4",
+        "agent.max_iterations=1",
+        "agent.save_interval=1",
+        f"log_root={tmp_path}",
+    )
     run_dir = Path(trained.stdout.strip().splitlines()[-1])
     assert list(run_dir.glob("model_*.pt"))
     played = run(str(ROOT / "scripts" / "play.py"), *common, "checkpoint=last", f"log_root={tmp_path}")
@@ -112,11 +119,29 @@ def test_train_one_iteration_then_play_and_export(tmp_path):
     assert metrics["episodes"] == 2 and 0.0 <= metrics["success_rate"] <= 1.0
     exported = run(str(ROOT / "scripts" / "export.py"), *common, "checkpoint=last", f"log_root={tmp_path}")
     folder = Path(exported.stdout.strip().splitlines()[-1])
-    assert folder == run_dir / "exported" and {"policy.onnx", "policy.pt", "deploy.json"} <= {f.name for f in folder.iterdir()}
+    assert folder == run_dir / "exported" and {"policy.onnx", "policy.pt", "deploy.json"} <= {
+        f.name for f in folder.iterdir()
+    }
 
 
 def test_env_benchmark_with_the_isaaclab_backend():
-    out = run(str(ROOT / "scripts" / "benchmark.py"), "env", "--task", "us_nav_state", "--backend", "isaaclab", "--num-envs", "2", "--steps", "2", "--warmup", "1", "--override", *SMALL_RUN, "--json")
+    out = run(
+        str(ROOT / "scripts" / "benchmark.py"),
+        "env",
+        "--task",
+        "us_nav_state",
+        "--backend",
+        "isaaclab",
+        "--num-envs",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--override",
+        *SMALL_RUN,
+        "--json",
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["backend"] == "isaaclab" and result["env_steps_per_s"] > 0
     assert np.isfinite(result["env_steps_per_s"])

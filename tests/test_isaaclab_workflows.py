@@ -68,7 +68,9 @@ def test_agent_config_is_sonolabs_agent_group():
     cfg = runner_cfg("us_nav")
     assert cfg.obs_groups == {"actor": ["policy", "image"], "critic": ["critic"]}
     assert cfg.actor.class_name == "CNNModel" and list(cfg.actor.cnn_cfg.output_channels) == [16, 32]
-    assert cfg.algorithm.entropy_coef == 0.005 and cfg.algorithm.use_clipped_value_loss  # rsl-rl's default fills the gap
+    assert (
+        cfg.algorithm.entropy_coef == 0.005 and cfg.algorithm.use_clipped_value_loss
+    )  # rsl-rl's default fills the gap
     with pytest.raises(InputError, match="env.overrides"):
         bad = small_cfg()
         bad.overrides = "[task.episode_steps=8]"  # what an unquoted Hydra list arrives as
@@ -81,16 +83,41 @@ def test_agent_config_is_sonolabs_agent_group():
 
 def isaaclab(*args: str) -> list[str]:
     overrides = ",".join(f'"{o}"' for o in SMALL)
-    return [sys.executable, "-m", "isaaclab", *args, "--task", "Sonolab-UsNavState-v0", "--num_envs", "2", "--device", "cpu", "agent.device=cpu", f"env.overrides=[{overrides}]"]
+    return [
+        sys.executable,
+        "-m",
+        "isaaclab",
+        *args,
+        "--task",
+        "Sonolab-UsNavState-v0",
+        "--num_envs",
+        "2",
+        "--device",
+        "cpu",
+        "agent.device=cpu",
+        f"env.overrides=[{overrides}]",
+    ]
 
 
 def test_isaaclab_train_then_play(tmp_path):
-    train = subprocess.run(isaaclab("train", "--max_iterations", "1", "agent.num_steps_per_env=4"), capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    train = subprocess.run(
+        isaaclab("train", "--max_iterations", "1", "agent.num_steps_per_env=4"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     checkpoints = list(tmp_path.glob("logs/rsl_rl/sonolab_us_nav_state/*/model_0.pt"))
     assert len(checkpoints) == 1
     # isaaclab play plays until Ctrl+C; it exports the policy first.
-    play = subprocess.Popen(isaaclab("play", "--checkpoint", str(checkpoints[0])), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    play = subprocess.Popen(
+        isaaclab("play", "--checkpoint", str(checkpoints[0])),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     lines = []
     for line in play.stdout:
         lines.append(line)
@@ -103,7 +130,16 @@ def test_isaaclab_train_then_play(tmp_path):
 
 def test_entry_point_names_the_tasks_package():
     out = subprocess.run(
-        [sys.executable, "-c", "import importlib.metadata as m; print([e.value for e in m.entry_points(group='isaaclab.tasks') if e.name == 'sonolab'])"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import importlib.metadata as m; "
+                "print([e.value for e in m.entry_points(group='isaaclab.tasks') if e.name == 'sonolab'])"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert out.stdout.strip() == "['tasks']", out.stderr

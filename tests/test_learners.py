@@ -31,7 +31,14 @@ from tests.tasks_helpers import ROOT, SMALL_RUN
 
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 EPISODE = 7  # steps: not a multiple of CHUNK, so an episode ends inside a chunk
-TINY = ["task=us_nav_state", "num_envs=4", "agent.num_steps_per_env=4", "agent.algorithm.num_mini_batches=2", f"task.episode_steps={EPISODE}", *SMALL_RUN]
+TINY = [
+    "task=us_nav_state",
+    "num_envs=4",
+    "agent.num_steps_per_env=4",
+    "agent.algorithm.num_mini_batches=2",
+    f"task.episode_steps={EPISODE}",
+    *SMALL_RUN,
+]
 CHUNK = 3  # actions per chunk
 DECAY = 0.5  # a chunk's step k is the policy's action times DECAY**k: each step of a chunk differs
 
@@ -92,7 +99,9 @@ class ChunkedPpo(PpoLearner):
 def test_the_default_learner_is_ppo_with_each_tasks_settings():
     for task, model in (("us_nav", "CNNModel"), ("us_nav_state", "MLPModel")):
         cfg = compose_config([f"task={task}", "agent.algorithm.learning_rate=3e-4"])
-        assert cfg.learner == "ppo" and cfg.agent.actor.class_name == model and cfg.agent.algorithm.learning_rate == 3e-4
+        assert (
+            cfg.learner == "ppo" and cfg.agent.actor.class_name == model and cfg.agent.algorithm.learning_rate == 3e-4
+        )
     assert isinstance(learners.get("ppo"), PpoLearner) and "ppo" in learners.names()
 
 
@@ -101,13 +110,20 @@ def test_an_unknown_learner_is_refused_listing_the_registered_ones(tmp_path):
         learners.get("diffusion")
     cfg = compose_config(["task=us_nav_state"])
     with open_dict(cfg):
-        cfg.learner = "diffusion"  # e.g. a config that did not come from conf/ (no conf/learner/diffusion.yaml to refuse it)
+        cfg.learner = (
+            "diffusion"  # e.g. a config that did not come from conf/ (no conf/learner/diffusion.yaml to refuse it)
+        )
     with pytest.raises(InputError, match=r"^learner: expected one of \['ppo'\], got 'diffusion'"):
         check_settings(cfg)
     with pytest.raises(InputError, match=r"Could not find 'learner/diffusion' Available options in 'learner': ppo"):
         compose_config(["learner=diffusion"])
     out = run([*TRAIN, "learner=diffusion", f"log_root={tmp_path}"])
-    assert out.returncode != 0 and "learner/diffusion" in out.stderr and "ppo" in out.stderr and not list(tmp_path.iterdir())
+    assert (
+        out.returncode != 0
+        and "learner/diffusion" in out.stderr
+        and "ppo" in out.stderr
+        and not list(tmp_path.iterdir())
+    )
     with pytest.raises(InputError, match=r"learner ppo_x: expected 'module:Class'"):
         learners.register("ppo_x", "tests.test_learners.ChunkedPpo")
 
@@ -118,7 +134,11 @@ def test_train_play_and_export_go_through_the_learner(trained, exported):
     metrics = play(trained_cfg(trained, "split=test"))
     assert metrics["episodes"] == 4 and 0.0 <= metrics["success_rate"] <= 1.0
     spec = json.loads((exported / "deploy.json").read_text())
-    assert exported == trained / "exported" and spec["source"]["iteration"] == 0 and spec["source"]["checkpoint"] == "model_0.pt"
+    assert (
+        exported == trained / "exported"
+        and spec["source"]["iteration"] == 0
+        and spec["source"]["checkpoint"] == "model_0.pt"
+    )
     cfg = trained_cfg(trained)
     env = build_env(cfg, "train")
     policy = learners.get(cfg.learner).load_policy(cfg, env, trained / "model_0.pt")
@@ -148,7 +168,9 @@ def test_action_chunks_run_one_action_per_step_in_evaluation(trained, monkeypatc
     chunked = learners.get(ChunkedPpo.name).load_policy(cfg, env, trained / "model_0.pt")
     ChunkedPpo.queries = 0
     got = evaluate(env, chunked)
-    assert ChunkedPpo.queries == math.ceil(EPISODE / CHUNK)  # every environment's episode ends at its time limit, together
+    assert ChunkedPpo.queries == math.ceil(
+        EPISODE / CHUNK
+    )  # every environment's episode ends at its time limit, together
 
     # The same actions, stepped by hand: query every CHUNK steps, step k of a chunk is the action times DECAY**k.
     ppo = learners.get("ppo").load_policy(cfg, env, trained / "model_0.pt")
@@ -166,7 +188,10 @@ def test_action_chunks_run_one_action_per_step_in_evaluation(trained, monkeypatc
     env.load_state_dict(start)
     assert not same(evaluate(env, ppo), got)  # the chunk's later steps made a difference
 
-    with pytest.raises(InputError, match=r"policy output: expected actions \(N, A\) or an action chunk \(N, H, A\), H >= 1, got \(4, 0, 5\)"):
+    with pytest.raises(
+        InputError,
+        match=r"policy output: expected actions \(N, A\) or an action chunk \(N, H, A\), H >= 1, got \(4, 0, 5\)",
+    ):
         evaluate(env, lambda obs: torch.zeros(4, 0, 5))
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from niftis import crop_pair, save_nifti
 from skimage import measure
 
 from sim.anatomy.loaders import Volume, load_dicom, load_nifti, resample_nearest, upsample_labels
 from sim.anatomy.patient import Patient
 from sim.anatomy.tissues import TISSUE_ID
-from niftis import crop_pair, save_nifti
 
 LUMBAR = [f"vertebrae_L{i}" for i in range(1, 6)]
 
@@ -35,11 +35,15 @@ def test_real_ct_grid_is_ras_in_metres(patient: Patient, real_ct: Path) -> None:
 
 
 def test_real_tissue_classes_are_sensible(patient: Patient) -> None:
-    vertebrae = np.isin(patient.structures, [i for n, i in patient.structure_names.items() if n.startswith("vertebrae_")])
+    vertebrae = np.isin(
+        patient.structures, [i for n, i in patient.structure_names.items() if n.startswith("vertebrae_")]
+    )
     assert vertebrae.sum() > 1000
     assert np.all(patient.tissue[vertebrae] == TISSUE_ID["bone"])
     # Unlabelled soft voxels inside the body (not the skin shell) in the fat HU window are fat.
-    unlabelled = (patient.structures == 0) & (patient.tissue != TISSUE_ID["air"]) & (patient.tissue != TISSUE_ID["skin"])
+    unlabelled = (
+        (patient.structures == 0) & (patient.tissue != TISSUE_ID["air"]) & (patient.tissue != TISSUE_ID["skin"])
+    )
     fat_hu = unlabelled & (patient.ct > -190) & (patient.ct < -30)
     assert fat_hu.sum() > 1000 and np.all(patient.tissue[fat_hu] == TISSUE_ID["fat"])
     # Air outside the body: the volume's corners and everything below -900 HU that is unlabelled.
@@ -49,7 +53,9 @@ def test_real_tissue_classes_are_sensible(patient: Patient) -> None:
     assert (patient.tissue == TISSUE_ID["skin"]).sum() > 1000
 
 
-def test_tissue_types_on_their_shorter_grid_land_on_the_ct_grid(patient: Patient, real_seg: Path, totalseg_dir: Path) -> None:
+def test_tissue_types_on_their_shorter_grid_land_on_the_ct_grid(
+    patient: Patient, real_seg: Path, totalseg_dir: Path
+) -> None:
     seg = np.asanyarray(nib.load(real_seg).dataobj)
     for name in ("subcutaneous_fat", "torso_fat", "skeletal_muscle"):
         img = nib.load(totalseg_dir / "tissue_types" / f"{name}.nii.gz")
@@ -57,10 +63,14 @@ def test_tissue_types_on_their_shorter_grid_land_on_the_ct_grid(patient: Patient
         expected = np.zeros(patient.shape, bool)
         expected[:, :, :30] = (np.asanyarray(img.dataobj) != 0) & (seg[:, :, :30] == 0)
         np.testing.assert_array_equal(patient.structures == patient.structure_names[name], expected)
-    assert np.all(patient.tissue[patient.structures == patient.structure_names["subcutaneous_fat"]] != TISSUE_ID["muscle"])
+    assert np.all(
+        patient.tissue[patient.structures == patient.structure_names["subcutaneous_fat"]] != TISSUE_ID["muscle"]
+    )
 
 
-def test_tissue_types_with_their_own_cropped_flipped_grid(real_ct: Path, real_seg: Path, totalseg_dir: Path, tmp_path: Path) -> None:
+def test_tissue_types_with_their_own_cropped_flipped_grid(
+    real_ct: Path, real_seg: Path, totalseg_dir: Path, tmp_path: Path
+) -> None:
     src = nib.load(totalseg_dir / "tissue_types" / "torso_fat.nii.gz")
     mask = np.asanyarray(src.dataobj)
     # Keep slices 10..29 and i 20..99, flip i: a different shape, origin and orientation.
@@ -76,7 +86,9 @@ def test_tissue_types_with_their_own_cropped_flipped_grid(real_ct: Path, real_se
     np.testing.assert_array_equal(p.structures == p.structure_names["torso_fat"], expected)
 
 
-def test_folder_of_masks_matches_the_multilabel_file(patient: Patient, real_ct: Path, real_seg: Path, tmp_path: Path) -> None:
+def test_folder_of_masks_matches_the_multilabel_file(
+    patient: Patient, real_ct: Path, real_seg: Path, tmp_path: Path
+) -> None:
     img = nib.load(real_seg)
     seg = np.asanyarray(img.dataobj)
     names = ["vertebrae_L3", "vertebrae_L4", "liver", "kidney_left", "spinal_cord"]
@@ -101,7 +113,9 @@ def test_folder_of_masks_matches_the_multilabel_file(patient: Patient, real_ct: 
     assert np.all(p.tissue[box] == TISSUE_ID["soft_tissue"])
 
 
-def test_reoriented_copy_loads_to_the_same_ras_volume(patient: Patient, real_ct: Path, real_seg: Path, tmp_path: Path) -> None:
+def test_reoriented_copy_loads_to_the_same_ras_volume(
+    patient: Patient, real_ct: Path, real_seg: Path, tmp_path: Path
+) -> None:
     ct_img, seg_img = nib.load(real_ct), nib.load(real_seg)
     # New voxel axes (a, b, c) = (k, I-1-i, j): permuted and flipped, same physical positions.
     n_i = ct_img.shape[0]
@@ -140,7 +154,9 @@ def test_dicom_series_round_trip(real_dicom: tuple[Path, np.ndarray, np.ndarray]
     assert nib.aff2axcodes(p.affine) == ("R", "A", "S")
 
 
-def test_dicom_with_nifti_labels_on_its_grid(real_dicom: tuple[Path, np.ndarray, np.ndarray], real_seg: Path, tmp_path: Path) -> None:
+def test_dicom_with_nifti_labels_on_its_grid(
+    real_dicom: tuple[Path, np.ndarray, np.ndarray], real_seg: Path, tmp_path: Path
+) -> None:
     folder, hu, affine = real_dicom
     seg = np.asanyarray(nib.load(real_seg).dataobj)[:, :, 50:58]
     mm = affine.copy()
@@ -185,14 +201,18 @@ def _l3_crop(real_ct: Path, real_seg: Path, tmp_path: Path) -> tuple[Path, Path]
     return crop_pair(real_ct, real_seg, (slice(31, 91), slice(20, 65), slice(62, 86)), tmp_path)
 
 
-def test_isotropic_upsampling_keeps_field_of_view_and_smooths_bone(real_ct: Path, real_seg: Path, tmp_path: Path) -> None:
+def test_isotropic_upsampling_keeps_field_of_view_and_smooths_bone(
+    real_ct: Path, real_seg: Path, tmp_path: Path
+) -> None:
     ct, seg = _l3_crop(real_ct, real_seg, tmp_path)
     coarse = load_nifti(ct, seg)
     fine = load_nifti(ct, seg, spacing_mm=1.0)
     assert fine.shape == tuple(3 * n for n in coarse.shape)
     np.testing.assert_allclose(fine.spacing, 0.001)
     # Same field of view: the outer voxel faces coincide.
-    np.testing.assert_allclose(fine.affine[:3, 3] - fine.spacing / 2, coarse.affine[:3, 3] - coarse.spacing / 2, atol=1e-12)
+    np.testing.assert_allclose(
+        fine.affine[:3, 3] - fine.spacing / 2, coarse.affine[:3, 3] - coarse.spacing / 2, atol=1e-12
+    )
     np.testing.assert_allclose(fine.ct.mean(), coarse.ct.mean(), rtol=0.02)
     l3 = coarse.structure_names["vertebrae_L3"]
     assert fine.structure_names == coarse.structure_names

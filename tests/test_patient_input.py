@@ -49,7 +49,10 @@ def test_real_ct_and_its_padded_copy_are_accepted(real, tmp_path: Path) -> None:
     ("remap", "found"),
     [
         # A monotone remap keeps the anatomy but not the units: what an MR looks like (0..2000).
-        (lambda hu: 2000.0 * np.sqrt((hu - hu.min()) / (hu.max() - hu.min())), r"0\.\.2000 with 1st percentile \d+\.?\d* \(no fat, lung or air below -50 HU\)"),
+        (
+            lambda hu: 2000.0 * np.sqrt((hu - hu.min()) / (hu.max() - hu.min())),
+            r"0\.\.2000 with 1st percentile \d+\.?\d* \(no fat, lung or air below -50 HU\)",
+        ),
         (lambda hu: np.round(255.0 * (hu - hu.min()) / (hu.max() - hu.min())), r"0\.\.255 "),  # a uint8 picture
         (lambda hu: hu + 1024.0, r"-183\.\.4406 with 1st percentile 12 "),  # stored values, intercept not applied
         (lambda hu: hu / 2.0, r"air or lung at -5\d\d\.?\d* HU \(expected -1100\.\.-850\)"),  # a wrong slope
@@ -58,7 +61,9 @@ def test_real_ct_and_its_padded_copy_are_accepted(real, tmp_path: Path) -> None:
 def test_values_that_are_not_hounsfield_units_are_refused(real, tmp_path: Path, remap, found: str) -> None:
     hu, affine = real
     path = save_nifti(remap(hu).astype(np.float32), affine, tmp_path / "mr.nii.gz")
-    with pytest.raises(InputError, match=rf"^ct .*mr\.nii\.gz: {NOT_HU} .*{found}.*is this an MR or a rescaled image\?"):
+    with pytest.raises(
+        InputError, match=rf"^ct .*mr\.nii\.gz: {NOT_HU} .*{found}.*is this an MR or a rescaled image\?"
+    ):
         load_nifti(path, None)
 
 
@@ -140,7 +145,10 @@ def test_series_without_uid_are_separated_by_geometry(real, tmp_path: Path, chan
     _two_series(real, folder, other)
     with pytest.raises(
         InputError,
-        match=r"mixed: expected one series, found 2: AIM0000\.dcm \(6 files, 'series A', .*BIM0000\.dcm \(6 files, 'series B'.*series=",
+        match=(
+            r"mixed: expected one series, found 2: AIM0000\.dcm \(6 files, 'series A', "
+            r".*BIM0000\.dcm \(6 files, 'series B'.*series="
+        ),
     ):
         load_dicom(folder)
     picked = load_dicom(folder, series="BIM0003.dcm")
@@ -155,7 +163,9 @@ def test_same_geometry_series_beside_each_other_are_refused(real, tmp_path: Path
     folder = tmp_path / "mixed"
     folder.mkdir()
     _two_series(real, folder, other)
-    with pytest.raises(InputError, match=r"mixed: expected slice positions on one line, got [AB]IM\d+\.dcm \d+\.\d+ mm off it"):
+    with pytest.raises(
+        InputError, match=r"mixed: expected slice positions on one line, got [AB]IM\d+\.dcm \d+\.\d+ mm off it"
+    ):
         load_dicom(folder)
 
 
@@ -169,7 +179,9 @@ def test_positions_off_one_line_are_refused(series: Path) -> None:
 
 def test_duplicate_and_missing_slices_name_their_files(series: Path) -> None:
     shutil.copy(series / "IM0004.dcm", series / "IM0004_copy.dcm")
-    with pytest.raises(InputError, match=r"duplicate ImagePositionPatient in IM0004(_copy)?\.dcm and IM0004(_copy)?\.dcm"):
+    with pytest.raises(
+        InputError, match=r"duplicate ImagePositionPatient in IM0004(_copy)?\.dcm and IM0004(_copy)?\.dcm"
+    ):
         load_dicom(series)
     (series / "IM0004_copy.dcm").unlink()
     (series / "IM0004.dcm").unlink()
@@ -184,7 +196,15 @@ def test_prepare_patient_script_picks_a_series(real, tmp_path: Path, repo_root: 
     other = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
     other[:3, :2] *= 0.5
     _two_series(real, folder, other)
-    cmd = [sys.executable, str(repo_root / "scripts" / "prepare_patient.py"), str(folder), "--quiet", "--no-meshes", "--cache-dir", str(tmp_path / "c")]
+    cmd = [
+        sys.executable,
+        str(repo_root / "scripts" / "prepare_patient.py"),
+        str(folder),
+        "--quiet",
+        "--no-meshes",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: DICOM series") and "found 2" in bad.stderr
     good = subprocess.run([*cmd, "--series", "AIM0002.dcm"], capture_output=True, text=True, timeout=300)
@@ -208,12 +228,28 @@ def test_identical_content_keeps_its_own_name(pair, tmp_path: Path) -> None:
     copies.mkdir()
     shutil.copy(ct, copies / "jane.nii.gz")
     shutil.copy(seg, copies / "jane_seg.nii.gz")
-    first = prepare({"source": "nifti", "ct": str(ct), "labels": str(seg), "meshes": False}, cache_dir=tmp_path / "c", progress=False)
-    second = prepare({"source": "nifti", "ct": str(copies / "jane.nii.gz"), "labels": str(copies / "jane_seg.nii.gz"), "meshes": False},
-                     cache_dir=tmp_path / "c", progress=False)
+    first = prepare(
+        {"source": "nifti", "ct": str(ct), "labels": str(seg), "meshes": False},
+        cache_dir=tmp_path / "c",
+        progress=False,
+    )
+    second = prepare(
+        {
+            "source": "nifti",
+            "ct": str(copies / "jane.nii.gz"),
+            "labels": str(copies / "jane_seg.nii.gz"),
+            "meshes": False,
+        },
+        cache_dir=tmp_path / "c",
+        progress=False,
+    )
     assert second.from_cache and second.path == first.path
     assert (first.patient.name, second.patient.name) == ("ct", "jane")
-    named = prepare({"source": "nifti", "ct": str(ct), "labels": str(seg), "meshes": False}, cache_dir=tmp_path / "c", progress=False)
+    named = prepare(
+        {"source": "nifti", "ct": str(ct), "labels": str(seg), "meshes": False},
+        cache_dir=tmp_path / "c",
+        progress=False,
+    )
     assert named.from_cache and named.patient.name == "ct"
 
 
@@ -240,14 +276,18 @@ def test_empty_label_map_is_refused(real, tmp_path: Path) -> None:
     ct = save_nifti(hu, affine, tmp_path / "ct.nii.gz")
     zeros = save_nifti(np.zeros(hu.shape, np.uint8), affine, tmp_path / "zeros.nii.gz")
     for args in ((ct, zeros), (None, zeros)):
-        with pytest.raises(InputError, match=r"^labels .*zeros\.nii\.gz: expected at least one labelled voxel, got all are 0"):
+        with pytest.raises(
+            InputError, match=r"^labels .*zeros\.nii\.gz: expected at least one labelled voxel, got all are 0"
+        ):
             load_nifti(*args)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 2, 2), (60, 60, 1), (3, 60, 60)])
 def test_too_few_voxels_are_refused(real_ct: Path, real_seg: Path, tmp_path: Path, shape: tuple[int, int, int]) -> None:
     ct, seg = crop_pair(real_ct, real_seg, tuple(slice(30, 30 + n) for n in shape), tmp_path)
-    expected = "expected at least 4 voxels along each axis for surface and landmark derivation, got shape " + re.escape(str(shape))
+    expected = "expected at least 4 voxels along each axis for surface and landmark derivation, got shape " + re.escape(
+        str(shape)
+    )
     for args, who in (((ct, None), r"^ct .*ct\.nii\.gz"), ((None, seg), r"^labels .*seg\.nii\.gz")):
         if args[1] is not None and not np.asanyarray(nib.load(seg).dataobj).any():
             continue  # an all-background crop is refused for that first (tested above)
@@ -256,7 +296,10 @@ def test_too_few_voxels_are_refused(real_ct: Path, real_seg: Path, tmp_path: Pat
 
 
 def test_coarse_spacing_is_refused(real_ct: Path, real_seg: Path) -> None:
-    with pytest.raises(InputError, match=r"seg_fast_force_split\.nii\.gz at spacing_mm=100: expected at least 4 voxels .*got shape \(4, 3, 3\)"):
+    with pytest.raises(
+        InputError,
+        match=r"seg_fast_force_split\.nii\.gz at spacing_mm=100: expected at least 4 voxels .*got shape \(4, 3, 3\)",
+    ):
         load_nifti(real_ct, real_seg, spacing_mm=100)
     with pytest.raises(InputError, match=r"^spacing_mm: expected a positive finite voxel size of at most 4 mm, got 20"):
         make_phantom(0, 20.0)
@@ -265,12 +308,16 @@ def test_coarse_spacing_is_refused(real_ct: Path, real_seg: Path) -> None:
 
 
 def test_derive_refuses_a_tiny_patient_and_skips_unmeshable_bones() -> None:
-    tiny = Patient("tiny", np.ones((2, 5, 5), np.uint8), np.zeros((2, 5, 5), np.uint8), {}, np.diag([0.003] * 3 + [1.0]))
+    tiny = Patient(
+        "tiny", np.ones((2, 5, 5), np.uint8), np.zeros((2, 5, 5), np.uint8), {}, np.diag([0.003] * 3 + [1.0])
+    )
     with pytest.raises(InputError, match=r"^patient 'tiny': expected at least 4 voxels .*got shape \(2, 5, 5\)"):
         derive(tiny)
     structures = np.zeros((20, 20, 20), np.uint8)
     structures[10, 10, 10] = 1  # a one-voxel fragment of a vertebra at the edge of a field of view
-    one = Patient("one", np.full((20, 20, 20), 3, np.uint8), structures, {"vertebrae_L3": 1}, np.diag([0.003] * 3 + [1.0]))
+    one = Patient(
+        "one", np.full((20, 20, 20), 3, np.uint8), structures, {"vertebrae_L3": 1}, np.diag([0.003] * 3 + [1.0])
+    )
     with pytest.warns(UserWarning) as caught:
         derived = derive(one)
     assert sorted(str(w.message) for w in caught) == [

@@ -29,9 +29,21 @@ def test_shapes_dtypes_affine(phantom):
     assert np.all(extent > [0.3, 0.2, 0.25]) and np.all(extent < [0.4, 0.35, 0.35])  # torso, T12-S1
     for level in LEVELS:
         assert f"vertebrae_{level}" in p.structure_names
-    for name in ["intervertebral_disc", "spinal_canal", "spinal_cord", "kidney_left", "kidney_right", "liver",
-                 "aorta", "inferior_vena_cava", "autochthon_left", "autochthon_right", "iliopsoas_left",
-                 "iliopsoas_right", "subcutaneous_fat"]:
+    for name in [
+        "intervertebral_disc",
+        "spinal_canal",
+        "spinal_cord",
+        "kidney_left",
+        "kidney_right",
+        "liver",
+        "aorta",
+        "inferior_vena_cava",
+        "autochthon_left",
+        "autochthon_right",
+        "iliopsoas_left",
+        "iliopsoas_right",
+        "subcutaneous_fat",
+    ]:
         sid = p.structure_names[name]
         assert (p.structures == sid).any(), name
 

@@ -57,7 +57,13 @@ def test_phantom_second_prepare_hits_the_cache(tmp_path: Path) -> None:
     warm = prepare(PHANTOM, cache_dir=tmp_path, progress=False)
     t2 = time.perf_counter()
     assert not cold.from_cache and warm.from_cache and cold.path == warm.path
-    assert sorted(p.name for p in cold.path.iterdir()) == ["landmarks.json", "meshes.npz", "meta.json", "skin.npz", "volumes.npz"]
+    assert sorted(p.name for p in cold.path.iterdir()) == [
+        "landmarks.json",
+        "meshes.npz",
+        "meta.json",
+        "skin.npz",
+        "volumes.npz",
+    ]
     assert cold.patient.landmarks and cold.patient.meshes and cold.patient.skin is not None
     assert_same_patient(cold.patient, warm.patient)
     assert t2 - t1 < t1 - t0
@@ -65,8 +71,14 @@ def test_phantom_second_prepare_hits_the_cache(tmp_path: Path) -> None:
 
 def test_real_nifti_prepare_from_omegaconf(real_ct: Path, real_seg: Path, totalseg_dir: Path, tmp_path: Path) -> None:
     cfg = OmegaConf.create(
-        {"source": "nifti", "ct": str(real_ct), "labels": str(real_seg), "tissue_types": str(totalseg_dir / "tissue_types"),
-         "split": "test", "meshes": False}
+        {
+            "source": "nifti",
+            "ct": str(real_ct),
+            "labels": str(real_seg),
+            "tissue_types": str(totalseg_dir / "tissue_types"),
+            "split": "test",
+            "meshes": False,
+        }
     )
     cold = prepare(cfg, cache_dir=tmp_path, progress=False)
     warm = prepare_patient(cfg, cache_dir=tmp_path, progress=False)
@@ -128,7 +140,10 @@ def test_damaged_entry_is_rebuilt(tmp_path: Path) -> None:
     ("cfg", "message"),
     [
         ({"source": "mri"}, r"patient config 'source': expected one of \['dicom', 'nifti', 'phantom'\], got 'mri'"),
-        ({"source": "phantom", "ct": "x.nii.gz"}, r"patient config \(source 'phantom'\): expected keys among .* got \['ct'\]"),
+        (
+            {"source": "phantom", "ct": "x.nii.gz"},
+            r"patient config \(source 'phantom'\): expected keys among .* got \['ct'\]",
+        ),
         ({"source": "nifti"}, r"expected 'ct', 'labels' or both"),
         ({"source": "nifti", "ct": "/no/such/ct.nii.gz"}, r"ct /no/such/ct\.nii\.gz: file or folder not found"),
         ({**PHANTOM, "split": "val"}, r"'split': expected 'train' or 'test'"),
@@ -153,7 +168,9 @@ def test_script_exits_2_on_a_bad_file(repo_root: Path, tmp_path: Path) -> None:
 
 
 def test_script_prints_summary_and_cache_path_last(repo_root: Path, tmp_path: Path) -> None:
-    run = _script(repo_root, "--phantom", "--seed", "2", "--spacing", "4", "--no-meshes", "--cache-dir", str(tmp_path), "--quiet")
+    run = _script(
+        repo_root, "--phantom", "--seed", "2", "--spacing", "4", "--no-meshes", "--cache-dir", str(tmp_path), "--quiet"
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
     assert Path(lines[-1]).parent == tmp_path and (Path(lines[-1]) / "meta.json").is_file()

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from slabs import poses_at, slab_patient
 
 from sim.anatomy.bank import PatientBank
 from sim.errors import InputError
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer, RendererConfig
 from sim.ultrasound.tissue import TissueTable
-from slabs import poses_at, slab_patient
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -1,4 +1,5 @@
-"""The renderer refuses bad poses, indices and parameters at its entry; bad actions never reach an environment's state."""
+"""The renderer refuses bad poses, indices and parameters at its entry; bad actions never reach an environment's
+state."""
 
 from __future__ import annotations
 
@@ -46,11 +47,15 @@ def test_out_of_range_parameters_are_refused(renderer):
 
 @pytest.mark.parametrize(
     "overrides, key",
-    [({"gain_db": math.nan}, "gain_db"), ({"dynamic_range_db": 0.0}, "dynamic_range_db"), ({"chunk_samples": 0}, "chunk_samples"),
-     ({"randomization": {"gain_db": (-6.0, math.inf)}}, r"randomization.gain_db\[1\]"),
-     ({"randomization": {"frequency_scale": (0.0, 1.0)}}, r"randomization.frequency_scale\[0\]"),
-     ({"randomization": {"dynamic_range_db": (70.0, 50.0)}}, r"randomization.dynamic_range_db\[1\]")],
-)  # fmt: skip
+    [
+        ({"gain_db": math.nan}, "gain_db"),
+        ({"dynamic_range_db": 0.0}, "dynamic_range_db"),
+        ({"chunk_samples": 0}, "chunk_samples"),
+        ({"randomization": {"gain_db": (-6.0, math.inf)}}, r"randomization.gain_db\[1\]"),
+        ({"randomization": {"frequency_scale": (0.0, 1.0)}}, r"randomization.frequency_scale\[0\]"),
+        ({"randomization": {"dynamic_range_db": (70.0, 50.0)}}, r"randomization.dynamic_range_db\[1\]"),
+    ],
+)
 def test_settings_that_would_sample_nonsense_are_refused(overrides, key):
     with pytest.raises(InputError, match=rf"renderer[ .]{key}: expected"):
         RendererConfig(**overrides)

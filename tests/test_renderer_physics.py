@@ -8,13 +8,14 @@ back, as it does on a prone patient.
 import numpy as np
 import pytest
 import torch
+from slabs import poses_at, slab_patient
 
 from sim.anatomy.bank import PatientBank
 from sim.anatomy.tissues import TISSUE_ID
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer, RendererConfig
 from sim.ultrasound.tissue import TissueTable
-from slabs import poses_at, slab_patient
+
 
 def envelope(level_db: torch.Tensor) -> torch.Tensor:
     return 10 ** (level_db / 20)

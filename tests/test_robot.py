@@ -138,7 +138,9 @@ def test_base_pose_maps_tool_poses_between_frames():
     rot = quat_to_matrix(base[3:])
     assert torch.allclose(world[:, :3], base[:3] + local[:, :3] @ rot.T, atol=1e-12)
     assert torch.allclose(arm.world_to_base(world), local, atol=1e-12)
-    assert torch.allclose(compose_poses(invert_poses(base), base), torch.tensor([0, 0, 0, 1.0, 0, 0, 0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        compose_poses(invert_poses(base), base), torch.tensor([0, 0, 0, 1.0, 0, 0, 0], dtype=torch.float64), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", ["iiwa14", "panda"])
@@ -186,7 +188,12 @@ def test_prone_patient_back_poses_are_reachable_from_beside_the_table():
     base_rot = torch.tensor([[-1.0, 0, 0], [0, 0, -1], [0, -1, 0]])  # columns: base x, y, z in patient frame
     base = torch.cat([torch.tensor([0.55, 0.0, 0.0]), matrix_to_quat(base_rot)])
     arm = Arm("iiwa14", base_pose=base)
-    x, z, yaw = torch.meshgrid(torch.linspace(-0.08, 0.08, 3), torch.linspace(-0.12, 0.12, 3), torch.tensor([0.0, math.pi / 2, 2.5]), indexing="ij")
+    x, z, yaw = torch.meshgrid(
+        torch.linspace(-0.08, 0.08, 3),
+        torch.linspace(-0.12, 0.12, 3),
+        torch.tensor([0.0, math.pi / 2, 2.5]),
+        indexing="ij",
+    )
     points = torch.stack([x.flatten(), torch.full_like(x.flatten(), -0.09), z.flatten()], -1)
     normals = torch.tensor([0.0, -1.0, 0.0]).expand_as(points)
     targets = probe_pose_on_skin(points, normals, yaw.flatten())

@@ -49,19 +49,47 @@ def test_the_shipped_configs_pass(cfg):
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("num_envs", "abc"), ("num_envs", 1.5), ("num_envs", 0), ("num_envs", -3), ("num_envs", True), ("num_envs", None),
-        ("seed", -1), ("seed", 0.5), ("seed", 2**64), ("device", "gpu"), ("device", 3), ("logger", "csv"),
-        ("resume", 1), ("resume", ""), ("checkpoint", None), ("split", "val"), ("video", "yes"), ("viewer", 1),
-        ("trajectory", None), ("video_steps", 0),
-        ("agent.max_iterations", 0), ("agent.num_steps_per_env", 2.5), ("agent.save_interval", False),
-        ("agent.algorithm.learning_rate", math.nan), ("agent.algorithm.learning_rate", math.inf), ("agent.algorithm.learning_rate", 0.0),
-        ("agent.algorithm.learning_rate", "fast"), ("agent.algorithm.gamma", math.inf), ("agent.algorithm.gamma", 1.5),
-        ("agent.algorithm.lam", 0.0), ("agent.algorithm.clip_param", -0.2), ("agent.algorithm.entropy_coef", math.nan),
-        ("agent.algorithm.value_loss_coef", -1.0), ("agent.algorithm.max_grad_norm", 0.0), ("agent.algorithm.desired_kl", math.inf),
-        ("agent.algorithm.num_learning_epochs", 0), ("agent.algorithm.num_mini_batches", 1.0), ("agent.algorithm.schedule", "cosine"),
+        ("num_envs", "abc"),
+        ("num_envs", 1.5),
+        ("num_envs", 0),
+        ("num_envs", -3),
+        ("num_envs", True),
+        ("num_envs", None),
+        ("seed", -1),
+        ("seed", 0.5),
+        ("seed", 2**64),
+        ("device", "gpu"),
+        ("device", 3),
+        ("logger", "csv"),
+        ("resume", 1),
+        ("resume", ""),
+        ("checkpoint", None),
+        ("split", "val"),
+        ("video", "yes"),
+        ("viewer", 1),
+        ("trajectory", None),
+        ("video_steps", 0),
+        ("agent.max_iterations", 0),
+        ("agent.num_steps_per_env", 2.5),
+        ("agent.save_interval", False),
+        ("agent.algorithm.learning_rate", math.nan),
+        ("agent.algorithm.learning_rate", math.inf),
+        ("agent.algorithm.learning_rate", 0.0),
+        ("agent.algorithm.learning_rate", "fast"),
+        ("agent.algorithm.gamma", math.inf),
+        ("agent.algorithm.gamma", 1.5),
+        ("agent.algorithm.lam", 0.0),
+        ("agent.algorithm.clip_param", -0.2),
+        ("agent.algorithm.entropy_coef", math.nan),
+        ("agent.algorithm.value_loss_coef", -1.0),
+        ("agent.algorithm.max_grad_norm", 0.0),
+        ("agent.algorithm.desired_kl", math.inf),
+        ("agent.algorithm.num_learning_epochs", 0),
+        ("agent.algorithm.num_mini_batches", 1.0),
+        ("agent.algorithm.schedule", "cosine"),
         ("agent.actor.distribution_cfg.init_std", -1.0),
     ],
-)  # fmt: skip
+)
 def test_bad_settings_are_refused_naming_the_key(cfg, key, value):
     with pytest.raises(InputError, match=rf"^{re.escape(key)}\b.*expected"):
         check_settings(with_setting(cfg, key, value))
@@ -78,7 +106,10 @@ def test_log_root_that_is_a_file_is_refused(cfg, tmp_path):
 
 def test_mini_batches_need_samples(cfg):
     small = with_setting(with_setting(cfg, "agent.num_steps_per_env", 2), "agent.algorithm.num_mini_batches", 5)
-    with pytest.raises(InputError, match=r"agent.algorithm.num_mini_batches: expected at most num_envs x agent.num_steps_per_env = 2 x 2 = 4"):
+    with pytest.raises(
+        InputError,
+        match=r"agent.algorithm.num_mini_batches: expected at most num_envs x agent.num_steps_per_env = 2 x 2 = 4",
+    ):
         check_settings(small, num_envs=2)
     assert check_settings(small, num_envs=3) == 3
 
@@ -101,7 +132,11 @@ def test_random_values_are_accepted_exactly_when_valid(cfg, num_envs, seed, lear
         type(num_envs) is int and num_envs >= 1 and type(seed) is int and 0 <= seed < 2**63
         and not isinstance(learning_rate, bool) and math.isfinite(learning_rate) and 0 < learning_rate <= 1
     )  # fmt: skip
-    candidate = with_setting(with_setting(with_setting(cfg, "num_envs", num_envs), "seed", seed), "agent.algorithm.learning_rate", learning_rate)
+    candidate = with_setting(
+        with_setting(with_setting(cfg, "num_envs", num_envs), "seed", seed),
+        "agent.algorithm.learning_rate",
+        learning_rate,
+    )
     if valid:
         assert check_settings(candidate) == num_envs
     else:
@@ -116,9 +151,12 @@ def test_make_vec_refuses_bad_num_envs(num_envs):
 
 
 TRAIN_CASES = {
-    "num_envs=abc": "num_envs", "num_envs=1.5": "num_envs", "agent.algorithm.learning_rate=nan": "agent.algorithm.learning_rate",
-    "agent.algorithm.gamma=inf": "agent.algorithm.gamma", "log_root=FILE": "log_root",
-}  # fmt: skip
+    "num_envs=abc": "num_envs",
+    "num_envs=1.5": "num_envs",
+    "agent.algorithm.learning_rate=nan": "agent.algorithm.learning_rate",
+    "agent.algorithm.gamma=inf": "agent.algorithm.gamma",
+    "log_root=FILE": "log_root",
+}
 BENCHMARK_CASES = {
     "env --task nope": "invalid choice: 'nope'", "render --height abc": "invalid int value",
 }  # fmt: skip
@@ -133,11 +171,21 @@ def script_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess
         folder = tmp_path_factory.mktemp("run")
         (folder / "a_file").write_text("")
         if case in TRAIN_CASES:
-            args = ["scripts/train.py", "task=us_nav_state", f"log_root={folder / 'logs'}", case.replace("FILE", str(folder / "a_file"))]
+            args = [
+                "scripts/train.py",
+                "task=us_nav_state",
+                f"log_root={folder / 'logs'}",
+                case.replace("FILE", str(folder / "a_file")),
+            ]
         else:
             args = ["scripts/benchmark.py", *case.split(), "--json"]
         env = {**os.environ, CACHE_ENV: str(folder / "cache")}
-        procs[case] = (subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT), folder)
+        procs[case] = (
+            subprocess.Popen(
+                [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+            ),
+            folder,
+        )
     runs = {}
     for case, (proc, folder) in procs.items():
         stdout, stderr = proc.communicate(timeout=300)

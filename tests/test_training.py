@@ -13,6 +13,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+
 from policies import checkpoints
 from policies.evaluation import evaluate
 from policies.runner import Runner
@@ -35,7 +36,14 @@ def config(*overrides: str):
 
 def test_short_state_training_improves_success():
     # Looser tolerances than the task's 5 mm / 5 deg give a clear signal within a short run.
-    cfg = config("task=us_nav_state", "num_envs=64", "seed=0", "task.success.position_m=0.01", "task.success.angle_rad=0.175", *SMALL_RUN)
+    cfg = config(
+        "task=us_nav_state",
+        "num_envs=64",
+        "seed=0",
+        "task.success.position_m=0.01",
+        "task.success.angle_rad=0.175",
+        *SMALL_RUN,
+    )
     torch.manual_seed(0)
     env = build_env(cfg, "train")
     runner = Runner(env, train_config(cfg), None, "cpu")
@@ -56,14 +64,21 @@ def test_resume_after_kill_continues_exactly(tmp_path):
     straight = run([*TRAIN, *QUICK, *iterations, f"log_root={tmp_path / 'a'}"])
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed_root = tmp_path / "b"
-    proc = subprocess.Popen([*TRAIN, *QUICK, *iterations, f"log_root={killed_root}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*TRAIN, *QUICK, *iterations, f"log_root={killed_root}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not list(killed_root.glob("us_nav_state/*/model_2.pt")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     run_dir = next(killed_root.glob("us_nav_state/*"))
-    assert 2 <= int(checkpoints.latest_checkpoint(run_dir).stem.split("_")[1]) < 5, "the kill came too late to test resuming"
+    assert 2 <= int(checkpoints.latest_checkpoint(run_dir).stem.split("_")[1]) < 5, (
+        "the kill came too late to test resuming"
+    )
     resumed = run([*TRAIN, "task=us_nav_state", "resume=true", f"log_root={killed_root}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
@@ -102,9 +117,24 @@ def test_play_prints_metrics_and_writes_a_video(tmp_path):
     run_dir = Path(trained.stdout.strip().splitlines()[-1])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "git.txt").is_file()
     assert list(run_dir.glob("events.out.tfevents.*"))
-    played = run([*PLAY, "task=us_nav_state", "checkpoint=last", "num_envs=4", "split=test", "video=true", "video_steps=12", f"log_root={tmp_path}", *SMALL_RUN])
+    played = run(
+        [
+            *PLAY,
+            "task=us_nav_state",
+            "checkpoint=last",
+            "num_envs=4",
+            "split=test",
+            "video=true",
+            "video_steps=12",
+            f"log_root={tmp_path}",
+            *SMALL_RUN,
+        ]
+    )
     if played.returncode < 0:  # the video renders with VTK, which a broken OpenGL kills with a signal
-        pytest.skip(f"play.py video=true died from signal {signal.Signals(-played.returncode).name}: no working off-screen OpenGL here")
+        pytest.skip(
+            "play.py video=true died from signal "
+            f"{signal.Signals(-played.returncode).name}: no working off-screen OpenGL here"
+        )
     assert played.returncode == 0, played.stderr[-3000:]
     metrics = json.loads(played.stdout.strip().splitlines()[-1])
     assert {"success_rate", "pos_err_mm_mean", "ang_err_deg_mean", "episodes"} <= set(metrics)
@@ -126,15 +156,33 @@ def test_scripts_name_bad_config(tmp_path):
     assert no_run.returncode == 2 and "expected a run folder with checkpoints" in no_run.stderr
     viewer_and_video = run([*PLAY, "task=us_nav_state", "viewer=true", "video=true", f"log_root={tmp_path / 'empty'}"])
     assert viewer_and_video.returncode == 2 and "viewer=true: expected video=false" in viewer_and_video.stderr
-    bad_device = run([*TRAIN, *QUICK, "device=cuda:7" if torch.cuda.is_available() else "device=cuda", f"log_root={tmp_path}"])
+    bad_device = run(
+        [*TRAIN, *QUICK, "device=cuda:7" if torch.cuda.is_available() else "device=cuda", f"log_root={tmp_path}"]
+    )
     assert bad_device.returncode == 2 and "device" in bad_device.stderr
 
 
 def test_env_benchmark_prints_its_json_fields():
     out = run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "env", "--task", "us_nav", "--num-envs", "4", "--steps", "3", "--warmup", "1",
-         "--override", *SMALL_RUN, "task.renderer.compile=false", "task.observation.image_size=32", "--json"]
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "benchmark.py"),
+            "env",
+            "--task",
+            "us_nav",
+            "--num-envs",
+            "4",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--override",
+            *SMALL_RUN,
+            "task.renderer.compile=false",
+            "task.observation.image_size=32",
+            "--json",
+        ]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"env_steps_per_s", "peak_rss_mb", "device", "threads"} <= set(result)

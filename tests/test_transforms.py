@@ -45,11 +45,16 @@ def test_probe_pose_on_skin_points_the_beam_into_the_body():
 def test_rpy_to_matrix_known_rotations():
     half = math.pi / 2
     yaw = rpy_to_matrix(torch.tensor([0.0, 0.0, half], dtype=torch.float64))
-    assert torch.allclose(yaw @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        yaw @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64), atol=1e-12
+    )
     # URDF order: roll about x first, then pitch about y, then yaw about z (fixed axes).
     rpy = torch.tensor([[0.3, -0.4, 1.1]], dtype=torch.float64)
     rx = rpy_to_matrix(torch.tensor([[0.3, 0, 0]], dtype=torch.float64))
     ry = rpy_to_matrix(torch.tensor([[0, -0.4, 0]], dtype=torch.float64))
     rz = rpy_to_matrix(torch.tensor([[0, 0, 1.1]], dtype=torch.float64))
     assert torch.allclose(rpy_to_matrix(rpy), rz @ ry @ rx, atol=1e-12)
-    assert torch.allclose(rx[0, 1:, 1:], torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]], dtype=torch.float64))
+    assert torch.allclose(
+        rx[0, 1:, 1:],
+        torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]], dtype=torch.float64),
+    )

@@ -18,7 +18,11 @@ from tasks.us_nav.expert import expert_actions
 from tests.tasks_helpers import SMALL_RUN, small_patient_set
 
 STATE = {"name": "us_nav_state", "observation": {"images": False}}
-IMAGES = {"name": "us_nav", "observation": {"images": True, "image_size": 32, "history": 2}, "renderer": {"compile": False}}
+IMAGES = {
+    "name": "us_nav",
+    "observation": {"images": True, "image_size": 32, "history": 2},
+    "renderer": {"compile": False},
+}
 
 
 @pytest.fixture(scope="module")

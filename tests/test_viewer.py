@@ -42,7 +42,10 @@ VIDEO = textwrap.dedent(
             video(env)
     """
 )
-PROBE_GL = "import pyvista as pv; p = pv.Plotter(off_screen=True, window_size=(64, 64)); p.add_mesh(pv.Sphere()); p.screenshot()"
+PROBE_GL = (
+    "import pyvista as pv; p = pv.Plotter(off_screen=True, window_size=(64, 64)); "
+    "p.add_mesh(pv.Sphere()); p.screenshot()"
+)
 
 
 def run_python(*args: str) -> subprocess.CompletedProcess:

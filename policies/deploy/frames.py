@@ -49,10 +49,16 @@ class ProtocolError(ConnectionError):
 
 
 def check_secret(secret: bytes | None) -> bytes | None:
-    """The shared secret, checked (None: no authentication); raise `InputError` unless it is at least MIN_SECRET_BYTES bytes."""
+    """The shared secret, checked (None: no authentication); raise `InputError` unless it is at least
+    MIN_SECRET_BYTES bytes."""
     if secret is not None:
         got = f"{len(secret)} bytes" if isinstance(secret, bytes) else type(secret).__name__
-        require(isinstance(secret, bytes) and len(secret) >= MIN_SECRET_BYTES, "bridge secret (deploy.secret)", f"at least {MIN_SECRET_BYTES} bytes", got)
+        require(
+            isinstance(secret, bytes) and len(secret) >= MIN_SECRET_BYTES,
+            "bridge secret (deploy.secret)",
+            f"at least {MIN_SECRET_BYTES} bytes",
+            got,
+        )
     return secret
 
 
@@ -80,10 +86,17 @@ def parse_header(raw: bytes) -> tuple[dict, list[tuple[str, np.dtype, tuple[int,
         raise ProtocolError(f"frame header: expected UTF-8 JSON, got {raw[:80]!r} ({err})") from None
     if not isinstance(header, dict) or set(header) != {"type", "seq", "fields", "arrays"}:
         got = sorted(header) if isinstance(header, dict) else type(header).__name__
-        raise ProtocolError(f"frame header: expected an object with keys ['arrays', 'fields', 'seq', 'type'], got {got}")
+        raise ProtocolError(
+            f"frame header: expected an object with keys ['arrays', 'fields', 'seq', 'type'], got {got}"
+        )
     kind, seq, fields, arrays = header["type"], header["seq"], header["fields"], header["arrays"]
-    if not (isinstance(kind, str) and _is_int(seq) and seq >= 0 and isinstance(fields, dict) and isinstance(arrays, list)):
-        raise ProtocolError(f"frame header: expected type a string, seq an int >= 0, fields an object, arrays a list; got {header!r:.200}")
+    if not (
+        isinstance(kind, str) and _is_int(seq) and seq >= 0 and isinstance(fields, dict) and isinstance(arrays, list)
+    ):
+        raise ProtocolError(
+            "frame header: expected type a string, seq an int >= 0, "
+            f"fields an object, arrays a list; got {header!r:.200}"
+        )
     if len(arrays) > MAX_ARRAYS:
         raise ProtocolError(f"frame header: expected at most {MAX_ARRAYS} arrays, got {len(arrays)}")
     specs, names, total = [], set(), 0
@@ -92,15 +105,22 @@ def parse_header(raw: bytes) -> tuple[dict, list[tuple[str, np.dtype, tuple[int,
             raise ProtocolError(f"frame array: expected {{name, dtype, shape}}, got {spec!r:.200}")
         name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
         if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name not in names):
-            raise ProtocolError(f"frame array name: expected a new string of 1-{MAX_NAME_CHARS} characters, got {name!r:.80}")
+            raise ProtocolError(
+                f"frame array name: expected a new string of 1-{MAX_NAME_CHARS} characters, got {name!r:.80}"
+            )
         if dtype not in DTYPES:
             raise ProtocolError(f"frame array {name!r} dtype: expected one of {list(DTYPES)}, got {dtype!r:.80}")
         if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_is_int(n) and n >= 0 for n in shape)):
-            raise ProtocolError(f"frame array {name!r} shape: expected at most {MAX_DIMS} ints >= 0, got {shape!r:.200}")
+            raise ProtocolError(
+                f"frame array {name!r} shape: expected at most {MAX_DIMS} ints >= 0, got {shape!r:.200}"
+            )
         size = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow for huge announcements
         total += size
         if total > MAX_PAYLOAD_BYTES:
-            raise ProtocolError(f"frame payload: expected at most {MAX_PAYLOAD_BYTES} bytes, got arrays announcing {total} bytes or more")
+            raise ProtocolError(
+                f"frame payload: expected at most {MAX_PAYLOAD_BYTES} bytes, "
+                f"got arrays announcing {total} bytes or more"
+            )
         names.add(name)
         specs.append((name, np.dtype(dtype), tuple(shape), size))
     return header, specs
@@ -165,7 +185,9 @@ class Channel:
         prefix = self._read(LENGTH.size, deadline)
         (size,) = LENGTH.unpack(prefix)
         if size > MAX_HEADER_BYTES:
-            raise ProtocolError(f"frame header: expected at most {MAX_HEADER_BYTES} bytes, got an announced {size} bytes")
+            raise ProtocolError(
+                f"frame header: expected at most {MAX_HEADER_BYTES} bytes, got an announced {size} bytes"
+            )
         raw = self._read(size, deadline)
         header, specs = parse_header(raw)
         payload = self._read(sum(s[3] for s in specs), deadline)
@@ -173,9 +195,15 @@ class Channel:
         if self.secret is not None and kind != "hello":
             tag = self._read(TAG_BYTES, deadline)
             if not hmac.compare_digest(tag, self._tag(self.peer, prefix + raw + payload)):
-                raise ProtocolError(f"frame seq {header['seq']} from the {self.peer}: authentication failed (wrong secret or altered frame)")
+                raise ProtocolError(
+                    f"frame seq {header['seq']} from the {self.peer}: "
+                    "authentication failed (wrong secret or altered frame)"
+                )
         if header["seq"] != self.received:
-            raise ProtocolError(f"frame from the {self.peer}: expected seq {self.received}, got {header['seq']} (a duplicated or lost message)")
+            raise ProtocolError(
+                f"frame from the {self.peer}: expected seq {self.received}, "
+                f"got {header['seq']} (a duplicated or lost message)"
+            )
         self.received += 1
         if kind not in expect:
             raise ProtocolError(f"message from the {self.peer}: expected one of {list(expect)}, got {kind!r:.80}")
@@ -196,24 +224,33 @@ class Channel:
         require_fields("hello", fields, arrays, {"version": str, "auth": str, "nonce": str})
         if fields["version"] != VERSION or fields["auth"] != mine["auth"]:
             raise ProtocolError(
-                f"hello from the {self.peer}: expected version {VERSION!r} with auth {mine['auth']!r} (deploy.secret must be set on both sides or neither), "
+                f"hello from the {self.peer}: expected version {VERSION!r} with auth {mine['auth']!r} (deploy.secret "
+                "must be set on both sides or neither), "
                 f"got {fields['version']!r:.80} with auth {fields['auth']!r:.80}"
             )
         if len(fields["nonce"]) != 32 or any(c not in "0123456789abcdef" for c in fields["nonce"]):
-            raise ProtocolError(f"hello from the {self.peer}: expected a nonce of 32 hex digits, got {fields['nonce']!r:.80}")
+            raise ProtocolError(
+                f"hello from the {self.peer}: expected a nonce of 32 hex digits, got {fields['nonce']!r:.80}"
+            )
         if self.role == "robot_pc":
             self.send("hello", mine)
         self.nonces[self.role], self.nonces[self.peer] = nonce.encode(), fields["nonce"].encode()
 
 
-def require_fields(kind: str, fields: dict, arrays: dict, expected: dict[str, type], array_names: tuple[str, ...] = ()) -> None:
+def require_fields(
+    kind: str, fields: dict, arrays: dict, expected: dict[str, type], array_names: tuple[str, ...] = ()
+) -> None:
     """Raise `ProtocolError` unless message `kind` has exactly the `expected` fields, each of
     its type (JSON: bool is not a number, float accepts ints), and exactly `array_names`."""
     if set(fields) != set(expected):
         raise ProtocolError(f"{kind} message fields: expected {sorted(expected)}, got {sorted(fields)}")
     for name, kind_of in expected.items():
         value = fields[name]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind_of is float else type(value) is kind_of
+        ok = (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind_of is float
+            else type(value) is kind_of
+        )
         if not ok:
             raise ProtocolError(f"{kind} message field {name!r}: expected a JSON {kind_of.__name__}, got {value!r:.80}")
     if set(arrays) != set(array_names):

@@ -64,13 +64,21 @@ class NetworkRobot:
     Off loopback, `secret` (at least 16 bytes, shared with the robot PC) and `allow` (the robot
     PC's IP addresses) are required; connections from other addresses are closed unread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5555, timeout_s: float = 10.0, connect_timeout_s: float = 600.0,
-                 secret: bytes | None = None, allow: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5555,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 600.0,
+        secret: bytes | None = None,
+        allow: tuple[str, ...] = (),
+    ) -> None:
         self.secret = check_secret(secret)
         self.allow = {ipaddress.ip_address(a) for a in _checked_allow(allow)}
         if not is_loopback(host) and (secret is None or not self.allow):
             raise InputError(
-                f"bridge host {host!r} is not a loopback address: expected deploy.secret (or deploy.secret_file) and a non-empty "
+                f"bridge host {host!r} is not a loopback address: "
+                "expected deploy.secret (or deploy.secret_file) and a non-empty "
                 "deploy.allow list of robot PC addresses, so that only that robot PC can drive the runtime"
             )
         self.server = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -87,7 +95,9 @@ class NetworkRobot:
             try:
                 conn, address = self.server.accept()
             except TimeoutError as err:
-                raise ConnectionError(f"no robot connected to port {self.port} within {self.connect_timeout_s} s") from err
+                raise ConnectionError(
+                    f"no robot connected to port {self.port} within {self.connect_timeout_s} s"
+                ) from err
             if not self.allow or ipaddress.ip_address(address[0]) in self.allow:
                 break
             conn.close()  # not the robot PC: nothing is read from it
@@ -132,11 +142,21 @@ class NetworkRobot:
 
     def _read(self) -> RobotState:
         _, fields, arrays = self._receive("state")
-        require_fields("state", fields, arrays, STATE_FIELDS, ("q", "probe_pose", "frame") if "frame" in arrays else ("q", "probe_pose"))
+        require_fields(
+            "state",
+            fields,
+            arrays,
+            STATE_FIELDS,
+            ("q", "probe_pose", "frame") if "frame" in arrays else ("q", "probe_pose"),
+        )
         if fields["ack"] != self.channel.last_sent:
-            raise ProtocolError(f"state from the robot PC: expected ack {self.channel.last_sent} (the last target), got {fields['ack']}")
+            raise ProtocolError(
+                f"state from the robot PC: expected ack {self.channel.last_sent} (the last target), got {fields['ack']}"
+            )
         try:
-            return check_state(RobotState(arrays["q"], arrays["probe_pose"], fields["force_n"], arrays.get("frame"), fields["done"]))
+            return check_state(
+                RobotState(arrays["q"], arrays["probe_pose"], fields["force_n"], arrays.get("frame"), fields["done"])
+            )
         except InputError as err:
             raise ProtocolError(f"state from the robot PC: {err}") from None
 
@@ -186,7 +206,8 @@ class RobotGuard:
         self.skin = SkinSurface(*(self.session.surface[k] for k in ("x0", "z0", "dx", "dz", "y", "normal")))
 
     def target(self, pose: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """(the checked pose (7,) float64, why the robot must not move there or None); a safe pose becomes the previous target."""
+        """(the checked pose (7,) float64, why the robot must not move there or None); a safe pose becomes the
+        previous target."""
         try:
             pose = checked_pose("target pose", pose)
         except InputError as err:
@@ -198,10 +219,15 @@ class RobotGuard:
         step = float(np.linalg.norm(position - self.previous[:3]))
         if step > lim.max_speed_m_s * self.dt_s * SPEED_TOLERANCE + POSITION_TOLERANCE_M:
             return pose, f"target {step * 1000:.1f} mm from the previous one: above {lim.max_speed_m_s:.3f} m/s"
-        cosine = abs(float(np.dot(pose[3:], self.previous[3:]))) / float(np.linalg.norm(pose[3:]) * np.linalg.norm(self.previous[3:]))
+        cosine = abs(float(np.dot(pose[3:], self.previous[3:]))) / float(
+            np.linalg.norm(pose[3:]) * np.linalg.norm(self.previous[3:])
+        )
         turn = 2 * float(np.arccos(min(1.0, cosine)))
         if turn > lim.max_angular_speed_rad_s * self.dt_s * SPEED_TOLERANCE + 1e-3:
-            return pose, f"target turns {turn:.3f} rad from the previous one: above {lim.max_angular_speed_rad_s:.3f} rad/s"
+            return (
+                pose,
+                f"target turns {turn:.3f} rad from the previous one: above {lim.max_angular_speed_rad_s:.3f} rad/s",
+            )
         skin, normal = skin_point(self.skin, position[0], position[2])
         if not np.isfinite(skin).all():
             return pose, "target is not above the skin surface of the session"
@@ -230,7 +256,12 @@ def serve_robot(robot: RobotInterface, host: str, port: int, limits: SafetyLimit
     error, timeout, disconnect or a broken limit the robot is stopped (robot.stop(reason)), the
     runtime told why when the link still works, and the connection ended.
     Returns {"targets": executed targets, "status": "closed" or "stopped: <reason>"}."""
-    require(is_loopback(host) or check_secret(secret) is not None, f"bridge host {host!r}", "a loopback address or deploy.secret", "no secret")
+    require(
+        is_loopback(host) or check_secret(secret) is not None,
+        f"bridge host {host!r}",
+        "a loopback address or deploy.secret",
+        "no secret",
+    )
     targets = 0
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -250,7 +281,9 @@ def serve_robot(robot: RobotInterface, host: str, port: int, limits: SafetyLimit
                 if kind == "start":
                     session = robot.start()
                     state = robot.read()
-                    guard = RobotGuard(limits, dt_s, session, np.asarray(state.probe_pose, np.float64), max_penetration_m)
+                    guard = RobotGuard(
+                        limits, dt_s, session, np.asarray(state.probe_pose, np.float64), max_penetration_m
+                    )
                     channel.send("session", arrays=session.to_arrays())
                 else:
                     if guard is None:

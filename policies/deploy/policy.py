@@ -41,11 +41,22 @@ def check_manifest(folder: Path) -> None:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: expected JSON {{file: sha256}}, got unreadable text ({err})") from err
-    valid = isinstance(manifest, dict) and set(manifest) == set(MANIFEST_FILES) and all(isinstance(h, str) and SHA256.fullmatch(h) for h in manifest.values())
-    require(valid, str(path), f"{{file: sha256}} for exactly {list(MANIFEST_FILES)}", manifest if isinstance(manifest, dict) else type(manifest).__name__)
+    valid = (
+        isinstance(manifest, dict)
+        and set(manifest) == set(MANIFEST_FILES)
+        and all(isinstance(h, str) and SHA256.fullmatch(h) for h in manifest.values())
+    )
+    require(
+        valid,
+        str(path),
+        f"{{file: sha256}} for exactly {list(MANIFEST_FILES)}",
+        manifest if isinstance(manifest, dict) else type(manifest).__name__,
+    )
     for name in MANIFEST_FILES:
         if not (folder / name).is_file() or sha256(folder / name) != manifest[name]:
-            raise InputError(f"{folder / name}: missing or its sha256 differs from {MANIFEST} (re-run scripts/export.py)")
+            raise InputError(
+                f"{folder / name}: missing or its sha256 differs from {MANIFEST} (re-run scripts/export.py)"
+            )
 
 
 def read_spec(folder: str | Path) -> dict:
@@ -61,6 +72,8 @@ def read_spec(folder: str | Path) -> dict:
         raise InputError(f"{path}: expected JSON, got unreadable text ({err})") from err
     validate_spec(spec, folder)
     return spec
+
+
 class GraphPolicy:
     """A policy graph file run by `engine`: {input name: (B, ...) float32} -> actions (B, A)
     float32, the graph's positional inputs in the order of `input_names`."""
@@ -99,4 +112,6 @@ class ExportedPolicy(GraphPolicy):
     def __init__(self, folder: str | Path, engine: str = "onnx") -> None:
         self.folder = Path(folder)
         self.spec = read_spec(folder)
-        super().__init__(self.folder / ENGINES.get(engine, ""), engine, [i["name"] for i in self.spec["observation"]["inputs"]])
+        super().__init__(
+            self.folder / ENGINES.get(engine, ""), engine, [i["name"] for i in self.spec["observation"]["inputs"]]
+        )

@@ -59,26 +59,54 @@ class Session:
         need = ["anchor_m", *(f"surface_{k}" for k in SURFACE_KEYS)]
         start_keys = ["start_xz", "start_yaw", "start_tilt"]
         names = set(arrays)
-        missing, unknown = [k for k in need if k not in names], sorted(names - set(need) - {"goal_pose", "goal_image", *start_keys})
+        missing, unknown = (
+            [k for k in need if k not in names],
+            sorted(names - set(need) - {"goal_pose", "goal_image", *start_keys}),
+        )
         if missing or unknown or 0 < len(names & set(start_keys)) < 3:
             raise InputError(
-                f"session: expected arrays {need}, optionally goal_pose, goal_image and all of {start_keys}; got {sorted(names)}"
+                f"session: expected arrays {need}, optionally goal_pose, "
+                f"goal_image and all of {start_keys}; got {sorted(names)}"
             )
         get = lambda k: np.asarray(arrays[k]) if k in arrays else None  # noqa: E731
         anchor = _checked("session anchor_m", get("anchor_m"), (3,))
-        surface = {k: float(_checked(f"session surface_{k}", get(f"surface_{k}"), ())) for k in ("x0", "z0", "dx", "dz")}
+        surface = {
+            k: float(_checked(f"session surface_{k}", get(f"surface_{k}"), ())) for k in ("x0", "z0", "dx", "dz")
+        }
         for k in ("dx", "dz"):
-            require(0 < surface[k] <= MAX_GRID_STEP_M, f"session surface_{k}", f"a grid step in (0, {MAX_GRID_STEP_M}] m", surface[k])
+            require(
+                0 < surface[k] <= MAX_GRID_STEP_M,
+                f"session surface_{k}",
+                f"a grid step in (0, {MAX_GRID_STEP_M}] m",
+                surface[k],
+            )
         y = _array("session surface_y", get("surface_y"), 2)
-        require(2 <= min(y.shape) and max(y.shape) <= MAX_GRID_CELLS, "session surface_y shape", f"(A, B) with 2 <= A, B <= {MAX_GRID_CELLS}", y.shape)
-        require(not np.isinf(y).any() and np.isfinite(y).any(), "session surface_y", "finite skin heights (NaN off the body), some finite", "inf or all NaN")
+        require(
+            2 <= min(y.shape) and max(y.shape) <= MAX_GRID_CELLS,
+            "session surface_y shape",
+            f"(A, B) with 2 <= A, B <= {MAX_GRID_CELLS}",
+            y.shape,
+        )
+        require(
+            not np.isinf(y).any() and np.isfinite(y).any(),
+            "session surface_y",
+            "finite skin heights (NaN off the body), some finite",
+            "inf or all NaN",
+        )
         normal = _checked("session surface_normal", get("surface_normal"), (*y.shape, 3), finite=False)
         on_body = normal[np.isfinite(y)]
         unit = np.isfinite(on_body).all() and np.abs(np.linalg.norm(on_body, axis=-1) - 1).max() <= UNIT_TOLERANCE
-        require(unit and not np.isinf(normal).any(), "session surface_normal", "unit normals wherever surface_y is finite", "non-unit or non-finite normals")
+        require(
+            unit and not np.isinf(normal).any(),
+            "session surface_normal",
+            "unit normals wherever surface_y is finite",
+            "non-unit or non-finite normals",
+        )
         surface.update(y=y, normal=normal)
         goal_pose = None if get("goal_pose") is None else checked_pose("session goal_pose", get("goal_pose"))
-        goal_image = None if get("goal_image") is None else _checked_image("session goal_image", get("goal_image"), square=True)
+        goal_image = (
+            None if get("goal_image") is None else _checked_image("session goal_image", get("goal_image"), square=True)
+        )
         start = None
         if "start_xz" in names:
             xz, yaw, tilt = (_checked(f"session {k}", get(k), shape) for k, shape in zip(start_keys, ((2,), (), (2,))))
@@ -109,16 +137,28 @@ def check_state(state: RobotState, dof: int | None = None) -> RobotState:
     require(np.isfinite(q).all(), "robot state q", "finite joint angles", q.tolist())
     force = state.force_n
     number = isinstance(force, (int, float, np.floating, np.integer)) and not isinstance(force, (bool, np.bool_))
-    require(number and 0 <= force <= MAX_FORCE_N, "robot state force_n", f"a number in [0, {MAX_FORCE_N}] N", repr(force))
+    require(
+        number and 0 <= force <= MAX_FORCE_N, "robot state force_n", f"a number in [0, {MAX_FORCE_N}] N", repr(force)
+    )
     require(isinstance(state.done, (bool, np.bool_)), "robot state done", "a bool", repr(state.done))
-    return RobotState(q, checked_pose("robot state probe_pose", state.probe_pose), float(force),
-                      None if state.frame is None else _checked_image("robot state frame", state.frame), bool(state.done))
+    return RobotState(
+        q,
+        checked_pose("robot state probe_pose", state.probe_pose),
+        float(force),
+        None if state.frame is None else _checked_image("robot state frame", state.frame),
+        bool(state.done),
+    )
 
 
 def _array(what: str, value, ndim: int) -> np.ndarray:
     """`value` as a float array of `ndim` dimensions; raise `InputError` naming `what` otherwise."""
     array = np.asarray(value)
-    require(array.dtype.kind in "fiu" and array.ndim == ndim, what, f"a {ndim}-d numeric array", f"dtype {array.dtype} shape {array.shape}")
+    require(
+        array.dtype.kind in "fiu" and array.ndim == ndim,
+        what,
+        f"a {ndim}-d numeric array",
+        f"dtype {array.dtype} shape {array.shape}",
+    )
     return array.astype(np.float64 if array.dtype.kind != "f" else array.dtype)
 
 
@@ -134,16 +174,32 @@ def checked_pose(what: str, value) -> np.ndarray:
     """A finite pose (7,) whose quaternion has unit norm within UNIT_TOLERANCE."""
     pose = _checked(what, value, (7,))
     norm = float(np.linalg.norm(pose[3:]))
-    require(abs(norm - 1) <= UNIT_TOLERANCE, f"{what} quaternion", f"unit norm (within {UNIT_TOLERANCE})", f"norm {norm:.6g}")
+    require(
+        abs(norm - 1) <= UNIT_TOLERANCE,
+        f"{what} quaternion",
+        f"unit norm (within {UNIT_TOLERANCE})",
+        f"norm {norm:.6g}",
+    )
     return pose
 
 
 def _checked_image(what: str, value, square: bool = False) -> np.ndarray:
     """A finite image (H, W) in [0, 1] with 1 <= H, W <= MAX_IMAGE_PIXELS (H == W if square)."""
     image = _array(what, value, 2)
-    ok = 1 <= min(image.shape) and max(image.shape) <= MAX_IMAGE_PIXELS and (not square or image.shape[0] == image.shape[1])
-    require(ok, f"{what} shape", f"({'S, S' if square else 'H, W'}) with sides from 1 to {MAX_IMAGE_PIXELS}", image.shape)
-    require(np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1, what, "finite values in [0, 1]", f"[{image.min()}, {image.max()}]")
+    ok = (
+        1 <= min(image.shape)
+        and max(image.shape) <= MAX_IMAGE_PIXELS
+        and (not square or image.shape[0] == image.shape[1])
+    )
+    require(
+        ok, f"{what} shape", f"({'S, S' if square else 'H, W'}) with sides from 1 to {MAX_IMAGE_PIXELS}", image.shape
+    )
+    require(
+        np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1,
+        what,
+        "finite values in [0, 1]",
+        f"[{image.min()}, {image.max()}]",
+    )
     return image
 
 

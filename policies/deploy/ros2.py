@@ -66,13 +66,24 @@ class Ros2Robot:
     """`RobotInterface` over ROS 2 topics (see TOPICS; override any). read() waits until every
     input topic has a message newer than the last read, at most timeout_s."""
 
-    def __init__(self, session_file: str | Path, joint_names: list[str], topics: dict | None = None, frame_id: str = "patient", images: bool = True, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        session_file: str | Path,
+        joint_names: list[str],
+        topics: dict | None = None,
+        frame_id: str = "patient",
+        images: bool = True,
+        timeout_s: float = 1.0,
+    ) -> None:
         try:
             import rclpy
             from geometry_msgs.msg import PoseStamped, WrenchStamped
             from sensor_msgs.msg import Image, JointState
         except ImportError as err:
-            raise InputError(f"ROS 2 robot: rclpy is not importable ({err}); source your ROS 2 installation, e.g. /opt/ros/jazzy/setup.bash") from err
+            raise InputError(
+                f"ROS 2 robot: rclpy is not importable ({err}); "
+                "source your ROS 2 installation, e.g. /opt/ros/jazzy/setup.bash"
+            ) from err
         self.rclpy, self.PoseStamped = rclpy, PoseStamped
         with np.load(session_file) as data:
             self.session = Session.from_arrays(data)
@@ -86,7 +97,9 @@ class Ros2Robot:
         self.node = rclpy.create_node("sonolab_runtime")
         self.latest: dict = {}
         self.fresh: set[str] = set()
-        inputs = {"pose": PoseStamped, "joints": JointState, "wrench": WrenchStamped} | ({"image": Image} if images else {})
+        inputs = {"pose": PoseStamped, "joints": JointState, "wrench": WrenchStamped} | (
+            {"image": Image} if images else {}
+        )
         for key, kind in inputs.items():
             self.node.create_subscription(kind, self.topics[key], lambda msg, key=key: self._store(key, msg), 10)
         self.publisher = self.node.create_publisher(PoseStamped, self.topics["target"], 10)
@@ -105,12 +118,20 @@ class Ros2Robot:
         deadline = self.node.get_clock().now().nanoseconds + int(self.timeout_s * 1e9)
         while self.fresh != self.inputs:
             if self.node.get_clock().now().nanoseconds > deadline:
-                raise TimeoutError(f"ROS 2 robot: no new message on {sorted(self.inputs - self.fresh)} within {self.timeout_s} s")
+                raise TimeoutError(
+                    f"ROS 2 robot: no new message on {sorted(self.inputs - self.fresh)} within {self.timeout_s} s"
+                )
             self.rclpy.spin_once(self.node, timeout_sec=0.01)
         self.fresh = set()
         m = self.latest
         frame = image_to_array(m["image"]) if "image" in m else None
-        return RobotState(joint_positions(m["joints"], self.joint_names), pose_to_array(m["pose"].pose), contact_force(m["wrench"]), frame, self.done)
+        return RobotState(
+            joint_positions(m["joints"], self.joint_names),
+            pose_to_array(m["pose"].pose),
+            contact_force(m["wrench"]),
+            frame,
+            self.done,
+        )
 
     def _publish(self, pose: np.ndarray) -> None:
         msg = self.PoseStamped()

@@ -23,7 +23,8 @@ from tasks import registry
 
 
 def make_controller(spec: dict):
-    """The robot-side controller the registry names for deploy.json's task (InputError naming the registered tasks for another)."""
+    """The robot-side controller the registry names for deploy.json's task (InputError naming the registered
+    tasks for another)."""
     name = spec["task"]["name"]
     if name not in registry.names():
         raise InputError(f"deploy.json task {name!r}: no robot-side controller; expected one of {registry.names()}")

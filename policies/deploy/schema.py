@@ -38,7 +38,12 @@ def validate_spec(spec: object, folder: Path) -> None:
     what = str(Path(folder) / "deploy.json")
     require(isinstance(spec, Mapping), what, "a JSON object", type(spec).__name__)
     missing, unknown = [k for k in REQUIRED if k not in spec], sorted(set(spec) - {*REQUIRED, *OPTIONAL})
-    require(not missing and not unknown, what, f"the keys {list(REQUIRED)} (and optionally {list(OPTIONAL)})", f"missing {missing}, unknown {unknown}")
+    require(
+        not missing and not unknown,
+        what,
+        f"the keys {list(REQUIRED)} (and optionally {list(OPTIONAL)})",
+        f"missing {missing}, unknown {unknown}",
+    )
     require(spec["format"] == DEPLOY_FORMAT, f"{what} format", repr(DEPLOY_FORMAT), repr(spec["format"]))
     contract = task_contract(spec["task"], f"{what} task")
     check_control(spec["control"], contract["control"], f"{what} control")
@@ -53,9 +58,16 @@ def validate_spec(spec: object, folder: Path) -> None:
 
 def task_contract(task: object, what: str) -> dict:
     """The control and action parts deploy.json must have for its task (name and config)."""
-    require(isinstance(task, Mapping) and set(task) == {"name", "config"}, what, "an object with keys name and config", task)
+    require(
+        isinstance(task, Mapping) and set(task) == {"name", "config"}, what, "an object with keys name and config", task
+    )
     require(task["name"] in registry.names(), f"{what}.name", f"one of {registry.names()}", repr(task["name"]))
-    require(isinstance(task["config"], Mapping), f"{what}.config", "an object (the task's settings)", type(task["config"]).__name__)
+    require(
+        isinstance(task["config"], Mapping),
+        f"{what}.config",
+        "an object (the task's settings)",
+        type(task["config"]).__name__,
+    )
     contract = registry.load(registry.spec(task["name"]).deploy_contract, f"task {task['name']!r} deploy_contract")
     return contract(task["config"], f"{what}.config")
 
@@ -63,11 +75,21 @@ def task_contract(task: object, what: str) -> dict:
 def check_control(control: object, expected: Mapping, what: str) -> None:
     """rate_hz in RATE_HZ, dt_s = 1 / rate_hz within the period's bounds, episode_steps a positive int,
     all as the task config says."""
-    require(isinstance(control, Mapping) and set(control) == set(expected), what, f"an object with keys {sorted(expected)}", control)
+    require(
+        isinstance(control, Mapping) and set(control) == set(expected),
+        what,
+        f"an object with keys {sorted(expected)}",
+        control,
+    )
     rate = RATE_HZ.check(control["rate_hz"], f"{what}.rate_hz")
     dt = DT_S.check(control["dt_s"], f"{what}.dt_s")
     require(abs(dt - 1.0 / rate) <= DT_TOLERANCE_S, f"{what}.dt_s", f"1 / rate_hz = {1.0 / rate} s", dt)
-    require(_positive_int(control["episode_steps"]), f"{what}.episode_steps", "a positive integer", repr(control["episode_steps"]))
+    require(
+        _positive_int(control["episode_steps"]),
+        f"{what}.episode_steps",
+        "a positive integer",
+        repr(control["episode_steps"]),
+    )
     for key in ("rate_hz", "episode_steps"):
         require(control[key] == expected[key], f"{what}.{key}", f"{expected[key]} (from task.config)", control[key])
 
@@ -84,16 +106,30 @@ def check_inputs(observation: object, what: str) -> list[str]:
         require(entry.get("dtype") == "float32", f"{where}.dtype", "'float32'", repr(entry.get("dtype")))
         shape = entry.get("shape")
         require(
-            isinstance(shape, list) and len(shape) >= 2 and shape[0] == "batch" and all(_positive_int(d) for d in shape[1:]),
-            f"{where}.shape", '["batch", positive integers...]', shape,
-        )  # fmt: skip
+            isinstance(shape, list)
+            and len(shape) >= 2
+            and shape[0] == "batch"
+            and all(_positive_int(d) for d in shape[1:]),
+            f"{where}.shape",
+            '["batch", positive integers...]',
+            shape,
+        )
         if "layout" in entry:
             layout = entry["layout"]
-            sizes = [s.get("size") for s in layout] if isinstance(layout, list) and all(isinstance(s, Mapping) for s in layout) else None
+            sizes = (
+                [s.get("size") for s in layout]
+                if isinstance(layout, list) and all(isinstance(s, Mapping) for s in layout)
+                else None
+            )
             require(
-                sizes is not None and all(_positive_int(s) for s in sizes) and len(shape) == 2 and sum(sizes) == shape[1],
-                f"{where}.layout", f"segments whose sizes add up to the input width {shape[1:]}", sizes,
-            )  # fmt: skip
+                sizes is not None
+                and all(_positive_int(s) for s in sizes)
+                and len(shape) == 2
+                and sum(sizes) == shape[1],
+                f"{where}.layout",
+                f"segments whose sizes add up to the input width {shape[1:]}",
+                sizes,
+            )
         names.append(entry["name"])
     require(len(set(names)) == len(names), f"{what}.inputs", "unique names", names)
     return names
@@ -102,12 +138,27 @@ def check_inputs(observation: object, what: str) -> list[str]:
 def check_action(action: object, expected: Mapping, what: str) -> int:
     """names/units/scale/clamp of the action dim, clamp [-1, 1], every step within MAX_STEP, and
     all as the task config says (a hand-edited scale is refused). Returns the action dim."""
-    require(isinstance(action, Mapping) and set(action) == set(expected), what, f"an object with keys {sorted(expected)}", action)
+    require(
+        isinstance(action, Mapping) and set(action) == set(expected),
+        what,
+        f"an object with keys {sorted(expected)}",
+        action,
+    )
     shape = action["shape"]
-    require(isinstance(shape, list) and len(shape) == 2 and shape[0] == "batch" and _positive_int(shape[1]), f"{what}.shape", '["batch", A]', shape)
+    require(
+        isinstance(shape, list) and len(shape) == 2 and shape[0] == "batch" and _positive_int(shape[1]),
+        f"{what}.shape",
+        '["batch", A]',
+        shape,
+    )
     dim = shape[1]
     for key in ("names", "units", "scale"):
-        require(isinstance(action[key], list) and len(action[key]) == dim, f"{what}.{key}", f"a list of {dim} (the action dim)", action[key])
+        require(
+            isinstance(action[key], list) and len(action[key]) == dim,
+            f"{what}.{key}",
+            f"a list of {dim} (the action dim)",
+            action[key],
+        )
     require(action["clamp"] == [-1.0, 1.0], f"{what}.clamp", "[-1.0, 1.0]", action["clamp"])
     for i, (unit, scale) in enumerate(zip(action["units"], action["scale"])):
         require(unit in MAX_STEP, f"{what}.units[{i}]", f"one of {sorted(MAX_STEP)}", repr(unit))
@@ -134,24 +185,51 @@ def check_robot(robot: object, what: str) -> None:
     for key in ("name", "urdf", "tool_frame"):
         require(isinstance(robot.get(key), str) and robot[key], f"{what}.{key}", "a non-empty string", robot.get(key))
     base = robot.get("base_pose_in_anchor_frame")
-    require(isinstance(base, list) and len(base) == 7 and all(_finite(v) for v in base), f"{what}.base_pose_in_anchor_frame", "7 finite numbers", base)
-    require(abs(math.hypot(*base[3:]) - 1.0) < 1e-6, f"{what}.base_pose_in_anchor_frame", "a unit quaternion (w, x, y, z) after the position", base[3:])
+    require(
+        isinstance(base, list) and len(base) == 7 and all(_finite(v) for v in base),
+        f"{what}.base_pose_in_anchor_frame",
+        "7 finite numbers",
+        base,
+    )
+    require(
+        abs(math.hypot(*base[3:]) - 1.0) < 1e-6,
+        f"{what}.base_pose_in_anchor_frame",
+        "a unit quaternion (w, x, y, z) after the position",
+        base[3:],
+    )
     joints = robot.get("joints")
     require(isinstance(joints, list) and joints, f"{what}.joints", "a non-empty list", joints)
     for i, joint in enumerate(joints):
-        numbers_ = isinstance(joint, Mapping) and all(_finite(joint.get(k)) for k in ("lower_rad", "upper_rad", "velocity_rad_s"))
-        ok = numbers_ and isinstance(joint.get("name"), str) and joint["lower_rad"] < joint["upper_rad"] and joint["velocity_rad_s"] > 0
+        numbers_ = isinstance(joint, Mapping) and all(
+            _finite(joint.get(k)) for k in ("lower_rad", "upper_rad", "velocity_rad_s")
+        )
+        ok = (
+            numbers_
+            and isinstance(joint.get("name"), str)
+            and joint["lower_rad"] < joint["upper_rad"]
+            and joint["velocity_rad_s"] > 0
+        )
         require(ok, f"{what}.joints[{i}]", "a name, finite lower_rad < upper_rad and velocity_rad_s > 0", joint)
 
 
 def check_verification(verification: object, what: str) -> None:
     """The export's record that both engines matched the training model within the tolerance."""
     keys = {"samples", "max_abs_error", "tolerance"}
-    require(isinstance(verification, Mapping) and set(verification) == keys, what, f"an object with keys {sorted(keys)}", verification)
+    require(
+        isinstance(verification, Mapping) and set(verification) == keys,
+        what,
+        f"an object with keys {sorted(keys)}",
+        verification,
+    )
     SAMPLES.check(verification["samples"], f"{what}.samples")
     tolerance = Bound(0.0, TOLERANCE, low_open=False).check(verification["tolerance"], f"{what}.tolerance")
     errors = verification["max_abs_error"]
-    require(isinstance(errors, Mapping) and set(errors) == {"onnx", "torchscript"}, f"{what}.max_abs_error", "errors of onnx and torchscript", errors)
+    require(
+        isinstance(errors, Mapping) and set(errors) == {"onnx", "torchscript"},
+        f"{what}.max_abs_error",
+        "errors of onnx and torchscript",
+        errors,
+    )
     for engine, error in errors.items():
         Bound(0.0, tolerance, low_open=False).check(error, f"{what}.max_abs_error.{engine}")
 
@@ -171,9 +249,19 @@ def check_graph(path: Path, inputs: list[Mapping], names: list[str], dim: int) -
 
     found = {v.name: dims(v)[1:] for v in graph.input}
     wanted = {n: i["shape"][1:] for n, i in zip(names, inputs)}
-    require([v.name for v in graph.input] == names and found == wanted, f"{path} inputs", f"{wanted} as in deploy.json", found)
+    require(
+        [v.name for v in graph.input] == names and found == wanted,
+        f"{path} inputs",
+        f"{wanted} as in deploy.json",
+        found,
+    )
     outputs = [dims(v) for v in graph.output]
-    require(len(outputs) == 1 and outputs[0][1:] == [dim], f"{path} outputs", f"one output of width {dim} (the action dim)", outputs)
+    require(
+        len(outputs) == 1 and outputs[0][1:] == [dim],
+        f"{path} outputs",
+        f"one output of width {dim} (the action dim)",
+        outputs,
+    )
 
 
 def _positive_int(value: object) -> bool:

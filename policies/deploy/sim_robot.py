@@ -40,7 +40,9 @@ class SimRobot:
     @torch.inference_mode()
     def send(self, target: np.ndarray) -> None:
         tool = self.env.snapshot(self.first).tool
-        over = self.env.drive_tools({tool: torch.as_tensor(np.asarray(target, np.float32), device=self.env.device)[None]})
+        over = self.env.drive_tools(
+            {tool: torch.as_tensor(np.asarray(target, np.float32), device=self.env.device)[None]}
+        )
         self.done = bool(over[0])
 
     def stop(self, reason: str) -> None:

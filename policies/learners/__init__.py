@@ -36,5 +36,10 @@ def get(name: object) -> Learner:
     require(isinstance(name, str) and name in LEARNERS, "learner", f"one of {names()}", repr(name))
     module, cls = LEARNERS[name].split(":")
     learner = getattr(importlib.import_module(module), cls)
-    require(isinstance(learner, type) and issubclass(learner, Learner), f"learner {name}", f"a Learner subclass at {LEARNERS[name]}", learner)
+    require(
+        isinstance(learner, type) and issubclass(learner, Learner),
+        f"learner {name}",
+        f"a Learner subclass at {LEARNERS[name]}",
+        learner,
+    )
     return learner()

@@ -81,7 +81,12 @@ class ActionChunks:
             actions = self.policy(obs)
             if actions.ndim == 2:
                 return actions
-            require(actions.ndim == 3 and actions.shape[1] >= 1, "policy output", "actions (N, A) or an action chunk (N, H, A), H >= 1", tuple(actions.shape))
+            require(
+                actions.ndim == 3 and actions.shape[1] >= 1,
+                "policy output",
+                "actions (N, A) or an action chunk (N, H, A), H >= 1",
+                tuple(actions.shape),
+            )
             self.chunk, self.used = actions, 0
         self.used += 1
         return self.chunk[:, self.used - 1]

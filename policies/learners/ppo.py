@@ -47,7 +47,9 @@ class PpoLearner(Learner):
 
         Keys of the algorithm that are absent keep rsl-rl's defaults; the runner's own keys must be set.
         """
-        require(isinstance(agent, Mapping), "agent", "the agent settings (conf/agent/<task>/ppo.yaml)", type(agent).__name__)
+        require(
+            isinstance(agent, Mapping), "agent", "the agent settings (conf/agent/<task>/ppo.yaml)", type(agent).__name__
+        )
         require_int(agent.get("max_iterations"), "agent.max_iterations", 1)
         steps = require_int(agent.get("num_steps_per_env"), "agent.num_steps_per_env", 1)
         require_int(agent.get("save_interval"), "agent.save_interval", 1)
@@ -59,33 +61,49 @@ class PpoLearner(Learner):
             if key in algorithm:
                 require_int(algorithm[key], f"agent.algorithm.{key}", low)
         for key, (low, high, low_open) in NUMBERS.items():
-            if key in algorithm and not (key == "desired_kl" and algorithm[key] is None):  # rsl-rl: None turns the KL schedule off
+            if key in algorithm and not (
+                key == "desired_kl" and algorithm[key] is None
+            ):  # rsl-rl: None turns the KL schedule off
                 require_number(algorithm[key], f"agent.algorithm.{key}", low, high, low_open)
         if "schedule" in algorithm:
             require_choice(algorithm["schedule"], "agent.algorithm.schedule", SCHEDULES)
         mini_batches = algorithm.get("num_mini_batches", 4)  # rsl-rl's default
         batch = num_envs * steps
         require(
-            batch >= mini_batches, "agent.algorithm.num_mini_batches",
-            f"at most num_envs x agent.num_steps_per_env = {num_envs} x {steps} = {batch} (each mini-batch needs a sample)", mini_batches,
-        )  # fmt: skip
+            batch >= mini_batches,
+            "agent.algorithm.num_mini_batches",
+            (
+                f"at most num_envs x agent.num_steps_per_env = {num_envs} x {steps} = {batch} "
+                "(each mini-batch needs a sample)"
+            ),
+            mini_batches,
+        )
         distribution = (agent.get("actor") or {}).get("distribution_cfg") or {}
         if "init_std" in distribution:
-            require_number(distribution["init_std"], "agent.actor.distribution_cfg.init_std", 0.0, math.inf, low_open=True)
+            require_number(
+                distribution["init_std"], "agent.actor.distribution_cfg.init_std", 0.0, math.inf, low_open=True
+            )
 
     def train(self, cfg: DictConfig, env: BatchedEnv, run_dir: Path, checkpoint: Path | None) -> None:
-        runner = Runner(env, train_config(cfg), str(run_dir), cfg.device, env_cfg=OmegaConf.to_container(cfg, resolve=True))
+        runner = Runner(
+            env, train_config(cfg), str(run_dir), cfg.device, env_cfg=OmegaConf.to_container(cfg, resolve=True)
+        )
         runner.add_git_repo_to_log(str(REPO_ROOT))
         total = int(cfg.agent.max_iterations)
         start = runner.resume(checkpoint) if checkpoint is not None else 0
         if start < total:
-            runner.learn(total - start, init_at_random_ep_len=bool(cfg.agent.init_at_random_ep_len) and checkpoint is None)
+            runner.learn(
+                total - start, init_at_random_ep_len=bool(cfg.agent.init_at_random_ep_len) and checkpoint is None
+            )
 
     def load_policy(self, cfg: DictConfig, env: BatchedEnv, checkpoint: Path) -> TrainedPolicy:
         runner = Runner(env, train_config(cfg), None, cfg.device)
         data = runner.load(str(checkpoint))
         actor = runner.get_inference_policy(cfg.device)  # the actor in eval mode: its forward is the action mean
-        inputs = [*actor.obs_groups, *getattr(actor, "obs_groups_2d", [])]  # export checks it has one 1-D group (actor_inputs)
+        inputs = [
+            *actor.obs_groups,
+            *getattr(actor, "obs_groups_2d", []),
+        ]  # export checks it has one 1-D group (actor_inputs)
         return TrainedPolicy(actor, inputs, int(data["iter"]))
 
     def export(self, policy: TrainedPolicy, env: BatchedEnv, folder: Path, spec: dict, samples: int) -> Path:

@@ -48,7 +48,9 @@ class PatientBank:
         """(V,) one volume per patient in the bank's layout: each padded by one voxel of 0 on
         every side and raveled back to back, so `offsets` and `dims` index it. On the bank's device.
         """
-        return torch.from_numpy(np.concatenate([np.pad(v, 1, constant_values=0).ravel() for v in volumes])).to(self.device)
+        return torch.from_numpy(np.concatenate([np.pad(v, 1, constant_values=0).ravel() for v in volumes])).to(
+            self.device
+        )
 
     def __len__(self) -> int:
         return len(self.patients)
@@ -68,7 +70,9 @@ class PatientBank:
             raise InputError(f"patient_idx: expected shape ({n},) matching the poses, got {tuple(patient_idx.shape)}")
         patient_idx = patient_idx.to(self.device, torch.int64)
         if n and (int(patient_idx.min()) < 0 or int(patient_idx.max()) >= len(self)):
-            raise InputError(f"patient_idx: expected values in [0, {len(self)}), got {patient_idx.unique().tolist()[:10]}")
+            raise InputError(
+                f"patient_idx: expected values in [0, {len(self)}), got {patient_idx.unique().tolist()[:10]}"
+            )
         return patient_idx
 
     def nbytes(self) -> int:

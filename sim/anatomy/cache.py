@@ -167,7 +167,9 @@ def _write_patient(patient: Patient, folder: Path) -> None:
         s = patient.skin
         np.savez(folder / "skin.npz", x0=s.x0, z0=s.z0, dx=s.dx, dz=s.dz, y=s.y, normal=s.normal)
     if patient.landmarks:
-        (folder / "landmarks.json").write_text(json.dumps({k: _landmarks_to_json(v) for k, v in patient.landmarks.items()}))
+        (folder / "landmarks.json").write_text(
+            json.dumps({k: _landmarks_to_json(v) for k, v in patient.landmarks.items()})
+        )
     if patient.meshes:
         arrays = {}
         for name, mesh in patient.meshes.items():
@@ -190,21 +192,23 @@ def _read_patient(folder: Path, meta: dict) -> Patient:
         )
     if (folder / "skin.npz").is_file():
         with np.load(folder / "skin.npz", allow_pickle=False) as s:
-            patient.skin = SkinSurface(float(s["x0"]), float(s["z0"]), float(s["dx"]), float(s["dz"]), s["y"], s["normal"])
+            patient.skin = SkinSurface(
+                float(s["x0"]), float(s["z0"]), float(s["dx"]), float(s["dz"]), s["y"], s["normal"]
+            )
     if (folder / "landmarks.json").is_file():
         raw = json.loads((folder / "landmarks.json").read_text())
         patient.landmarks = {k: _landmarks_from_json(v) for k, v in raw.items()}
     if (folder / "meshes.npz").is_file():
         with np.load(folder / "meshes.npz", allow_pickle=False) as m:
             names = sorted({k.rsplit("/", 1)[0] for k in m.files})
-            patient.meshes = {
-                n: trimesh.Trimesh(m[f"{n}/vertices"], m[f"{n}/faces"], process=False) for n in names
-            }
+            patient.meshes = {n: trimesh.Trimesh(m[f"{n}/vertices"], m[f"{n}/faces"], process=False) for n in names}
     return patient
 
 
 def _landmarks_to_json(lm: VertebraLandmarks) -> dict:
-    planes = {view: {f: getattr(p, f).tolist() for f in ("origin", "normal", "u", "v")} for view, p in lm.planes.items()}
+    planes = {
+        view: {f: getattr(p, f).tolist() for f in ("origin", "normal", "u", "v")} for view, p in lm.planes.items()
+    }
     return {"name": lm.name, "centre": lm.centre.tolist(), "axes": lm.axes.tolist(), "planes": planes}
 
 

@@ -41,7 +41,9 @@ def _principal_axis(points: np.ndarray) -> np.ndarray:
     return vt[0] if vt[0, 2] >= 0 else -vt[0]
 
 
-def _cranio_caudal(name: str, points: np.ndarray, centroids: dict[str, np.ndarray], cord: np.ndarray | None) -> np.ndarray:
+def _cranio_caudal(
+    name: str, points: np.ndarray, centroids: dict[str, np.ndarray], cord: np.ndarray | None
+) -> np.ndarray:
     """Superior-pointing unit axis of vertebra `name` with voxel centres `points` (n, 3).
 
     The spinal cord next to the vertebra when it spans enough of it; otherwise the central
@@ -157,7 +159,9 @@ def vertebra_landmarks(patient: Patient) -> dict[str, VertebraLandmarks]:
         points = column[name]
         if len(points) < MIN_VERTEBRA_VOXELS:
             warnings.warn(
-                f"{patient.name} {name}: {len(points)} voxels, fewer than the {MIN_VERTEBRA_VOXELS} landmarks need; skipped", stacklevel=2
+                f"{patient.name} {name}: {len(points)} voxels, fewer than the {MIN_VERTEBRA_VOXELS} landmarks need; "
+                "skipped",
+                stacklevel=2,
             )
             continue
         cc = _cranio_caudal(name, points, centroids, cord)

@@ -93,7 +93,9 @@ def memory_limit(max_bytes: int | None = None) -> int:
         try:
             max_bytes = int(float(os.environ[MAX_BYTES_ENV]))
         except ValueError:
-            raise InputError(f"${MAX_BYTES_ENV}: expected a number of bytes, got {os.environ[MAX_BYTES_ENV]!r}") from None
+            raise InputError(
+                f"${MAX_BYTES_ENV}: expected a number of bytes, got {os.environ[MAX_BYTES_ENV]!r}"
+            ) from None
     if max_bytes is not None:
         require(max_bytes > 0, "max_bytes", "a positive number of bytes", max_bytes)
         limit = min(limit, int(max_bytes))
@@ -141,7 +143,8 @@ def _canonical(data: np.ndarray, affine_mm: np.ndarray, unit_m: float, source: s
     """Reorder/flip axes to RAS with positive spacing and convert the affine to metres."""
     if not np.isfinite(affine_mm).all() or abs(np.linalg.det(affine_mm[:3, :3])) < 1e-12:
         raise InputError(
-            f"{source}: expected an invertible voxel-to-world affine (finite, non-zero voxel sizes along independent axes), "
+            f"{source}: expected an invertible voxel-to-world affine (finite, "
+            "non-zero voxel sizes along independent axes), "
             f"got {affine_mm.tolist()}"
         )
     ornt = nib.orientations.io_orientation(affine_mm)
@@ -177,7 +180,12 @@ def _check_header_spacing(img: nib.spatialimages.SpatialImage, p: Path, what: st
         return
     stored = _nifti_call(lambda _: _raw_header(p, type(img.header)), p, what)
     zooms = np.asarray(stored["pixdim"][1:4], np.float64)
-    require(bool(np.all(np.isfinite(zooms) & (zooms > 0))), f"{what} {p}", "positive voxel sizes in the header's pixdim", zooms.tolist())
+    require(
+        bool(np.all(np.isfinite(zooms) & (zooms > 0))),
+        f"{what} {p}",
+        "positive voxel sizes in the header's pixdim",
+        zooms.tolist(),
+    )
 
 
 def _raw_header(p: Path, header_class: type) -> nib.Nifti1Header:
@@ -227,7 +235,9 @@ def check_hounsfield(hu: np.ndarray, source: str) -> None:
     soft = float(np.mean((values >= SOFT_TISSUE_HU[0]) & (values <= SOFT_TISSUE_HU[1])))
     problems = []
     if low > HU_LOW_PERCENTILE_MAX:
-        problems.append(f"{HU_LOW_PERCENTILE:g}st percentile {low:g} (no fat, lung or air below {HU_LOW_PERCENTILE_MAX:g} HU)")
+        problems.append(
+            f"{HU_LOW_PERCENTILE:g}st percentile {low:g} (no fat, lung or air below {HU_LOW_PERCENTILE_MAX:g} HU)"
+        )
     if air_low is not None and not AIR_LOW_END_HU[0] <= air_low <= AIR_LOW_END_HU[1]:
         problems.append(f"air or lung at {air_low:g} HU (expected {AIR_LOW_END_HU[0]:g}..{AIR_LOW_END_HU[1]:g})")
     if outside > HU_MAX_OUTSIDE_FRACTION:
@@ -236,7 +246,8 @@ def check_hounsfield(hu: np.ndarray, source: str) -> None:
         problems.append(f"only {soft:.1%} of voxels in the soft-tissue range")
     if problems:
         raise InputError(
-            f"{source}: expected CT in Hounsfield units (air near -1000 HU, soft tissue {SOFT_TISSUE_HU[0]:g}..{SOFT_TISSUE_HU[1]:g} HU), "
+            f"{source}: expected CT in Hounsfield units (air near -1000 HU, "
+            f"soft tissue {SOFT_TISSUE_HU[0]:g}..{SOFT_TISSUE_HU[1]:g} HU), "
             f"found values {float(values.min()):g}..{float(values.max()):g} with {'; '.join(problems)}; "
             "is this an MR or a rescaled image?"
         )
@@ -312,13 +323,16 @@ def _require_same_grid(vol: Volume, ref: Volume) -> None:
     if not same:
         raise InputError(
             f"{vol.source}: expected the grid of {ref.source} (shape {ref.data.shape}, spacing "
-            f"{np.round(ref.spacing * 1e3, 3).tolist()} mm, origin {np.round(ref.affine[:3, 3] * 1e3, 2).tolist()} mm), "
+            f"{np.round(ref.spacing * 1e3, 3).tolist()} mm, "
+            f"origin {np.round(ref.affine[:3, 3] * 1e3, 2).tolist()} mm), "
             f"got shape {vol.data.shape}, spacing {np.round(vol.spacing * 1e3, 3).tolist()} mm, "
             f"origin {np.round(vol.affine[:3, 3] * 1e3, 2).tolist()} mm"
         )
 
 
-def isotropic_grid(shape: tuple[int, int, int], affine: np.ndarray, spacing_m: float) -> tuple[tuple[int, int, int], np.ndarray]:
+def isotropic_grid(
+    shape: tuple[int, int, int], affine: np.ndarray, spacing_m: float
+) -> tuple[tuple[int, int, int], np.ndarray]:
     """A grid with `spacing_m` voxels covering the same field of view as (`shape`, `affine`).
 
     The axes keep their directions; the outer voxel faces stay where they were (corner aligned).
@@ -369,7 +383,7 @@ def _catmull_rom_matrix(n_out: int, scale: float, shift: float, n_in: int) -> sp
     x = np.arange(n_out) * scale + shift
     base = np.floor(x)
     t = (x - base)[:, None]
-    weights = 0.5 * np.hstack([-t**3 + 2 * t**2 - t, 3 * t**3 - 5 * t**2 + 2, -3 * t**3 + 4 * t**2 + t, t**3 - t**2])
+    weights = 0.5 * np.hstack([-(t**3) + 2 * t**2 - t, 3 * t**3 - 5 * t**2 + 2, -3 * t**3 + 4 * t**2 + t, t**3 - t**2])
     cols = base[:, None].astype(int) + np.arange(-1, 3)
     rows = np.repeat(np.arange(n_out)[:, None], 4, axis=1)
     keep = (cols >= 0) & (cols < n_in)
@@ -434,7 +448,9 @@ def _compact_ids(ids: np.ndarray, names: dict[int, str], source: str) -> tuple[n
     return lut[ids], {names[int(i)]: n for n, i in enumerate(present, start=1)}
 
 
-def _labels_from_multilabel(path: Path, class_map: dict[int, str], max_bytes: int | None) -> tuple[Volume, dict[str, int]]:
+def _labels_from_multilabel(
+    path: Path, class_map: dict[int, str], max_bytes: int | None
+) -> tuple[Volume, dict[str, int]]:
     """One multilabel NIfTI -> (uint8 structure volume, name -> id)."""
     vol = _as_ids(read_nifti(path, "labels", max_bytes))
     present = np.unique(vol.data)
@@ -543,7 +559,9 @@ def _dicom_images(folder: Path) -> list[pydicom.Dataset]:
         elif "Rows" in ds or "ImagePositionPatient" in ds:
             empty.append(p.name)
     if empty:
-        raise InputError(f"DICOM series {folder}: expected pixel data in every image slice, found none in {_file_list(empty)}")
+        raise InputError(
+            f"DICOM series {folder}: expected pixel data in every image slice, found none in {_file_list(empty)}"
+        )
     require(bool(images), f"DICOM series {folder}", "DICOM files with pixel data", "none")
     return images
 
@@ -587,12 +605,18 @@ def _dicom_series(folder: Path, series: str | None) -> list[pydicom.Dataset]:
     found = list(groups.values())
     if series is not None:
         chosen = [g for g in found if any(Path(ds.filename).name == series for ds in g)]
-        require(bool(chosen), f"DICOM series {folder} series={series!r}", "the name of a DICOM image file in the folder", "no such file")
+        require(
+            bool(chosen),
+            f"DICOM series {folder} series={series!r}",
+            "the name of a DICOM image file in the folder",
+            "no such file",
+        )
         found = chosen
     if len(found) > 1:
         listing = "; ".join(_describe_series(g) for g in found)
         raise InputError(
-            f"DICOM series {folder}: expected one series, found {len(found)}: {listing}; pick one with series=<a file name "
+            f"DICOM series {folder}: expected one series, found {len(found)}: "
+            f"{listing}; pick one with series=<a file name "
             "listed> (--series on the command line, 'series' in a patient config) or a folder holding one series"
         )
     slices = found[0]
@@ -605,7 +629,10 @@ def _describe_series(slices: list[pydicom.Dataset]) -> str:
     first = min(Path(ds.filename).name for ds in slices)
     ds = slices[0]
     pixel = "x".join(f"{float(v):g}" for v in ds.PixelSpacing)
-    return f"{first} ({len(slices)} files, {str(ds.get('SeriesDescription', ''))!r}, {int(ds.Rows)}x{int(ds.Columns)}, {pixel} mm)"
+    return (
+        f"{first} ({len(slices)} files, {str(ds.get('SeriesDescription', ''))!r}, "
+        f"{int(ds.Rows)}x{int(ds.Columns)}, {pixel} mm)"
+    )
 
 
 def _dicom_geometry(slices: list[pydicom.Dataset], folder: Path) -> tuple[list[pydicom.Dataset], np.ndarray]:
@@ -628,14 +655,17 @@ def _dicom_geometry(slices: list[pydicom.Dataset], folder: Path) -> tuple[list[p
     if gaps.min() <= DICOM_POSITION_TOL_MM:
         k = int(np.argmin(gaps))
         raise InputError(
-            f"DICOM series {folder}: expected distinct slice positions, got duplicate ImagePositionPatient in {names[k]} and {names[k + 1]}"
+            f"DICOM series {folder}: expected distinct slice positions, "
+            f"got duplicate ImagePositionPatient in {names[k]} and {names[k + 1]}"
         )
     typical = float(np.median(gaps))
     if gaps.max() - gaps.min() > DICOM_SPACING_RTOL * typical + DICOM_POSITION_TOL_MM:
         k = int(np.argmax(np.abs(gaps - typical)))
         raise InputError(
-            f"DICOM series {folder}: expected evenly spaced slices, got gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
-            f"(missing or extra slices?): {gaps[k]:.3f} mm between {names[k]} and {names[k + 1]}, typically {typical:.3f} mm"
+            f"DICOM series {folder}: expected evenly spaced slices, "
+            f"got gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
+            f"(missing or extra slices?): {gaps[k]:.3f} mm between "
+            f"{names[k]} and {names[k + 1]}, typically {typical:.3f} mm"
         )
     step = (ipp[-1] - ipp[0]) / (len(ipp) - 1)
     off_line = np.linalg.norm(ipp - (ipp[0] + np.arange(len(ipp))[:, None] * step), axis=1)
@@ -670,8 +700,15 @@ def read_dicom(series_dir: str | os.PathLike, max_bytes: int | None = None, seri
         try:
             pixels = ds.pixel_array
         except DICOM_PIXEL_ERRORS as e:
-            raise InputError(f"DICOM series {folder}: {Path(ds.filename).name} has unreadable pixel data ({e})") from None
-        require(pixels.shape == (rows, cols), f"DICOM {ds.filename}", f"{rows}x{cols} pixels like the first slice", pixels.shape)
+            raise InputError(
+                f"DICOM series {folder}: {Path(ds.filename).name} has unreadable pixel data ({e})"
+            ) from None
+        require(
+            pixels.shape == (rows, cols),
+            f"DICOM {ds.filename}",
+            f"{rows}x{cols} pixels like the first slice",
+            pixels.shape,
+        )
         slope, intercept = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
         data[:, :, k] = (pixels.astype(np.float32) * slope + intercept).T
     return _canonical(data, LPS_TO_RAS @ affine_lps, 1e-3, f"DICOM series {folder}")
@@ -707,7 +744,9 @@ def load_nifti(
         raise InputError("load_nifti: expected a CT, labels or both, got neither")
     _check_spacing(spacing_mm)
     ct_vol = _as_hu(read_nifti(ct, "ct", max_bytes)) if ct is not None else None
-    return _build_patient(ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or default_name(ct, labels), max_bytes)
+    return _build_patient(
+        ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or default_name(ct, labels), max_bytes
+    )
 
 
 def load_dicom(
@@ -729,7 +768,9 @@ def load_dicom(
     """
     _check_spacing(spacing_mm)
     ct_vol = _as_hu(read_dicom(series_dir, max_bytes, series))
-    return _build_patient(ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or default_name(series_dir), max_bytes)
+    return _build_patient(
+        ct_vol, labels, tissue_types, body, class_map, spacing_mm, name or default_name(series_dir), max_bytes
+    )
 
 
 def _check_spacing(spacing_mm: float | None) -> None:
@@ -760,7 +801,9 @@ def _build_patient(
     """
     structures, names = _read_structures(labels, class_map, ct, max_bytes)
     if tissue_types is not None:
-        structures, names = _add_tissue_types(structures, names, _existing(tissue_types, "tissue_types", folder=True), max_bytes)
+        structures, names = _add_tissue_types(
+            structures, names, _existing(tissue_types, "tissue_types", folder=True), max_bytes
+        )
     body_vol = _read_body(body, structures, max_bytes) if body is not None else None
     if spacing_mm is None:
         check_memory(structures.data.shape, BYTES_PER_VOXEL, structures.source, max_bytes)
@@ -789,7 +832,10 @@ def _build_patient(
 
 
 def _read_structures(
-    labels: str | os.PathLike | None, class_map: str | os.PathLike | dict | None, ct: Volume | None, max_bytes: int | None
+    labels: str | os.PathLike | None,
+    class_map: str | os.PathLike | dict | None,
+    ct: Volume | None,
+    max_bytes: int | None,
 ) -> tuple[Volume, dict[str, int]]:
     """Structure volume (uint8) and names on the CT grid; empty for CT-only input."""
     if labels is None:

@@ -65,7 +65,10 @@ def bone_meshes(patient: Patient, step: int = 1) -> dict[str, trimesh.Trimesh]:
             mask = patient.structures[box] == sid
             mesh = mask_mesh(mask, patient.affine, tuple(s.start for s in box), step)
             if mesh is None:
-                warnings.warn(f"{patient.name} {name}: {int(mask.sum())} voxels are too few or too thin for a mesh; skipped", stacklevel=2)
+                warnings.warn(
+                    f"{patient.name} {name}: {int(mask.sum())} voxels are too few or too thin for a mesh; skipped",
+                    stacklevel=2,
+                )
             else:
                 meshes[name] = mesh
     return meshes

@@ -21,7 +21,12 @@ SPLITS = ("train", "test")
 def split_configs(patient_set: Mapping, split: str) -> list[dict]:
     """The `prepare_patient` configs of `split` ("train" or "test") in `patient_set`."""
     patient_set = to_container(patient_set)
-    require(isinstance(patient_set, Mapping), "patient set", "a mapping with 'common', 'train' and 'test'", type(patient_set).__name__)
+    require(
+        isinstance(patient_set, Mapping),
+        "patient set",
+        "a mapping with 'common', 'train' and 'test'",
+        type(patient_set).__name__,
+    )
     unknown = sorted(set(patient_set) - {"common", *SPLITS})
     require(not unknown, "patient set keys", "keys among ['common', 'test', 'train']", unknown)
     require(split in SPLITS, "split", "'train' or 'test'", repr(split))
@@ -33,6 +38,8 @@ def split_configs(patient_set: Mapping, split: str) -> list[dict]:
     return [{**common, **dict(entry), "split": split} for entry in entries]
 
 
-def load_patients(patient_set: Mapping, split: str, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> list[Patient]:
+def load_patients(
+    patient_set: Mapping, split: str, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> list[Patient]:
     """Prepare (or read from the cache) every patient of `split`; see `prepare_patient`."""
     return [prepare_patient(cfg, cache_dir, progress) for cfg in split_configs(patient_set, split)]

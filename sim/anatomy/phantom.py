@@ -246,7 +246,9 @@ def _frame(z_axis: np.ndarray, x_ref: np.ndarray) -> np.ndarray:
     return np.column_stack([x, np.cross(z, x), z])
 
 
-def _segment(kind: str, a: np.ndarray, b: np.ndarray, x_ref: np.ndarray, half_xy: Iterable[float], extend: float = 0.0) -> _Solid:
+def _segment(
+    kind: str, a: np.ndarray, b: np.ndarray, x_ref: np.ndarray, half_xy: Iterable[float], extend: float = 0.0
+) -> _Solid:
     """Solid spanning the segment a->b (patient frame, mm), lengthened by `extend` at each end."""
     rotation = _frame(b - a, x_ref)
     half = np.array([*half_xy, np.linalg.norm(b - a) / 2 + extend])
@@ -329,10 +331,16 @@ def _vertebra_solids(v: _Vertebra) -> tuple[_Solid, list[_Solid]]:
         # Articular processes: superior ones lateral-anterior, inferior ones medial-posterior, so
         # that neighbours' processes sit side by side as facet joints.
         # The inferior ones stop short of the lower vertebra's lamina.
-        superior = (v.point((side * (xp + 1.5), arch_y + 1, 0.3 * H)), v.point((side * (xp + 2), arch_y + 1, H + 9 * k)))
+        superior = (
+            v.point((side * (xp + 1.5), arch_y + 1, 0.3 * H)),
+            v.point((side * (xp + 2), arch_y + 1, H + 9 * k)),
+        )
         parts.append(_segment("capsule", *superior, ex, (3.5 * k, 3.5 * k)))
         if v.name != "vertebrae_S1":  # S1 is fused with the sacrum below
-            inferior = (v.point((side * (xp - 4.5), arch_y - 4, -0.3 * H)), v.point((side * (xp - 5), arch_y - 4, -(H + 4 * k))))
+            inferior = (
+                v.point((side * (xp - 4.5), arch_y - 4, -0.3 * H)),
+                v.point((side * (xp - 5), arch_y - 4, -(H + 4 * k))),
+            )
             parts.append(_segment("capsule", *inferior, ex, (3.5 * k, 3.5 * k)))
     beta = np.deg2rad(v.spin_deg)
     root = v.point((0, arch_y - 5 * k, 0))
@@ -376,7 +384,7 @@ def _inside(solid: _Solid, grid: _Grid) -> tuple[tuple[slice, ...], np.ndarray] 
     ]
     R = solid.rotation.astype(np.float32)
     local = [d[0] * R[0, c] + d[1] * R[1, c] + d[2] * R[2, c] for c in range(3)]
-    return tuple(slice(l, h) for l, h in zip(lo, hi)), solid.contains(local)
+    return tuple(slice(low, high) for low, high in zip(lo, hi)), solid.contains(local)
 
 
 def _paint(vol: np.ndarray, grid: _Grid, solids: Iterable[_Solid], sid: int, allowed: np.ndarray) -> None:
@@ -469,7 +477,9 @@ def _tubes(spine: list[_Vertebra], extend: float) -> dict[str, list[_Solid]]:
         # Psoas starts thin at T12/L1 and thickens caudally.
         radius = np.array([21.0, 21.0, 20.0, 18.0, 15.0, 12.0, 8.0, 3.0, 3.0])
         psoas = [(side * (v.width + r - 4.0), 0.0) for v, r in zip(spine, radius[1:-1])]
-        out[f"iliopsoas_{suffix}"] = _tube(_spine_nodes(spine, psoas, extend)[:-1], np.column_stack([radius, radius])[:-1])
+        out[f"iliopsoas_{suffix}"] = _tube(
+            _spine_nodes(spine, psoas, extend)[:-1], np.column_stack([radius, radius])[:-1]
+        )
 
     # The aorta bifurcates at L4 and the IVC forms at L5.
     aorta = _spine_nodes(spine, [(-16.0, v.depth + 12.0) for v in spine], extend)[names.index("vertebrae_L4") + 1 :]
@@ -497,7 +507,9 @@ def _spine_extent(spine: list[_Vertebra]) -> tuple[np.ndarray, np.ndarray]:
     return corners.min(0), corners.max(0)
 
 
-def _make_grid(spine: list[_Vertebra], spacing: float, half_w: float, half_d: float, back_y: float, margin: float) -> _Grid:
+def _make_grid(
+    spine: list[_Vertebra], spacing: float, half_w: float, half_d: float, back_y: float, margin: float
+) -> _Grid:
     """Grid covering the torso across x and y and T12-S1 along z, with `margin` mm around."""
     lo, hi = _spine_extent(spine)
     cy = np.array([v.centre[1] for v in spine])
@@ -514,7 +526,9 @@ def _posterior_tip(v: _Vertebra) -> float:
     return float(_vertebra_solids(v)[1][-1].corners()[:, 1].min())
 
 
-def _rasterise(grid: _Grid, spine: list[_Vertebra], structures: np.ndarray, organ_scale: float, extend: float) -> np.ndarray:
+def _rasterise(
+    grid: _Grid, spine: list[_Vertebra], structures: np.ndarray, organ_scale: float, extend: float
+) -> np.ndarray:
     """Paint organs, muscles, vessels, canal, discs and vertebrae into `structures` (in place).
 
     Later structures only overwrite the ids listed as allowed, which fixes the precedence
@@ -593,7 +607,9 @@ def _ct_and_tissue(
     return ct, tissue
 
 
-def make_phantom(seed: int = 0, spacing_mm: float = 1.0, params: PhantomParams | None = None, name: str | None = None) -> Patient:
+def make_phantom(
+    seed: int = 0, spacing_mm: float = 1.0, params: PhantomParams | None = None, name: str | None = None
+) -> Patient:
     """A procedural prone lumbar torso (T12-S1) as a `Patient`, randomised by `seed`.
 
     seed: non-negative int; the same seed and spacing give identical volumes.
@@ -604,8 +620,14 @@ def make_phantom(seed: int = 0, spacing_mm: float = 1.0, params: PhantomParams |
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed: expected a non-negative integer, got {seed!r}")
-    if not isinstance(spacing_mm, (int, float, np.number)) or not np.isfinite(spacing_mm) or not 0 < spacing_mm <= MAX_SPACING_MM:
-        raise InputError(f"spacing_mm: expected a positive finite voxel size of at most {MAX_SPACING_MM:g} mm, got {spacing_mm!r}")
+    if (
+        not isinstance(spacing_mm, (int, float, np.number))
+        or not np.isfinite(spacing_mm)
+        or not 0 < spacing_mm <= MAX_SPACING_MM
+    ):
+        raise InputError(
+            f"spacing_mm: expected a positive finite voxel size of at most {MAX_SPACING_MM:g} mm, got {spacing_mm!r}"
+        )
     if params is None:
         params = PhantomParams()
     elif not isinstance(params, PhantomParams):

@@ -60,7 +60,12 @@ def normalise_config(cfg: Mapping) -> dict:
     unknown = sorted(set(cfg) - COMMON_KEYS - SOURCE_KEYS[source])
     allowed = sorted(COMMON_KEYS | SOURCE_KEYS[source])
     require(not unknown, f"patient config (source {source!r})", f"keys among {allowed}", unknown)
-    require(cfg.get("split", "train") in ("train", "test"), "patient config 'split'", "'train' or 'test'", repr(cfg.get("split")))
+    require(
+        cfg.get("split", "train") in ("train", "test"),
+        "patient config 'split'",
+        "'train' or 'test'",
+        repr(cfg.get("split")),
+    )
     if source == "nifti" and "ct" not in cfg and "labels" not in cfg:
         raise InputError("patient config (source 'nifti'): expected 'ct', 'labels' or both")
     require(source != "dicom" or "series_dir" in cfg, "patient config (source 'dicom')", "a 'series_dir'", "none")
@@ -111,7 +116,9 @@ def _load(cfg: dict) -> Patient:
     loader_args = {k: cfg[k] for k in LOADER_KEYS if k in cfg}
     if cfg["source"] == "phantom":
         params = cfg.get("params")
-        require(params is None or isinstance(params, Mapping), "patient config 'params'", "a mapping", type(params).__name__)
+        require(
+            params is None or isinstance(params, Mapping), "patient config 'params'", "a mapping", type(params).__name__
+        )
         return make_phantom(
             seed=cfg.get("seed", 0),
             spacing_mm=cfg.get("spacing_mm", 1.0),
@@ -124,10 +131,13 @@ def _load(cfg: dict) -> Patient:
 
 
 def _input_name(cfg: dict) -> str | None:
-    """The name the loader gives the patient of `cfg`; None for an unnamed phantom (its name follows its seed, part of the key)."""
+    """The name the loader gives the patient of `cfg`; None for an unnamed phantom (its name follows its seed,
+    part of the key)."""
     if "name" in cfg or cfg["source"] == "phantom":
         return cfg.get("name")
-    return default_name(cfg.get("ct"), cfg.get("labels")) if cfg["source"] == "nifti" else default_name(cfg["series_dir"])
+    return (
+        default_name(cfg.get("ct"), cfg.get("labels")) if cfg["source"] == "nifti" else default_name(cfg["series_dir"])
+    )
 
 
 def _without(d: dict, key: str) -> dict:

@@ -76,7 +76,9 @@ def skin_surface(patient: Patient, spacing_m: float | None = None) -> SkinSurfac
     zs = np.arange(z0, z0 + (y.shape[1] - 1) * spacing[2] + 1e-12, spacing_m)
     gx, gz = np.meshgrid(xs, zs, indexing="ij")
     point, _ = skin_point(native, gx, gz)
-    return SkinSurface(x0, z0, float(spacing_m), float(spacing_m), point[..., 1], _normals(point[..., 1], spacing_m, spacing_m))
+    return SkinSurface(
+        x0, z0, float(spacing_m), float(spacing_m), point[..., 1], _normals(point[..., 1], spacing_m, spacing_m)
+    )
 
 
 def skin_point(surface: SkinSurface, x: np.ndarray | float, z: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +121,8 @@ def body_mesh(patient: Patient) -> trimesh.Trimesh:
     coarse = ndimage.gaussian_filter(np.pad(coarse, 1), 0.5)
     if coarse.max() <= 0.5:
         raise InputError(
-            f"patient '{patient.name}' body: expected a body spanning several {_BODY_MESH_MM:g} mm mesh cells along each axis, "
+            f"patient '{patient.name}' body: expected a body spanning "
+            f"several {_BODY_MESH_MM:g} mm mesh cells along each axis, "
             f"got {int(body.sum())} body voxels in a {patient.shape} grid"
         )
     verts, faces, _, _ = measure.marching_cubes(coarse, level=0.5, allow_degenerate=False)

@@ -20,7 +20,12 @@ ISAAC_INSTALL = 'pip install -e ".[isaac]" (Python 3.12; Isaac Lab 3)'
 
 
 def make_backend(
-    backend: str | Mapping | TorchBackend, patients: Sequence[Patient], robot: RobotCfg, anchor: str, num_envs: int, device: torch.device | str
+    backend: str | Mapping | TorchBackend,
+    patients: Sequence[Patient],
+    robot: RobotCfg,
+    anchor: str,
+    num_envs: int,
+    device: torch.device | str,
 ):
     """The backend for `num_envs` environments over `patients` (the batch's patient bank order).
 
@@ -41,6 +46,8 @@ def make_backend(
         try:
             from sim.backends.isaaclab.backend import IsaacLabBackend
         except ImportError as err:
-            raise InputError(f"backend isaaclab: Isaac Lab is not importable here ({err}); install it with {ISAAC_INSTALL}") from err
+            raise InputError(
+                f"backend isaaclab: Isaac Lab is not importable here ({err}); install it with {ISAAC_INSTALL}"
+            ) from err
         return IsaacLabBackend(patients, robot, anchor, num_envs, device, settings)
     raise InputError(f"backend {name!r}: expected one of {list(BACKENDS)}")

@@ -6,9 +6,9 @@ for a constrained task). The base class sanitises actions, sums the task's weigh
 terms, counts episode steps and per-episode sums of the terms and costs, ends episodes
 (terminated or truncated), resets the ended environments in the same step and keeps all
 randomness in one seeded generator, so one seed gives the same rollouts on CPU. `state_dict` /
-`load_state_dict` capture everything a rollout and its logs depend on, for exact resume. Stepping, resetting and loading run in inference mode
-(no autograd), so state created during a learner's inference-mode rollout can be updated in
-place anywhere else.
+`load_state_dict` capture everything a rollout and its logs depend on, for exact resume. Stepping,
+resetting and loading run in inference mode (no autograd), so state created during a learner's
+inference-mode rollout can be updated in place anywhere else.
 """
 
 from __future__ import annotations
@@ -116,9 +116,14 @@ class BatchedEnv(abc.ABC):
     def check_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions (N, A) as float32 in [-1, 1]: NaN becomes 0, +-inf and huge values saturate."""
         if not isinstance(actions, torch.Tensor):
-            raise InputError(f"actions: expected a torch.Tensor of shape ({self.num_envs}, {self.num_actions}), got {type(actions).__name__}")
+            raise InputError(
+                f"actions: expected a torch.Tensor of shape ({self.num_envs}, "
+                f"{self.num_actions}), got {type(actions).__name__}"
+            )
         if actions.shape != (self.num_envs, self.num_actions):
-            raise InputError(f"actions: expected shape ({self.num_envs}, {self.num_actions}), got {tuple(actions.shape)}")
+            raise InputError(
+                f"actions: expected shape ({self.num_envs}, {self.num_actions}), got {tuple(actions.shape)}"
+            )
         if not (actions.is_floating_point() or actions.dtype in (torch.int32, torch.int64)):
             raise InputError(f"actions: expected a real dtype, got {actions.dtype}")
         actions = actions.to(self.device, torch.float32)
@@ -129,7 +134,9 @@ class BatchedEnv(abc.ABC):
         """Start new episodes everywhere; returns the observations."""
         self.episode_length_buf.zero_()
         # (N, terms + costs): each episode's running sums, logged when it ends
-        self.episode_sums = torch.zeros(self.num_envs, len(self.reward_terms) + len(self.cost_units), device=self.device)
+        self.episode_sums = torch.zeros(
+            self.num_envs, len(self.reward_terms) + len(self.cost_units), device=self.device
+        )
         self._reset_idx(torch.arange(self.num_envs, device=self.device))
         return self.get_observations()
 
@@ -151,7 +158,9 @@ class BatchedEnv(abc.ABC):
         terms, terminated, metrics = self._evaluate()
         costs = self._costs()
         reward = total(terms)
-        self.episode_sums += torch.stack([terms[t.name] for t in self.reward_terms] + [costs[c] for c in self.cost_units], -1)
+        self.episode_sums += torch.stack(
+            [terms[t.name] for t in self.reward_terms] + [costs[c] for c in self.cost_units], -1
+        )
         truncated = (self.episode_length_buf >= self.max_episode_length) & ~terminated
         done = terminated | truncated
         ids = done.nonzero()[:, 0]
@@ -190,7 +199,9 @@ class BatchedEnv(abc.ABC):
         for name in (*self.state_names, "episode_sums"):
             current = getattr(self, name)
             if state[name].shape != current.shape:
-                raise InputError(f"environment state {name!r}: expected shape {tuple(current.shape)}, got {tuple(state[name].shape)}")
+                raise InputError(
+                    f"environment state {name!r}: expected shape {tuple(current.shape)}, got {tuple(state[name].shape)}"
+                )
             current.copy_(state[name])
         self.episode_length_buf.copy_(state["episode_length_buf"])
         self.generator.set_state(state["generator"])

@@ -43,7 +43,12 @@ class Space:
 
     def __post_init__(self) -> None:
         sizes = [s.size for s in self.segments]
-        require(len(self.shape) >= 1 and sum(sizes) == self.shape[0], "space segments", f"sizes adding up to shape[0] of {self.shape}", sizes)
+        require(
+            len(self.shape) >= 1 and sum(sizes) == self.shape[0],
+            "space segments",
+            f"sizes adding up to shape[0] of {self.shape}",
+            sizes,
+        )
 
     @classmethod
     def vector(cls, *segments: Segment) -> Space:
@@ -60,4 +65,6 @@ class Space:
         low = np.concatenate([np.full(s.size, s.low, np.float32) for s in self.segments])
         high = np.concatenate([np.full(s.size, s.high, np.float32) for s in self.segments])
         tail = (1,) * (len(self.shape) - 1)
-        return np.broadcast_to(low.reshape(-1, *tail), self.shape).copy(), np.broadcast_to(high.reshape(-1, *tail), self.shape).copy()
+        return np.broadcast_to(low.reshape(-1, *tail), self.shape).copy(), np.broadcast_to(
+            high.reshape(-1, *tail), self.shape
+        ).copy()

@@ -46,7 +46,9 @@ def _resolve_urdf(robot: str | Path) -> tuple[str, Path]:
         return str(robot), ROBOTS_DIR / f"{robot}.urdf"
     path = Path(robot)
     if path.suffix != ".urdf" or not path.is_file():
-        raise InputError(f"robot: expected one of {list(ROBOT_NAMES)} or the path of an existing .urdf file, got {str(robot)!r}")
+        raise InputError(
+            f"robot: expected one of {list(ROBOT_NAMES)} or the path of an existing .urdf file, got {str(robot)!r}"
+        )
     return path.stem, path
 
 
@@ -72,7 +74,10 @@ class Arm:
         try:
             chain = pk.build_serial_chain_from_urdf(self._urdf, tool_frame)
         except (ValueError, KeyError, AttributeError) as err:
-            raise InputError(f"robot {self.name} ({self.urdf_path}): expected a URDF with a serial chain to link {tool_frame!r}: {err}") from err
+            raise InputError(
+                f"robot {self.name} ({self.urdf_path}): "
+                f"expected a URDF with a serial chain to link {tool_frame!r}: {err}"
+            ) from err
         self.tool_frame = tool_frame
         self.joint_names: list[str] = chain.get_joint_parameter_names()
         lower, upper = chain.get_joint_limits()
@@ -106,11 +111,18 @@ class Arm:
         """Raise `InputError` unless q is a floating (N, dof) tensor on the arm's device, with
         finite values when `finite` (that test reads q back to the host: a sync on CUDA)."""
         if not isinstance(q, torch.Tensor) or not q.is_floating_point():
-            raise InputError(f"{what}: expected a floating-point torch tensor of joint angles, got {type(q).__name__} {getattr(q, 'dtype', '')}")
+            raise InputError(
+                f"{what}: expected a floating-point torch tensor of joint angles, "
+                f"got {type(q).__name__} {getattr(q, 'dtype', '')}"
+            )
         if q.ndim != 2 or q.shape[1] != self.dof:
-            raise InputError(f"{what}: expected shape (N, {self.dof}) joint angles in radians for {self.name}, got {tuple(q.shape)}")
+            raise InputError(
+                f"{what}: expected shape (N, {self.dof}) joint angles in radians for {self.name}, got {tuple(q.shape)}"
+            )
         if q.device != self.device:
-            raise InputError(f"{what}: expected a tensor on the arm's device {self.device} (see Arm.to), got {q.device}")
+            raise InputError(
+                f"{what}: expected a tensor on the arm's device {self.device} (see Arm.to), got {q.device}"
+            )
         if finite and not torch.isfinite(q).all():
             raise InputError(f"{what}: expected finite joint angles, got NaN or infinity")
 
@@ -182,5 +194,8 @@ class Arm:
             pose = (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
         value = torch.as_tensor(pose, dtype=torch.float64, device=self.device)
         if value.shape != (7,) or not torch.isfinite(value).all() or float(value[3:].norm()) < 1e-6:
-            raise InputError(f"base_pose: expected a finite (7,) pose (x, y, z, qw, qx, qy, qz) with a non-zero quaternion, got {pose}")
+            raise InputError(
+                "base_pose: expected a finite (7,) pose (x, y, z, qw, "
+                f"qx, qy, qz) with a non-zero quaternion, got {pose}"
+            )
         self._base_pose = torch.cat([value[:3], value[3:] / value[3:].norm()])

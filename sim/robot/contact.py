@@ -123,4 +123,3 @@ def probe_contact(
     touching = on_body & (penetration >= 0)
     force = torch.where(touching, stiffness_n_per_m * penetration, 0.0)
     return Contact(penetration, force, normal, touching, on_body)
-

@@ -89,7 +89,10 @@ def _targets_in_base(
         except InputError as err:
             raise InputError(f"{what}{str(err).removeprefix('poses')}") from err
     if targets.shape[0] != q.shape[0] or targets.device != q.device:
-        raise InputError(f"{what}: expected {q.shape[0]} poses on {q.device} (one per row of q), got {targets.shape[0]} on {targets.device}")
+        raise InputError(
+            f"{what}: expected {q.shape[0]} poses on {q.device} (one per row of q), "
+            f"got {targets.shape[0]} on {targets.device}"
+        )
     base = arm.world_to_base(targets.to(q.dtype))
     return quat_to_matrix(base[:, 3:]), base[:, :3]
 

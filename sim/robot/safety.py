@@ -60,9 +60,15 @@ class Bound:
         """`value` as a float (an int for integer bounds) if it is a real finite number inside
         the bound; otherwise InputError naming `what`, the bound and the value."""
         kind = "an integer" if self.integer else "a finite number"
-        real = isinstance(value, numbers.Integral if self.integer else numbers.Real) and not isinstance(value, (bool, np.bool_))
+        real = isinstance(value, numbers.Integral if self.integer else numbers.Real) and not isinstance(
+            value, (bool, np.bool_)
+        )
         number = float(value) if real else math.nan
-        inside = math.isfinite(number) and (self.low < number if self.low_open else self.low <= number) and number <= self.high
+        inside = (
+            math.isfinite(number)
+            and (self.low < number if self.low_open else self.low <= number)
+            and number <= self.high
+        )
         require(inside, what, f"{kind} in {self}", repr(value) if isinstance(value, str) else value)
         return int(value) if self.integer else number
 
@@ -161,13 +167,20 @@ def checked_limits(values: Mapping, what: str) -> dict:
     out = bounded_fields(SafetyLimits, values, what)
     for key in ("workspace_low_m", "workspace_high_m"):
         corner = values[key]
-        require(isinstance(corner, (list, tuple)) and len(corner) == 3, f"{what}.{key}", "3 numbers (x, y, z) in metres", corner)
+        require(
+            isinstance(corner, (list, tuple)) and len(corner) == 3,
+            f"{what}.{key}",
+            "3 numbers (x, y, z) in metres",
+            corner,
+        )
         out[key] = tuple(WORKSPACE_COORD_M.check(v, f"{what}.{key}[{i}]") for i, v in enumerate(corner))
     sides = [hi - lo for lo, hi in zip(out["workspace_low_m"], out["workspace_high_m"])]
     require(
-        all(0 < s <= MAX_WORKSPACE_SIDE_M for s in sides), f"{what}.workspace_low_m / workspace_high_m",
-        f"low < high with each side at most {MAX_WORKSPACE_SIDE_M} m", f"{list(out['workspace_low_m'])} and {list(out['workspace_high_m'])}",
-    )  # fmt: skip
+        all(0 < s <= MAX_WORKSPACE_SIDE_M for s in sides),
+        f"{what}.workspace_low_m / workspace_high_m",
+        f"low < high with each side at most {MAX_WORKSPACE_SIDE_M} m",
+        f"{list(out['workspace_low_m'])} and {list(out['workspace_high_m'])}",
+    )
     if "max_speed_m_s" in out and "stop_speed_m_s" in out:
         stop, speed = out["stop_speed_m_s"], out["max_speed_m_s"]
         require(stop >= speed, f"{what}.stop_speed_m_s", f"at least max_speed_m_s ({speed} m/s)", stop)
@@ -181,7 +194,12 @@ class SafetyMonitor:
         require(isinstance(limits, SafetyLimits), "safety monitor limits", "SafetyLimits", type(limits).__name__)
         self.limits, self.dt = limits, DT_S.check(dt_s, "control period dt_s")
         anchor = np.asarray(anchor_m, np.float64)
-        require(anchor.shape == (3,) and np.isfinite(anchor).all(), "safety monitor anchor_m", "3 finite numbers (metres)", anchor_m)
+        require(
+            anchor.shape == (3,) and np.isfinite(anchor).all(),
+            "safety monitor anchor_m",
+            "3 finite numbers (metres)",
+            anchor_m,
+        )
         self.low = anchor + np.asarray(limits.workspace_low_m)
         self.high = anchor + np.asarray(limits.workspace_high_m)
         self.last_pose: np.ndarray | None = None
@@ -216,7 +234,9 @@ class SafetyMonitor:
             position = previous[:3] + step * (max_step / np.linalg.norm(step))
             clamped.append("speed")
         r_prev = quat_to_matrix(torch.tensor(np.array(previous[3:], np.float64))[None])
-        turn = rotation_log(r_prev.transpose(-1, -2) @ quat_to_matrix(torch.tensor(np.array(target[3:], np.float64))[None]))
+        turn = rotation_log(
+            r_prev.transpose(-1, -2) @ quat_to_matrix(torch.tensor(np.array(target[3:], np.float64))[None])
+        )
         angle, max_angle = float(turn.norm()), lim.max_angular_speed_rad_s * self.dt
         quat = target[3:]
         if angle > max_angle:

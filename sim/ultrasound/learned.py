@@ -36,7 +36,9 @@ def _load_torchscript(path: Path, device: torch.device) -> Generator:
     try:
         module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as e:
-        raise InputError(f"model '{path}': expected a TorchScript file (torch.jit.save), torch could not load it: {e}") from e
+        raise InputError(
+            f"model '{path}': expected a TorchScript file (torch.jit.save), torch could not load it: {e}"
+        ) from e
     module.eval()
     return module
 
@@ -116,7 +118,9 @@ class LearnedRenderer:
             ) from e
         if not isinstance(y, torch.Tensor) or y.shape != x.shape:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise InputError(f"model '{self.model_path}': expected output shape {tuple(x.shape)} (N, 1, H, W), got {got}")
+            raise InputError(
+                f"model '{self.model_path}': expected output shape {tuple(x.shape)} (N, 1, H, W), got {got}"
+            )
         return y[:, 0].float().clamp(0.0, 1.0) * self.inside
 
     @torch.no_grad()
@@ -126,7 +130,9 @@ class LearnedRenderer:
         return self.slicer.slice(*render_inputs(self.bank, poses, patient_idx, check))
 
     @torch.no_grad()
-    def render(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True) -> torch.Tensor:
+    def render(
+        self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True
+    ) -> torch.Tensor:
         """Images (N, H, W) float32 in [0, 1] for probe poses (N, 7) on patients patient_idx (N,).
 
         `params` is ignored (the network has no physics knobs); it is accepted for `Renderer` parity,

@@ -53,7 +53,14 @@ from sim.ultrasound.stages import (
 )
 from sim.ultrasound.tissue import TissueTable
 
-RANDOMIZATION_KEYS = ("gain_db", "dynamic_range_db", "frequency_scale", "impedance_scale", "attenuation_scale", "echogenicity_db")
+RANDOMIZATION_KEYS = (
+    "gain_db",
+    "dynamic_range_db",
+    "frequency_scale",
+    "impedance_scale",
+    "attenuation_scale",
+    "echogenicity_db",
+)
 QUATERNION_NORM_TOL = 1e-3  # poses whose quaternion norm is further than this from 1 are refused
 
 
@@ -150,16 +157,42 @@ class RenderParams:
         for name in ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue"):
             value = getattr(self, name)
             shape = (n, classes, 3) if name == "tissue" else (n,)
-            require(isinstance(value, torch.Tensor) and value.shape == shape, f"params.{name}", f"a tensor of shape {shape}",
-                    tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__)  # fmt: skip
+            require(
+                isinstance(value, torch.Tensor) and value.shape == shape,
+                f"params.{name}",
+                f"a tensor of shape {shape}",
+                tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__,
+            )
             require(bool(torch.isfinite(value).all()), f"params.{name}", "finite values", "NaN or infinity")
-        require(bool((self.dynamic_range_db > 0).all()), "params.dynamic_range_db", "values > 0 dB", self.dynamic_range_db.min().item())
-        require(bool((self.frequency_mhz > 0).all()), "params.frequency_mhz", "values > 0 MHz", self.frequency_mhz.min().item())
-        require(bool((self.tissue[..., 0] > 0).all()), "params.tissue[..., 0] (impedance)", "values > 0 MRayl", self.tissue[..., 0].min().item())
-        require(bool((self.tissue[..., 1:] >= 0).all()), "params.tissue[..., 1:] (attenuation, echo)", "values >= 0", self.tissue[..., 1:].min().item())
+        require(
+            bool((self.dynamic_range_db > 0).all()),
+            "params.dynamic_range_db",
+            "values > 0 dB",
+            self.dynamic_range_db.min().item(),
+        )
+        require(
+            bool((self.frequency_mhz > 0).all()),
+            "params.frequency_mhz",
+            "values > 0 MHz",
+            self.frequency_mhz.min().item(),
+        )
+        require(
+            bool((self.tissue[..., 0] > 0).all()),
+            "params.tissue[..., 0] (impedance)",
+            "values > 0 MRayl",
+            self.tissue[..., 0].min().item(),
+        )
+        require(
+            bool((self.tissue[..., 1:] >= 0).all()),
+            "params.tissue[..., 1:] (attenuation, echo)",
+            "values >= 0",
+            self.tissue[..., 1:].min().item(),
+        )
 
 
-def render_inputs(bank: PatientBank, poses: torch.Tensor, patient_idx: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def render_inputs(
+    bank: PatientBank, poses: torch.Tensor, patient_idx: torch.Tensor, check: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Poses (N, 7) as float32 and patient indices (N,) as int64 on the bank's device.
 
     With `check`, InputError unless poses are finite with unit quaternions (within
@@ -175,8 +208,16 @@ def render_inputs(bank: PatientBank, poses: torch.Tensor, patient_idx: torch.Ten
     if len(poses) and norm_error.max() > QUATERNION_NORM_TOL:
         i = int(norm_error.argmax())
         norm = poses[i, 3:].double().norm().item()
-        raise InputError(f"poses[{i}]: expected a unit quaternion (w, x, y, z; norm within {QUATERNION_NORM_TOL} of 1), got norm {norm:.6g}")
-    require(isinstance(patient_idx, torch.Tensor), "patient_idx", "a torch.Tensor of int64 patient indices", type(patient_idx).__name__)
+        raise InputError(
+            f"poses[{i}]: expected a unit quaternion (w, x, y, z; "
+            f"norm within {QUATERNION_NORM_TOL} of 1), got norm {norm:.6g}"
+        )
+    require(
+        isinstance(patient_idx, torch.Tensor),
+        "patient_idx",
+        "a torch.Tensor of int64 patient indices",
+        type(patient_idx).__name__,
+    )
     integer = not (patient_idx.is_floating_point() or patient_idx.is_complex() or patient_idx.dtype == torch.bool)
     require(integer, "patient_idx", "an integer tensor (int64 patient indices)", f"dtype {patient_idx.dtype}")
     return poses.to(bank.device, torch.float32), bank.check_index(patient_idx, poses.shape[0])
@@ -329,7 +370,9 @@ class Renderer:
 
     # -- rendering
 
-    def _inputs(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None, check: bool) -> tuple:
+    def _inputs(
+        self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None, check: bool
+    ) -> tuple:
         """(poses, patient_idx, params) ready to render; validated (see `render_inputs` and
         `RenderParams.check`) when `check`, only converted otherwise."""
         poses, patient_idx = render_inputs(self.bank, poses, patient_idx, check)
@@ -342,9 +385,14 @@ class Renderer:
 
     def _lines(self, poses, patient_idx, frequency_mhz, tissue):
         line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(
-            poses, self.bank.patient_to_voxel[patient_idx], self.patient_tile_offset[patient_idx], self.origins, self.dirs,
-            self.elevation, self.speckle_pitch_m,
-        )  # fmt: skip
+            poses,
+            self.bank.patient_to_voxel[patient_idx],
+            self.patient_tile_offset[patient_idx],
+            self.origins,
+            self.dirs,
+            self.elevation,
+            self.speckle_pitch_m,
+        )
         coarse = self._sample_tissue(
             self.bank.tissue_flat, self.bank.offsets[patient_idx], self.bank.dims[patient_idx],
             line_origin, line_dir, self.prop_dist, tissue.permute(2, 0, 1).contiguous(),
@@ -386,18 +434,28 @@ class Renderer:
         return out[:n]
 
     @torch.no_grad()
-    def render_lines(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True) -> torch.Tensor:
+    def render_lines(
+        self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True
+    ) -> torch.Tensor:
         """Echo level (N, S, L) in dB re a perfect mirror, before TGC, gain and compression (check: see `render`)."""
         poses, patient_idx, params = self._inputs(poses, patient_idx, params, check)
         return self._chunked(self._lines, poses, patient_idx, params.frequency_mhz, params.tissue)
 
     @torch.no_grad()
-    def render(self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True) -> torch.Tensor:
+    def render(
+        self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True
+    ) -> torch.Tensor:
         """B-mode images (N, H, W) in [0, 1]; N = 0 gives an empty (0, H, W) batch.
 
         check=False skips the input checks and their host synchronisation, for callers whose
         inputs are valid by construction (an environment's own poses, indices and parameters)."""
         poses, patient_idx, params = self._inputs(poses, patient_idx, params, check)
         return self._chunked(
-            self._image, poses, patient_idx, params.frequency_mhz, params.tissue, params.gain_db, params.dynamic_range_db
+            self._image,
+            poses,
+            patient_idx,
+            params.frequency_mhz,
+            params.tissue,
+            params.gain_db,
+            params.dynamic_range_db,
         )

@@ -53,7 +53,9 @@ def plane_voxels(pixels_xz: torch.Tensor, poses: torch.Tensor, patient_to_voxel:
     return pixels_xz @ m[:, :, 0::2].transpose(-1, -2) + m[:, None, :, 3]
 
 
-def _flat_index(offsets: torch.Tensor, dims: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def _flat_index(
+    offsets: torch.Tensor, dims: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: torch.Tensor
+) -> torch.Tensor:
     """Flat indices (N, P) of integer voxels i, j, k (N, P) in each environment's padded block."""
     stride_i = (dims[:, 1] * dims[:, 2])[:, None]
     return offsets[:, None] + i * stride_i + j * dims[:, 2, None] + k
@@ -69,18 +71,24 @@ def sample_nearest(flat: torch.Tensor, offsets: torch.Tensor, dims: torch.Tensor
     return flat[_flat_index(offsets, dims, *idx)]
 
 
-def sample_trilinear(flat: torch.Tensor, offsets: torch.Tensor, dims: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+def sample_trilinear(
+    flat: torch.Tensor, offsets: torch.Tensor, dims: torch.Tensor, coords: torch.Tensor
+) -> torch.Tensor:
     """Trilinear float32 values (N, P) at voxel coordinates (N, P, 3); see `sample_nearest`."""
     hi = (dims - 1).to(coords.dtype) - 1e-4
     pos = [coords[..., a].clamp_min(0).minimum(hi[:, a, None]) for a in range(3)]
     lo = [p.floor() for p in pos]
-    frac = [p - l for p, l in zip(pos, lo)]
-    i, j, k = (l.long() for l in lo)
+    frac = [p - floor for p, floor in zip(pos, lo)]
+    i, j, k = (floor.long() for floor in lo)
     out = torch.zeros_like(coords[..., 0])
     for di in (0, 1):
         for dj in (0, 1):
             for dk in (0, 1):
-                w = (frac[0] if di else 1 - frac[0]) * (frac[1] if dj else 1 - frac[1]) * (frac[2] if dk else 1 - frac[2])
+                w = (
+                    (frac[0] if di else 1 - frac[0])
+                    * (frac[1] if dj else 1 - frac[1])
+                    * (frac[2] if dk else 1 - frac[2])
+                )
                 out += w * flat[_flat_index(offsets, dims, i + di, j + dj, k + dk)].float()
     return out
 

@@ -54,7 +54,9 @@ def line_geometry(
     to_vox = probe_to_voxel(poses, patient_to_voxel)
     unit_y = torch.eye(3, dtype=origins.dtype, device=origins.device)[1]  # made on the device: no host-to-device copy
     ray_origins = origins[None] + elevation[:, None, None] * unit_y
-    line_origin = (to_vox[:, None, None, :, :3] * ray_origins[None, :, :, None, :]).sum(-1) + to_vox[:, None, None, :, 3]
+    line_origin = (to_vox[:, None, None, :, :3] * ray_origins[None, :, :, None, :]).sum(-1) + to_vox[
+        :, None, None, :, 3
+    ]
     line_dir = (to_vox[:, None, :, :3] * dirs[None, :, None, :]).sum(-1)
     scale = 1.0 / speckle_pitch_m
     tile_origin = (rot[:, None] * origins[None, :, None, :]).sum(-1) * scale + (pos * scale + tile_offset)[:, None]
@@ -86,7 +88,9 @@ def sample_tissue(
     d = dist[None, None, :, None]  # (1, 1, P, 1)
     hi = (dims - 1).to(dist.dtype) - 1e-3
     x, y, z = (  # (N, E, P, L) each
-        torch.minimum((line_origin[a][:, :, None] + line_dir[a][:, None, None] * d).clamp_min(0), hi[:, a, None, None, None])
+        torch.minimum(
+            (line_origin[a][:, :, None] + line_dir[a][:, None, None] * d).clamp_min(0), hi[:, a, None, None, None]
+        )
         for a in range(3)
     )
     x0, y0, z0 = x.floor(), y.floor(), z.floor()
@@ -106,7 +110,9 @@ def sample_tissue(
     return tuple(v.mean(1) for v in props)
 
 
-def speckle(tile: torch.Tensor, tile_origin: torch.Tensor, tile_dir: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def speckle(
+    tile: torch.Tensor, tile_origin: torch.Tensor, tile_dir: torch.Tensor, dist: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """In-phase and quadrature speckle (N, S, L) at the nearest cell of the periodic tile.
 
     tile (T^3, 2) with T a power of two; tile_origin (3, N, L) and tile_dir (3, N, L) are the

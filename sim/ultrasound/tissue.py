@@ -72,7 +72,11 @@ class TissueTable:
         The echo amplitude is 10^(echogenicity_db / 20), or 0 for anechoic classes.
         """
         vals = [
-            [p.impedance_mrayl, p.attenuation_db_cm_mhz, 0.0 if p.echogenicity_db is None else 10 ** (p.echogenicity_db / 20)]
+            [
+                p.impedance_mrayl,
+                p.attenuation_db_cm_mhz,
+                0.0 if p.echogenicity_db is None else 10 ** (p.echogenicity_db / 20),
+            ]
             for p in self.rows.values()
         ]
         return torch.tensor(vals, dtype=torch.float32, device=device)

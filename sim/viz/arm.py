@@ -68,7 +68,8 @@ class ArmDrawing:
         self.chain = pk.build_chain_from_urdf(text).to(dtype=torch.float64)
         if self.chain.get_joint_parameter_names() != arm.joint_names:
             raise InputError(
-                f"robot {arm.name} ({arm.urdf_path}): expected the URDF's joints {self.chain.get_joint_parameter_names()} "
+                f"robot {arm.name} ({arm.urdf_path}): "
+                f"expected the URDF's joints {self.chain.get_joint_parameter_names()} "
                 f"to be the arm's {arm.joint_names} (a serial arm with no other movable joints)"
             )
         materials = {m.name: tuple(m.color.rgba[:3]) for m in robot.materials if m.color is not None}
@@ -78,10 +79,15 @@ class ArmDrawing:
             for visual in link.visuals:
                 mesh = visual_mesh(visual.geometry)
                 if mesh is None:
-                    warnings.warn(f"robot {arm.name}: link {link.name!r} visual {type(visual.geometry).__name__} is not drawn (cylinder, box and sphere are)")
+                    warnings.warn(
+                        f"robot {arm.name}: link {link.name!r} visual "
+                        f"{type(visual.geometry).__name__} is not drawn (cylinder, box and sphere are)"
+                    )
                     continue
                 mesh = mesh.transform(origin_matrix(visual.origin), inplace=False)
-                self.actors.append(plotter.add_mesh(mesh, color=material_rgb(visual, materials), smooth_shading=True, specular=0.3))
+                self.actors.append(
+                    plotter.add_mesh(mesh, color=material_rgb(visual, materials), smooth_shading=True, specular=0.3)
+                )
                 self.links.append(link.name)
 
     def pose(self, q: torch.Tensor, base: np.ndarray) -> None:

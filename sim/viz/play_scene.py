@@ -45,7 +45,9 @@ class PlayScene:
     render without a window (videos, tests). size: (width, height) pixels.
     """
 
-    def __init__(self, env: BatchedEnv, probe: ProbeSpec, off_screen: bool = False, size: tuple[int, int] = FRAME_SIZE) -> None:
+    def __init__(
+        self, env: BatchedEnv, probe: ProbeSpec, off_screen: bool = False, size: tuple[int, int] = FRAME_SIZE
+    ) -> None:
         self.probe = probe
         self.patients = env.patients
         self.renderer = Renderer(PatientBank(env.patients, env.device), probe)
@@ -64,7 +66,9 @@ class PlayScene:
         self.image = self.plotter.add_mesh(image_plane(probe, IDENTITY_POSE), texture=texture, lighting=False)
         task = registry.spec(env.cfg.name)
         self.task_layer = registry.load(task.drawing, f"task {task.name!r} drawing")(self.plotter, probe)
-        self.path_actor = self.plotter.add_mesh(pv.PolyData(np.zeros((1, 3))), color=PATH_COLOUR, line_width=3, lighting=False)
+        self.path_actor = self.plotter.add_mesh(
+            pv.PolyData(np.zeros((1, 3))), color=PATH_COLOUR, line_width=3, lighting=False
+        )
         self.status = self.plotter.add_text("", position="upper_left", font_size=10, color=TEXT_COLOUR)
         self.patient_actors: dict[int, list[pv.Actor]] = {}
         self.patient = self.env_id = None

@@ -24,7 +24,9 @@ class PlayVideo:
     needs; probe: the full-size probe whose images are shown; size: (width, height) pixels, even.
     """
 
-    def __init__(self, env: BatchedEnv, probe: ProbeSpec, path: str | Path, fps: float, size: tuple[int, int] = FRAME_SIZE) -> None:
+    def __init__(
+        self, env: BatchedEnv, probe: ProbeSpec, path: str | Path, fps: float, size: tuple[int, int] = FRAME_SIZE
+    ) -> None:
         require(size[0] % 2 == 0 and size[1] % 2 == 0, "video size", "an even width and height (H.264)", size)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

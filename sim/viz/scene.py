@@ -45,7 +45,9 @@ def probe_housing(probe: ProbeSpec, pose: np.ndarray) -> pv.PolyData:
         r = max(probe.apex_radius_m, 0.005)  # phased: a small face around the apex
         half_width, face_z = r * np.sin(half), probe.image_extent()[2]
     half_thickness = HOUSING_THICKNESS_M / 2
-    box = pv.Box((-half_width, half_width, -half_thickness, half_thickness, face_z - HOUSING_DEPTH_M, face_z)).triangulate()
+    box = pv.Box(
+        (-half_width, half_width, -half_thickness, half_thickness, face_z - HOUSING_DEPTH_M, face_z)
+    ).triangulate()
     box.points = _to_patient(pose, np.asarray(box.points))
     return box
 
@@ -88,10 +90,16 @@ def add_patient(plotter: pv.Plotter, patient: Patient) -> list[pv.Actor]:
         raise InputError(
             f"patient '{patient.name}' meshes: expected 'body' and bone meshes (run derive(patient, meshes=True))"
         )
-    actors = [plotter.add_mesh(pv.wrap(patient.meshes["body"]), color=BODY_COLOUR, opacity=BODY_OPACITY, smooth_shading=True)]
+    actors = [
+        plotter.add_mesh(pv.wrap(patient.meshes["body"]), color=BODY_COLOUR, opacity=BODY_OPACITY, smooth_shading=True)
+    ]
     for name, mesh in patient.meshes.items():
         if name != "body":
-            actors.append(plotter.add_mesh(pv.wrap(mesh), color=BONE_COLOUR, opacity=BONE_OPACITY, smooth_shading=True, specular=0.3))
+            actors.append(
+                plotter.add_mesh(
+                    pv.wrap(mesh), color=BONE_COLOUR, opacity=BONE_OPACITY, smooth_shading=True, specular=0.3
+                )
+            )
     return actors
 
 

@@ -59,8 +59,14 @@ class PlayViewer:
         off_screen: bool = False,
         size: tuple[int, int] = FRAME_SIZE,
     ) -> None:
-        if not off_screen and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise InputError("viewer: expected a display (DISPLAY and WAYLAND_DISPLAY are unset); render a video off screen instead")
+        if (
+            not off_screen
+            and sys.platform.startswith("linux")
+            and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        ):
+            raise InputError(
+                "viewer: expected a display (DISPLAY and WAYLAND_DISPLAY are unset); render a video off screen instead"
+            )
         self.env, self.policy = env, policy
         self.scene = PlayScene(env, probe, off_screen, size)
         plotter = self.scene.plotter

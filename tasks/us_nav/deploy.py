@@ -34,17 +34,33 @@ def observation_layout(cfg: UsNavCfg, dof: int) -> list[dict]:
     """The segments of the "policy" input vector, in order: name, size and how it is computed."""
     o, a = cfg.observation, cfg.actions
     relative = [
-        {"name": "goal_position_in_probe", "size": 3, "compute": f"(goal - probe) position, probe frame, / {o.position_scale_m} m"},
-        {"name": "goal_rotation_in_probe", "size": 3, "compute": f"rotation vector of R_probe^T R_goal / {o.angle_scale_rad} rad"},
+        {
+            "name": "goal_position_in_probe",
+            "size": 3,
+            "compute": f"(goal - probe) position, probe frame, / {o.position_scale_m} m",
+        },
+        {
+            "name": "goal_rotation_in_probe",
+            "size": 3,
+            "compute": f"rotation vector of R_probe^T R_goal / {o.angle_scale_rad} rad",
+        },
     ]
     proprio = [
         {"name": "joint_positions", "size": dof, "compute": "2 (q - lower) / (upper - lower) - 1, robot.joints order"},
-        {"name": "probe_position", "size": 3, "compute": f"(probe position - anchor point), task frame, / {o.workspace_scale_m} m"},
+        {
+            "name": "probe_position",
+            "size": 3,
+            "compute": f"(probe position - anchor point), task frame, / {o.workspace_scale_m} m",
+        },
         {"name": "yaw_sin", "size": 1, "compute": "sin of the commanded yaw about the beam"},
         {"name": "yaw_cos", "size": 1, "compute": "cos of the commanded yaw"},
         {"name": "tilt", "size": 2, "compute": f"commanded tilt (about probe x, y) / {a.max_tilt_rad} rad"},
         {"name": "contact_force", "size": 1, "compute": f"probe contact force / {cfg.reward.max_force_n} N"},
-        {"name": "last_action", "size": len(ACTION_NAMES), "compute": "the previous step's action after clamping, 0 at episode start"},
+        {
+            "name": "last_action",
+            "size": len(ACTION_NAMES),
+            "compute": "the previous step's action after clamping, 0 at episode start",
+        },
     ]
     return proprio if o.images else relative + proprio
 
@@ -69,9 +85,12 @@ def deploy_contract(config: Mapping, what: str = "deploy.json task.config") -> d
             "units": list(ACTION_UNITS),
             "scale": [a.translation_m, a.translation_m, a.yaw_rad, a.tilt_rad, a.tilt_rad],
             "clamp": [-1.0, 1.0],
-            "meaning": "increments of the commanded probe state per control step: translation along the untilted probe's "
-            "x (lateral) and y (elevation) axes projected on the skin (task x-z plane), rotation about the beam, tilt about "
-            "the probe's x and y axes; the target is the skin point below the commanded (x, z), pressed press_m in",
+            "meaning": (
+                "increments of the commanded probe state per control step: translation along the untilted probe's "
+                "x (lateral) and y (elevation) axes projected on the skin (task x-z plane), rotation about the beam, "
+                "tilt about the probe's x and y axes; the target is the skin point below the commanded (x, z), "
+                "pressed press_m in"
+            ),
             "limits": {
                 "workspace_half_extent_m": list(cfg.workspace_half_extent_m),
                 "yaw_range_rad": list(a.yaw_range_rad),
@@ -116,7 +135,9 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
     cfg: UsNavCfg = env.cfg
     arm, o = env.backend.arm, cfg.observation
     width = int(env.get_observations()["policy"].shape[1])
-    inputs = [{"name": "policy", "dtype": "float32", "shape": ["batch", width], "layout": observation_layout(cfg, arm.dof)}]
+    inputs = [
+        {"name": "policy", "dtype": "float32", "shape": ["batch", width], "layout": observation_layout(cfg, arm.dof)}
+    ]
     if o.images:
         inputs.append(
             {
@@ -125,7 +146,8 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
                 "shape": ["batch", o.history + 1, o.image_size, o.image_size],
                 "channels": [*[f"ultrasound frame t-{k}" for k in range(o.history)], "goal image"],
                 "compute": "B-mode frames in [0, 1] (row 0 at the probe face, column 0 at probe -x) resized to "
-                f"{o.image_size} x {o.image_size} px (area averaging); newest first; at episode start the first frame fills the history",
+                f"{o.image_size} x {o.image_size} px (area averaging); newest first; "
+                "at episode start the first frame fills the history",
             }
         )
     task_config = asdict(cfg)
@@ -133,7 +155,10 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
     return {
         "task": {"name": cfg.name, "config": task_config},
         "control": contract["control"],
-        "task_frame": f"patient frame (x left-right, y anterior-posterior, z head-foot; metres); the anchor point is the centre of {cfg.anchor}",
+        "task_frame": (
+            "patient frame (x left-right, y anterior-posterior, z head-foot; metres); "
+            f"the anchor point is the centre of {cfg.anchor}"
+        ),
         "observation": {"inputs": inputs},
         "action": contract["action"],
         "robot": {
@@ -155,14 +180,21 @@ def workspace_box(env, margin_m: float) -> tuple[list[float], list[float]]:
     extent and the skin's height range over it in the environment's patients, +- margin_m."""
     skin, dev = env.backend.skin, env.device
     ex, ez = env.cfg.workspace_half_extent_m
-    grid = torch.stack(torch.meshgrid(torch.linspace(-ex, ex, 41, device=dev), torch.linspace(-ez, ez, 81, device=dev), indexing="ij"), -1).reshape(-1, 2)
+    grid = torch.stack(
+        torch.meshgrid(torch.linspace(-ex, ex, 41, device=dev), torch.linspace(-ez, ez, 81, device=dev), indexing="ij"),
+        -1,
+    ).reshape(-1, 2)
     p = len(env.patients)
     patient = torch.arange(p, device=dev).repeat_interleave(len(grid))
     xz = grid.repeat(p, 1) + env.anchor_xz[patient]
     point, _ = skin.query(patient, xz[:, 0], xz[:, 1])
     height = (point[:, 1] - env.backend.anchor[patient, 1])[torch.isfinite(point[:, 1])]
     require(len(height) > 0, "workspace box", "skin under the task workspace in at least one patient", "no skin point")
-    return [-ex - margin_m, float(height.min()) - margin_m, -ez - margin_m], [ex + margin_m, float(height.max()) + margin_m, ez + margin_m]
+    return [-ex - margin_m, float(height.min()) - margin_m, -ez - margin_m], [
+        ex + margin_m,
+        float(height.max()) + margin_m,
+        ez + margin_m,
+    ]
 
 
 class Controller:
@@ -196,7 +228,11 @@ class Controller:
         else:
             _, normal = self.skin.query(self.patient, pose[:, 0], pose[:, 2])
             yaw, tilt = skin_state_from_pose(pose, normal)
-            self.command = (pose[:, [0, 2]], yaw.clamp(*cfg.actions.yaw_range_rad), actions.clamp_norm(tilt, cfg.actions.max_tilt_rad))
+            self.command = (
+                pose[:, [0, 2]],
+                yaw.clamp(*cfg.actions.yaw_range_rad),
+                actions.clamp_norm(tilt, cfg.actions.max_tilt_rad),
+            )
         self.goal_pose = None if session.goal_pose is None else _row(session.goal_pose)
         self.goal_image = None if session.goal_image is None else _row(session.goal_image)
         self.last_action = torch.zeros(1, len(ACTION_NAMES))
@@ -228,7 +264,9 @@ class Controller:
         pose = _row(state.probe_pose)
         _, yaw, tilt = self.command
         force = torch.tensor([float(state.force_n)], dtype=torch.float32)
-        proprio = observations.proprioception(cfg, _row(state.q), self.lower, self.upper, pose, self.anchor, yaw, tilt, force, self.last_action)
+        proprio = observations.proprioception(
+            cfg, _row(state.q), self.lower, self.upper, pose, self.anchor, yaw, tilt, force, self.last_action
+        )
         relative = None
         if not o.images:
             relative = observations.relative_goal_pose(pose, self.goal_pose, o.position_scale_m, o.angle_scale_rad)

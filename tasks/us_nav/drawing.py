@@ -20,12 +20,17 @@ class GoalDrawing:
     opaque outline, on `plotter`'s current viewport."""
 
     def __init__(self, plotter: pv.Plotter, probe: ProbeSpec) -> None:
-        self.goal = plotter.add_mesh(image_plane(probe, IDENTITY_POSE), texture=plane_texture(probe, GOAL_RGB), lighting=False)
+        self.goal = plotter.add_mesh(
+            image_plane(probe, IDENTITY_POSE), texture=plane_texture(probe, GOAL_RGB), lighting=False
+        )
 
     def __call__(self, snapshot: EnvSnapshot, i: int) -> str:
         """Move the goal plane to environment i's goal (row i of the snapshot); returns the
         status text: the goal's name and the position (mm) and angle (deg) errors."""
         self.goal.user_matrix = pose_matrix(snapshot.goal_pose[i])
         extras = snapshot.extras
-        error_mm, error_deg = float(extras["position_error_m"][i]) * 1000, math.degrees(float(extras["angle_error_rad"][i]))
+        error_mm, error_deg = (
+            float(extras["position_error_m"][i]) * 1000,
+            math.degrees(float(extras["angle_error_rad"][i])),
+        )
         return f"goal {extras['goal_name'][i]}  error {error_mm:5.1f} mm {error_deg:5.1f} deg"

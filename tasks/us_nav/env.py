@@ -80,7 +80,9 @@ class UsNavEnv(BatchedEnv):
         missing = [(p.name, lv) for p in self.patients for lv in cfg.goal.levels if lv not in p.landmarks]
         if missing:
             raise InputError(f"task goal levels: patients lack landmarks {missing}")
-        self.goal_poses = goals.goal_pose_table(self.patients, self.backend.skin, cfg.goal.levels, cfg.goal.views, cfg.actions.press_m)
+        self.goal_poses = goals.goal_pose_table(
+            self.patients, self.backend.skin, cfg.goal.levels, cfg.goal.views, cfg.actions.press_m
+        )
         anchor_xz = self.backend.anchor[:, [0, 2]]
         extent = torch.tensor(cfg.workspace_half_extent_m, device=dev)
         self.box_low, self.box_high = anchor_xz - extent, anchor_xz + extent
@@ -101,7 +103,21 @@ class UsNavEnv(BatchedEnv):
         self.pos_err = torch.zeros(n, device=dev)
         self.ang_err = torch.zeros(n, device=dev)
         self.hold = torch.zeros(n, dtype=torch.long, device=dev)
-        names = ["patient_idx", "goal_idx", "xz", "yaw", "tilt", "q", "poses", "force", "action", "last_action", "pos_err", "ang_err", "hold"]
+        names = [
+            "patient_idx",
+            "goal_idx",
+            "xz",
+            "yaw",
+            "tilt",
+            "q",
+            "poses",
+            "force",
+            "action",
+            "last_action",
+            "pos_err",
+            "ang_err",
+            "hold",
+        ]
         self.renderer = None
         if cfg.observation.images:
             self._init_imaging(probe)
@@ -118,10 +134,20 @@ class UsNavEnv(BatchedEnv):
     def _check_cfg(cfg: UsNavCfg) -> None:
         require(cfg.episode_steps >= 1, "task.episode_steps", "a positive number of steps", cfg.episode_steps)
         require(cfg.control_hz > 0, "task.control_hz", "a positive rate in Hz", cfg.control_hz)
-        require(len(cfg.goal.levels) > 0 and len(cfg.goal.views) > 0, "task.goal", "at least one level and one view", cfg.goal)
+        require(
+            len(cfg.goal.levels) > 0 and len(cfg.goal.views) > 0,
+            "task.goal",
+            "at least one level and one view",
+            cfg.goal,
+        )
         require(cfg.success.hold_steps >= 1, "task.success.hold_steps", "at least 1", cfg.success.hold_steps)
         require(cfg.observation.history >= 1, "task.observation.history", "at least 1 frame", cfg.observation.history)
-        require(8 <= cfg.observation.image_size <= 512, "task.observation.image_size", "8..512 pixels", cfg.observation.image_size)
+        require(
+            8 <= cfg.observation.image_size <= 512,
+            "task.observation.image_size",
+            "8..512 pixels",
+            cfg.observation.image_size,
+        )
         for key in ("translation_m", "yaw_rad", "tilt_rad", "max_tilt_rad"):
             value = getattr(cfg.actions, key)
             require(math.isfinite(value) and value >= 0, f"task.actions.{key}", "a finite non-negative bound", value)
@@ -135,7 +161,11 @@ class UsNavEnv(BatchedEnv):
         self.renderer = Renderer(self.bank, self.probe, config=render_cfg)
         # Resets render a varying number of environments; a compiled renderer would recompile
         # for every new batch size, so they use an eager twin over the same bank.
-        self.reset_renderer = Renderer(self.bank, self.probe, config=replace(render_cfg, compile=False)) if render_cfg.compile else self.renderer
+        self.reset_renderer = (
+            Renderer(self.bank, self.probe, config=replace(render_cfg, compile=False))
+            if render_cfg.compile
+            else self.renderer
+        )
         p, g = self.goal_poses.shape[:2]
         patient = torch.arange(p, device=dev).repeat_interleave(g)
         images = self.reset_renderer.render(self.goal_poses.reshape(p * g, 7), patient)
@@ -182,7 +212,9 @@ class UsNavEnv(BatchedEnv):
         self.poses = self.backend.probe_poses(self.q, self.patient_idx)
         self.force = self.backend.contact(self.patient_idx, self.poses).force_n
         if self.renderer is not None:
-            image = self.renderer.render(self.poses, self.patient_idx, self._render_params(None), check=False)  # own state: no per-step sync
+            image = self.renderer.render(
+                self.poses, self.patient_idx, self._render_params(None), check=False
+            )  # own state: no per-step sync
             self.history = torch.cat([image[:, None], self.history[:, :-1]], 1)
 
     def _evaluate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
@@ -192,9 +224,16 @@ class UsNavEnv(BatchedEnv):
         self.hold = terminations.update_hold(self.hold, within)
         success = self.hold >= cfg.success.hold_steps
         outcome = rewards.StepOutcome(
-            self.pos_err, pos_err, self.ang_err, ang_err, success, rewards.excess_force(self.force, cfg.reward.max_force_n),
-            self.action, self.last_action, self.last_action_excess,
-        )  # fmt: skip
+            self.pos_err,
+            pos_err,
+            self.ang_err,
+            ang_err,
+            success,
+            rewards.excess_force(self.force, cfg.reward.max_force_n),
+            self.action,
+            self.last_action,
+            self.last_action_excess,
+        )
         reward = weighted(self.reward_terms, outcome)
         self.pos_err, self.ang_err = pos_err, ang_err
         self.last_action = self.action
@@ -246,7 +285,9 @@ class UsNavEnv(BatchedEnv):
     def get_observations(self) -> TensorDict:
         cfg = self.cfg
         obs_cfg = cfg.observation
-        relative = observations.relative_goal_pose(self.poses, self.goal_pose, obs_cfg.position_scale_m, obs_cfg.angle_scale_rad)
+        relative = observations.relative_goal_pose(
+            self.poses, self.goal_pose, obs_cfg.position_scale_m, obs_cfg.angle_scale_rad
+        )
         arm = self.backend.arm
         proprio = observations.proprioception(
             cfg, self.q, arm.lower.float(), arm.upper.float(), self.poses, self.backend.anchor[self.patient_idx],
@@ -265,7 +306,11 @@ class UsNavEnv(BatchedEnv):
         """Environments env_ids (None: all) now: the probe held by the arm (named by its robot
         config), the goal pose and newest image; extras: goal_name (list of M), position_error_m
         and angle_error_rad (M,) to the goal, goal_image (M, S, S) with images."""
-        ids = torch.arange(self.num_envs, device=self.device) if env_ids is None else torch.as_tensor(env_ids, device=self.device)
+        ids = (
+            torch.arange(self.num_envs, device=self.device)
+            if env_ids is None
+            else torch.as_tensor(env_ids, device=self.device)
+        )
         patient, arm = self.patient_idx[ids], self.backend.arm
         base = arm.base_pose.to(self.device, torch.float32).expand(len(ids), 7).clone()
         base[:, :3] += self.backend.anchor[patient]  # the arm works in the anchor frame
@@ -293,7 +338,12 @@ class UsNavEnv(BatchedEnv):
         the success test (tolerances, hold counter) is the task's own."""
         probe = targets.get("probe") if set(targets) == {"probe"} else None
         got = {k: tuple(v.shape) for k, v in targets.items()}
-        require(probe is not None and tuple(probe.shape) == (self.num_envs, 7), "tool targets", f"{{'probe': ({self.num_envs}, 7) poses}}", got)
+        require(
+            probe is not None and tuple(probe.shape) == (self.num_envs, 7),
+            "tool targets",
+            f"{{'probe': ({self.num_envs}, 7) poses}}",
+            got,
+        )
         check_poses(probe)  # outside data; the backend's IK and contact skip their checks (sync-free)
         self.drive(probe.to(self.device, torch.float32))
         self.episode_length_buf += 1

@@ -203,10 +203,14 @@ def _parse_link(elem: ET.Element, colours: dict[str, tuple], what: str) -> _Link
         return link
     if inertia_elem is None:
         raise InputError(f"{where} <inertial>: expected an <inertia> element for mass {link.mass} kg")
-    ixx, ixy, ixz, iyy, iyz, izz = (_float(inertia_elem, k, f"{where} <inertia>") for k in ("ixx", "ixy", "ixz", "iyy", "iyz", "izz"))
+    ixx, ixy, ixz, iyy, iyz, izz = (
+        _float(inertia_elem, k, f"{where} <inertia>") for k in ("ixx", "ixy", "ixz", "iyy", "iyz", "izz")
+    )
     link.inertia = np.array([[ixx, ixy, ixz], [ixy, iyy, iyz], [ixz, iyz, izz]])
     if np.linalg.eigvalsh(link.inertia).min() <= 0:
-        raise InputError(f"{where} <inertia>: expected a positive-definite inertia tensor in kg*m^2, got {link.inertia.tolist()}")
+        raise InputError(
+            f"{where} <inertia>: expected a positive-definite inertia tensor in kg*m^2, got {link.inertia.tolist()}"
+        )
     origin = _origin(inertial, f"{where} <inertial>")
     link.com, link.inertia_frame = origin[:3, 3], origin[:3, :3]
     return link
@@ -236,7 +240,9 @@ def _parse_joint(elem: ET.Element, links: dict[str, _Link], what: str) -> _Joint
         lim = elem.find("limit")
         if lim is None:
             raise InputError(f"{where}: expected a <limit lower upper velocity effort> element")
-        lower, upper, velocity, effort = (_float(lim, k, f"{where} <limit>") for k in ("lower", "upper", "velocity", "effort"))
+        lower, upper, velocity, effort = (
+            _float(lim, k, f"{where} <limit>") for k in ("lower", "upper", "velocity", "effort")
+        )
         if not lower < upper:
             raise InputError(f"{where} <limit>: expected lower < upper (rad), got {lower} and {upper}")
     return _Joint(name, kind, ends[0], ends[1], _origin(elem, where), axis, lower, upper, velocity, effort)
@@ -252,7 +258,9 @@ def _parse_urdf(urdf_path: Path) -> tuple[_Robot, str]:
         raise InputError(f"{what}: expected a readable URDF (XML) file: {err}") from err
     name = root.get("name", "")
     if root.tag != "robot" or not Sdf.Path.IsValidIdentifier(name):
-        raise InputError(f"{what}: expected a <robot name=...> root named like a USD prim, got <{root.tag} name={name!r}>")
+        raise InputError(
+            f"{what}: expected a <robot name=...> root named like a USD prim, got <{root.tag} name={name!r}>"
+        )
     colours = {}
     for m in root.findall("material"):
         c = m.find("color")
@@ -268,7 +276,10 @@ def _parse_urdf(urdf_path: Path) -> tuple[_Robot, str]:
     parent_of: dict[str, _Joint] = {}
     for j in joints:
         if j.child in parent_of:
-            raise InputError(f"{what}: expected a tree, got link {j.child!r} as the child of {parent_of[j.child].name!r} and {j.name!r}")
+            raise InputError(
+                f"{what}: expected a tree, got link {j.child!r} as the "
+                f"child of {parent_of[j.child].name!r} and {j.name!r}"
+            )
         parent_of[j.child] = j
     roots = [n for n in links if n not in parent_of]
     if len(roots) != 1:
@@ -293,13 +304,18 @@ def _attachments(robot: _Robot) -> dict[str, tuple[str, np.ndarray]]:
     belongs to its parent's body: it becomes a plain Xform there.
     """
     if robot.links[robot.root].mass <= 0:
-        raise InputError(f"URDF robot {robot.name!r}: expected root link {robot.root!r} to have a mass (it is the base body)")
+        raise InputError(
+            f"URDF robot {robot.name!r}: expected root link {robot.root!r} to have a mass (it is the base body)"
+        )
     attached = {robot.root: (robot.root, np.eye(4))}
     for j in robot.joints:
         if robot.links[j.child].mass > 0:
             attached[j.child] = (j.child, np.eye(4))
         elif j.kind != "fixed":
-            raise InputError(f"URDF robot {robot.name!r} joint {j.name!r}: expected massless link {j.child!r} on a fixed joint, got {j.kind!r}")
+            raise InputError(
+                f"URDF robot {robot.name!r} joint {j.name!r}: "
+                f"expected massless link {j.child!r} on a fixed joint, got {j.kind!r}"
+            )
         else:
             body, frame = attached[j.parent]
             attached[j.child] = (body, frame @ j.origin)
@@ -318,14 +334,18 @@ def tool_offset(urdf_path: Path, body: str, frame: str) -> tuple[np.ndarray, np.
     robot, _ = _parse_urdf(Path(urdf_path))
     for name in (body, frame):
         if name not in robot.links:
-            raise InputError(f"tool_offset: expected a link of {urdf_path}, got {name!r}; links are {sorted(robot.links)}")
+            raise InputError(
+                f"tool_offset: expected a link of {urdf_path}, got {name!r}; links are {sorted(robot.links)}"
+            )
     parent_of = {j.child: j for j in robot.joints}
     t, link = np.eye(4), frame
     while link != body:
         j = parent_of.get(link)
         if j is None or j.kind != "fixed":
             got = "no path" if j is None else f"{j.kind} joint {j.name!r}"
-            raise InputError(f"tool_offset: expected {frame!r} below {body!r} on fixed joints only in {urdf_path}, got {got}")
+            raise InputError(
+                f"tool_offset: expected {frame!r} below {body!r} on fixed joints only in {urdf_path}, got {got}"
+            )
         t, link = j.origin @ t, j.parent
     return t[:3, 3].copy(), _quat_wxyz(t[:3, :3])
 
@@ -472,7 +492,9 @@ def _write_robot(robot: _Robot, path: Path) -> None:
             drive.CreateDampingAttr(DRIVE_DAMPING * np.pi / 180)
             drive.CreateMaxForceAttr(j.effort)
             joint.GetPrim().AddAppliedSchema("NewtonJointAPI")
-            joint.GetPrim().CreateAttribute("newton:velocityLimit", Sdf.ValueTypeNames.Float).Set(float(np.degrees(j.velocity)))
+            joint.GetPrim().CreateAttribute("newton:velocityLimit", Sdf.ValueTypeNames.Float).Set(
+                float(np.degrees(j.velocity))
+            )
         _joint_frames(joint, prim_path[parent_body], prim_path[j.child], frame0, frame1)
     _save_atomically(stage, path)
 
@@ -521,10 +543,17 @@ def body_usd(mesh: trimesh.Trimesh, cache_dir: Path, name: str, max_faces: int =
         raise InputError(f"body_usd max_faces: expected an integer >= 4, got {max_faces!r}")
     vertices = np.ascontiguousarray(getattr(mesh, "vertices", np.empty((0, 3))), dtype=np.float64)
     faces = np.ascontiguousarray(getattr(mesh, "faces", np.empty((0, 3))), dtype=np.int64)
-    valid = vertices.ndim == 2 and vertices.shape[1:] == (3,) and faces.ndim == 2 and faces.shape[1:] == (3,) and len(faces) > 0
+    valid = (
+        vertices.ndim == 2
+        and vertices.shape[1:] == (3,)
+        and faces.ndim == 2
+        and faces.shape[1:] == (3,)
+        and len(faces) > 0
+    )
     if not valid or not np.isfinite(vertices).all() or faces.min() < 0 or faces.max() >= len(vertices):
         raise InputError(
-            f"body_usd mesh {name!r}: expected a trimesh.Trimesh with finite (V, 3) vertices and (F, 3) triangles indexing them, "
+            f"body_usd mesh {name!r}: expected a trimesh.Trimesh with finite (V, "
+            "3) vertices and (F, 3) triangles indexing them, "
             f"got vertices {vertices.shape} and faces {faces.shape}"
         )
     h = hashlib.sha256(f"{WRITER_VERSION}\n{max_faces}\n".encode())

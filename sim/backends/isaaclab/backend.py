@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-
 from isaaclab.controllers import DifferentialIKController, DifferentialIKControllerCfg
 from isaaclab.scene import InteractiveScene
 from isaaclab.sim import SimulationContext
@@ -71,10 +70,14 @@ class IsaacLabBackend(TorchBackend):
         self.settings = cfg
         cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir().parent / "isaaclab"
         base = torch.tensor([*robot.base_position_m, *robot.base_quat_wxyz], dtype=torch.float64)
-        self.sim_cfg, self.scene_cfg, self.anchor_local = scene_cfgs(patients, self.arm, base.numpy(), anchor, num_envs, str(self.device), cfg, cache)
+        self.sim_cfg, self.scene_cfg, self.anchor_local = scene_cfgs(
+            patients, self.arm, base.numpy(), anchor, num_envs, str(self.device), cfg, cache
+        )
         self.env_patient = torch.as_tensor(env_patients(len(patients), num_envs), device=self.device)
         self.base_in_anchor = base.float().to(self.device)
-        ik = DifferentialIKControllerCfg(command_type="pose", use_relative_mode=False, ik_method="dls", ik_params={"lambda_val": cfg.ik_damping})
+        ik = DifferentialIKControllerCfg(
+            command_type="pose", use_relative_mode=False, ik_method="dls", ik_params={"lambda_val": cfg.ik_damping}
+        )
         self.ik = DifferentialIKController(ik, num_envs=num_envs, device=str(self.device))
         self.physics_dt = 1.0 / cfg.physics_hz
         self.mean_force = torch.zeros(num_envs, device=self.device)  # N, over the last control step
@@ -95,13 +98,17 @@ class IsaacLabBackend(TorchBackend):
     def _joint_positions(self) -> torch.Tensor:
         return self.robot.data.joint_pos.torch[:, self.joint_ids].to(self.device, torch.float32)
 
-    def place(self, q0: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor, env_ids: torch.Tensor) -> torch.Tensor:
+    def place(
+        self, q0: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor, env_ids: torch.Tensor
+    ) -> torch.Tensor:
         """Teleport the arms of env_ids to the IK solution for targets (an episode start)."""
         q = super().place(q0, patient_idx, targets, env_ids)
         ids = env_ids.to(self.robot.device)
         q_sim = q.to(self.robot.device)
         self.robot.write_joint_position_to_sim_index(position=q_sim, joint_ids=self.joint_ids, env_ids=ids)
-        self.robot.write_joint_velocity_to_sim_index(velocity=torch.zeros_like(q_sim), joint_ids=self.joint_ids, env_ids=ids)
+        self.robot.write_joint_velocity_to_sim_index(
+            velocity=torch.zeros_like(q_sim), joint_ids=self.joint_ids, env_ids=ids
+        )
         self.robot.actuators.target_command.set_position_index(value=q_sim, joint_ids=self.joint_ids, env_ids=ids)
         self.ik.reset(ids)
         return q
@@ -124,7 +131,9 @@ class IsaacLabBackend(TorchBackend):
             ee_quat = to_xyzw(matrix_to_quat(tool[:, :3, :3]))
             q_des = self.ik.compute(tool[:, :3, 3], ee_quat, jacobian, q_now)
             q_des = q_now + (q_des - q_now).clamp(-max_delta, max_delta)
-            self.robot.actuators.target_command.set_position_index(value=q_des.to(self.robot.device), joint_ids=self.joint_ids)
+            self.robot.actuators.target_command.set_position_index(
+                value=q_des.to(self.robot.device), joint_ids=self.joint_ids
+            )
             self.scene.write_data_to_sim()
             self.sim.step(render=False)
             self.scene.update(self.physics_dt)

@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import isaaclab.sim as sim_utils
 import numpy as np
 import torch
-
-import isaaclab.sim as sim_utils
 from isaaclab.actuators import ImplicitActuatorCfg
 from isaaclab.assets import ArticulationCfg, AssetBaseCfg
 from isaaclab.cloner.cloner_strategies import sequential
@@ -41,7 +40,9 @@ def env_patients(num_patients: int, num_envs: int) -> np.ndarray:
     return sequential(np.ones(num_patients), num_envs)
 
 
-def body_usds(patients: Sequence[Patient], anchor: str, table_height_m: float, cache: Path) -> tuple[list[str], np.ndarray]:
+def body_usds(
+    patients: Sequence[Patient], anchor: str, table_height_m: float, cache: Path
+) -> tuple[list[str], np.ndarray]:
     """One static-collider USD per patient and the point (3,) where every patient's anchor sits in
     its environment's local frame: above the table centre, high enough that the deepest front of
     any patient rests on the table top."""
@@ -63,21 +64,35 @@ def physics_cfg(cfg: IsaacLabCfg, device: str):
 
         return PhysxCfg()
     from isaaclab_newton.physics import MJWarpSolverCfg, NewtonCfg
-    from isaaclab_newton.physics.newton_manager_cfg import NewtonShapeCfg
     from isaaclab_newton.physics.newton_collision_cfg import NewtonCollisionPipelineCfg
+    from isaaclab_newton.physics.newton_manager_cfg import NewtonShapeCfg
 
     # Newton's own collision pipeline: MuJoCo's would treat the concave back as its convex hull.
-    solver = MJWarpSolverCfg(njmax=400, nconmax=200, integrator="implicitfast", cone="pyramidal", use_mujoco_contacts=False)
+    solver = MJWarpSolverCfg(
+        njmax=400, nconmax=200, integrator="implicitfast", cone="pyramidal", use_mujoco_contacts=False
+    )
     # Newton turns each shape's ke / kd into MuJoCo's solref (time constant 2 / kd, damping ratio
     # kd / 2 sqrt(1 / ke)). The pressing force is set mostly by the arm's drives pushing toward a
     # target 2 mm inside the skin (measured: tens of newtons), little by these; a friction
     # coefficient of gel-coated skin lets the pressed probe slide over the back.
     shapes = NewtonShapeCfg(ke=cfg.skin_stiffness_n_per_m, kd=cfg.skin_damping_n_s_per_m, mu=cfg.skin_friction)
-    return NewtonCfg(solver_cfg=solver, collision_cfg=NewtonCollisionPipelineCfg(), default_shape_cfg=shapes, use_cuda_graph=device.startswith("cuda"))
+    return NewtonCfg(
+        solver_cfg=solver,
+        collision_cfg=NewtonCollisionPipelineCfg(),
+        default_shape_cfg=shapes,
+        use_cuda_graph=device.startswith("cuda"),
+    )
 
 
 def scene_cfgs(
-    patients: Sequence[Patient], arm: Arm, base_pose: np.ndarray, anchor: str, num_envs: int, device: str, cfg: IsaacLabCfg, cache: Path
+    patients: Sequence[Patient],
+    arm: Arm,
+    base_pose: np.ndarray,
+    anchor: str,
+    num_envs: int,
+    device: str,
+    cfg: IsaacLabCfg,
+    cache: Path,
 ) -> tuple[sim_utils.SimulationCfg, InteractiveSceneCfg, np.ndarray]:
     """(simulation config, scene config, anchor point in the local frame) for num_envs
     environments; the USD they reference is generated into `cache`.
@@ -91,7 +106,9 @@ def scene_cfgs(
     robot = ArticulationCfg(
         prim_path="{ENV_REGEX_NS}/Robot",
         spawn=sim_utils.UsdFileCfg(usd_path=str(assets.robot_usd(arm.urdf_path, cache)), activate_contact_sensors=True),
-        init_state=ArticulationCfg.InitialStateCfg(pos=tuple(base_position), rot=tuple(_quat_xyzw(rot)), joint_pos=home),
+        init_state=ArticulationCfg.InitialStateCfg(
+            pos=tuple(base_position), rot=tuple(_quat_xyzw(rot)), joint_pos=home
+        ),
         actuators={
             "arm": ImplicitActuatorCfg(
                 joint_names_expr=list(arm.joint_names),
@@ -103,7 +120,9 @@ def scene_cfgs(
     )
     table = AssetBaseCfg(
         prim_path="{ENV_REGEX_NS}/Table",
-        spawn=sim_utils.CuboidCfg(size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.UsdPhysicsCollisionCfg()),
+        spawn=sim_utils.CuboidCfg(
+            size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.UsdPhysicsCollisionCfg()
+        ),
         init_state=AssetBaseCfg.InitialStateCfg(pos=(0.0, 0.0, cfg.table_height_m / 2)),
     )
     body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies))
@@ -118,11 +137,15 @@ def scene_cfgs(
         setattr(scene_cfg, name, asset)
     # No gravity: the arm is the only moving body and its controller compensates gravity, as an
     # iiwa's does; with gravity the position drives sag and the probe hangs centimetres low.
-    sim_cfg = sim_utils.SimulationCfg(dt=1.0 / cfg.physics_hz, device=device, gravity=(0.0, 0.0, 0.0), physics=physics_cfg(cfg, device))
+    sim_cfg = sim_utils.SimulationCfg(
+        dt=1.0 / cfg.physics_hz, device=device, gravity=(0.0, 0.0, 0.0), physics=physics_cfg(cfg, device)
+    )
     return sim_cfg, scene_cfg, origin
 
 
-def open_scene(sim_cfg: sim_utils.SimulationCfg, scene_cfg: InteractiveSceneCfg) -> tuple[sim_utils.SimulationContext, InteractiveScene]:
+def open_scene(
+    sim_cfg: sim_utils.SimulationCfg, scene_cfg: InteractiveSceneCfg
+) -> tuple[sim_utils.SimulationContext, InteractiveScene]:
     """The simulation (one per process) and its started scene."""
     sim = sim_utils.SimulationContext(sim_cfg)
     scene = InteractiveScene(scene_cfg)

@@ -43,7 +43,9 @@ class TorchBackend:
         base = torch.tensor([*robot.base_position_m, *robot.base_quat_wxyz], dtype=torch.float32)
         self.arm = Arm(robot.name, robot.tool_frame, base_pose=base, device=self.device)
         self.skin = SkinBank(patients, self.device)
-        self.anchor = torch.tensor(np.array([p.landmarks[anchor].centre for p in patients]), dtype=torch.float32, device=self.device)
+        self.anchor = torch.tensor(
+            np.array([p.landmarks[anchor].centre for p in patients]), dtype=torch.float32, device=self.device
+        )
 
     def _to_arm_frame(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> torch.Tensor:
         return torch.cat([poses[:, :3] - self.anchor[patient_idx], poses[:, 3:]], -1)
@@ -57,7 +59,9 @@ class TorchBackend:
         task's random draw (n,): any patient can go anywhere here."""
         return drawn
 
-    def place(self, q0: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor, env_ids: torch.Tensor) -> torch.Tensor:
+    def place(
+        self, q0: torch.Tensor, patient_idx: torch.Tensor, targets: torch.Tensor, env_ids: torch.Tensor
+    ) -> torch.Tensor:
         """Joint angles (n, dof) placing the probe at targets (n, 7) (patient frame), from q0, for
         environments env_ids (n,) at an episode start."""
         target = self._to_arm_frame(targets, patient_idx)

@@ -58,7 +58,10 @@ class GymVectorEnv(VectorEnv):
         if not isinstance(actions, torch.Tensor):
             array = np.asarray(actions)
             if array.dtype.kind not in "iuf":  # strings, objects and booleans have no meaning as actions
-                raise InputError(f"actions: expected numbers of shape ({self.num_envs}, {self.env.num_actions}), got dtype {array.dtype}")
+                raise InputError(
+                    f"actions: expected numbers of shape ({self.num_envs}, "
+                    f"{self.env.num_actions}), got dtype {array.dtype}"
+                )
             actions = torch.as_tensor(array)
         obs, reward, terminated, truncated, extras = self.env.step(actions)
         infos: dict[str, Any] = {"costs": _numpy(extras["costs"])}

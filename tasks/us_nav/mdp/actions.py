@@ -10,8 +10,8 @@ import torch
 
 from sim.robot.contact import SkinBank
 from sim.ultrasound.placement import probe_pose_on_skin, skin_rotation
-from tasks.us_nav.mdp.terminations import pose_errors
 from tasks.us_nav.config import ActionCfg
+from tasks.us_nav.mdp.terminations import pose_errors
 
 
 def clamp_norm(v: torch.Tensor, max_norm: float) -> torch.Tensor:

@@ -7,7 +7,9 @@ import torch
 from sim.transforms import quat_to_matrix, rotation_log
 
 
-def relative_goal_pose(poses: torch.Tensor, goals: torch.Tensor, position_scale_m: float, angle_scale_rad: float) -> torch.Tensor:
+def relative_goal_pose(
+    poses: torch.Tensor, goals: torch.Tensor, position_scale_m: float, angle_scale_rad: float
+) -> torch.Tensor:
     """(N, 6): the goal pose seen from the probe: position (goal - probe, in the probe frame,
     divided by position_scale_m) and the rotation vector of R_probe^T R_goal / angle_scale_rad."""
     rot = quat_to_matrix(poses[:, 3:])
@@ -71,7 +73,9 @@ def image_stack(history: torch.Tensor, goal_images: torch.Tensor) -> torch.Tenso
     return torch.cat([history, goal_images[:, None]], 1)
 
 
-def progress_state(pos_err: torch.Tensor, ang_err: torch.Tensor, hold: torch.Tensor, steps: torch.Tensor, cfg) -> torch.Tensor:
+def progress_state(
+    pos_err: torch.Tensor, ang_err: torch.Tensor, hold: torch.Tensor, steps: torch.Tensor, cfg
+) -> torch.Tensor:
     """(N, 4) privileged progress: errors over their tolerances (capped), the success hold
     fraction and the fraction of the episode elapsed. cfg: the task's `UsNavCfg`."""
     return torch.stack(

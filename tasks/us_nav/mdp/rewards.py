@@ -63,4 +63,7 @@ TERMS = {
 def reward_terms(cfg: RewardCfg) -> tuple[RewardTerm, ...]:
     """The reward of `cfg`: every term of `TERMS` with its weight (InputError naming
     task.reward.<name> unless finite and >= 0; penalties are negative terms already)."""
-    return tuple(RewardTerm(name, fn, require_number(getattr(cfg, name), f"task.reward.{name}", 0.0)) for name, fn in TERMS.items())
+    return tuple(
+        RewardTerm(name, fn, require_number(getattr(cfg, name), f"task.reward.{name}", 0.0))
+        for name, fn in TERMS.items()
+    )
