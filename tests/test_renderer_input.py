@@ -129,3 +129,32 @@ def test_arbitrary_actions_keep_the_state_finite_and_in_the_workspace(env, actio
 def test_a_wrong_action_shape_names_the_expected_one(env, shape):
     with pytest.raises(InputError, match=r"actions: expected shape \(4, 5\)"):
         env.step(torch.zeros(shape))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pose=arrays(np.float64, (3, 7), elements=st.floats(allow_nan=True, allow_infinity=True, width=64)),
+    unit=st.booleans(),
+    index=st.sampled_from(["zeros", "ones", "float"]),
+)
+def test_any_render_input_gives_an_error_or_a_valid_image(renderer, pose, unit, index):
+    """Arbitrary poses (NaN, inf, huge offsets, non-unit or normalised quaternions) and indices: a clear
+    error or finite images in [0, 1], never garbage."""
+    poses = poses_at(0.004, 3).double()
+    poses[:, :3] += torch.from_numpy(pose[:, :3]) * 1e-3
+    quat = torch.from_numpy(pose[:, 3:])
+    norm = quat.norm(dim=-1, keepdim=True)
+    if unit and torch.isfinite(norm).all() and (norm > 1e-6).all():
+        quat = quat / norm
+    poses[:, 3:] = quat
+    patient_idx = {
+        "zeros": torch.zeros(3, dtype=torch.long),
+        "ones": torch.ones(3, dtype=torch.long),
+        "float": torch.zeros(3),
+    }[index]
+    try:
+        images = renderer.render(poses.float(), patient_idx)
+    except InputError:
+        return
+    assert images.shape == (3, 32, 24)
+    assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
