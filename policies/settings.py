@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Mapping
 
 from policies import learners
+from sim.config import to_container
 from sim.envs.base import check_device
 from sim.errors import require, require_int
+from sim.ultrasound.probe import ProbeSpec
 
 LOGGERS = ("tensorboard", "wandb")
 SPLITS = ("train", "test")
@@ -71,5 +73,7 @@ def check_settings(cfg: Mapping, num_envs: object = None) -> int:
     for key in ("video", "viewer", "trajectory"):
         require_bool(cfg.get(key), key)
     require_int(cfg.get("video_steps"), "video_steps", 1)
+    if cfg.get("probe") is not None:  # a state task renders nothing, but a misspelt probe key is still an error
+        ProbeSpec.from_dict(to_container(cfg.get("probe")))
     learners.get(cfg.get("learner")).check_agent(cfg.get("agent"), num_envs)  # the agent settings are the learner's
     return num_envs

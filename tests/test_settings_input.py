@@ -104,6 +104,12 @@ def test_log_root_that_is_a_file_is_refused(cfg, tmp_path):
     check_settings(with_setting(cfg, "log_root", str(tmp_path / "new" / "logs")))  # made by the run
 
 
+def test_a_misspelt_probe_key_is_refused_even_where_nothing_renders(cfg):
+    """us_nav_state renders no image, but `probe.lnes=64` must not pass silently."""
+    with pytest.raises(InputError, match=r"probe config keys \['lnes'\] are unknown"):
+        check_settings(with_setting(cfg, "probe.lnes", 64))
+
+
 def test_mini_batches_need_samples(cfg):
     small = with_setting(with_setting(cfg, "agent.num_steps_per_env", 2), "agent.algorithm.num_mini_batches", 5)
     with pytest.raises(
