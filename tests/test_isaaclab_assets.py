@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pxr")
+pytest.importorskip("pxr", reason="OpenUSD (pxr) comes with the isaac extra (Python 3.12: pip install -e '.[isaac]')")
 import trimesh  # noqa: E402
 from pxr import Gf, Usd, UsdGeom, UsdPhysics  # noqa: E402
 
