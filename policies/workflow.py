@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from policies import checkpoints
 from policies.settings import check_settings
 from sim.anatomy.patient_set import load_patients
-from sim.envs.base import BatchedEnv, check_device  # noqa: F401 (check_device: re-exported for callers of policies.workflow)
+from sim.envs.base import BatchedEnv
 from sim.errors import InputError
 from tasks import make_env
 from tasks.schemas import register_schemas

@@ -27,7 +27,7 @@ from policies.trajectory import load_trajectory
 from policies.workflow import build_env, compose_config, run_config, train_config, trained_run
 from sim.errors import InputError
 from sim.robot.safety import SafetyLimits, SafetyMonitor
-from tests.tasks_helpers import ROOT, SMALL_RUN
+from tests.tasks_helpers import LIMITS, ROOT, SMALL_RUN
 
 SCRIPTS = ROOT / "scripts"
 QUICK = ["num_envs=16", "agent.num_steps_per_env=8", "agent.max_iterations=2", *SMALL_RUN]
@@ -196,16 +196,6 @@ def test_runtime_stops_the_robot_on_excess_force(state_run):
     robot = sim_robot(state_run, 3)
     log = runtime.run_episode(robot)
     assert log.status.startswith("stopped: contact force") and len(log) == 0 and robot.done
-
-
-LIMITS = SafetyLimits(
-    (-0.1, -0.2, -0.1),
-    (0.1, 0.0, 0.1),
-    max_speed_m_s=0.1,
-    max_angular_speed_rad_s=1.0,
-    stop_speed_m_s=0.2,
-    max_force_n=20.0,
-)
 
 
 def pose(x, y, z, angle_z=0.0) -> np.ndarray:

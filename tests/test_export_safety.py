@@ -26,7 +26,7 @@ from policies.workflow import build_env, compose_config, train_config, trained_r
 from sim.errors import InputError
 from sim.robot.safety import ExportSettings, SafetyLimits, SafetyMonitor
 from tasks.us_nav.deploy import deployment_spec, safety_limits
-from tests.tasks_helpers import ROOT, SMALL_RUN
+from tests.tasks_helpers import LIMITS, ROOT, SMALL_RUN
 
 SCRIPTS = ROOT / "scripts"
 SETTINGS = {"samples": 128, "max_force_n": 25.0, "speed_margin": 2.0, "workspace_margin_m": 0.03, "stop_margin_m": 0.01}
@@ -247,17 +247,9 @@ def test_speed_margin_that_breaks_the_speed_bound_is_refused(loaded):
 
 
 def test_safety_monitor_refuses_a_bad_control_period():
-    limits = SafetyLimits(
-        (-0.1, -0.2, -0.1),
-        (0.1, 0.0, 0.1),
-        max_speed_m_s=0.1,
-        max_angular_speed_rad_s=1.0,
-        stop_speed_m_s=0.2,
-        max_force_n=20.0,
-    )
     for dt in (-0.1, 0.0, math.nan, 10.0):
         with pytest.raises(InputError, match="control period dt_s"):
-            SafetyMonitor(limits, np.zeros(3), dt)
+            SafetyMonitor(LIMITS, np.zeros(3), dt)
 
 
 ANYTHING = st.one_of(
