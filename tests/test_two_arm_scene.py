@@ -131,7 +131,8 @@ def test_probe_contact_force(scene, patient):
     probe_xz, drill_xyz = _start(scene, patient, idx)
     targets = _targets(scene, idx, probe_xz, drill_xyz)
     q = scene.place(scene.home(N), idx, targets)
-    force = scene.contact(q, idx)
+    contacts = scene.contacts(idx, scene.tool_poses(q, idx))
+    force = {tool: c.force_n for tool, c in contacts.items()}
     assert set(force) == {"probe"} and force["probe"].shape == (N,)  # the drill has no skin contact
     assert torch.isfinite(force["probe"]).all() and (force["probe"] > 0).all()
     assert torch.allclose(force["probe"], torch.full((N,), 2000.0 * PRESS_M), atol=1.5)  # 2 N/mm x 4 mm
@@ -139,7 +140,7 @@ def test_probe_contact_force(scene, patient):
     lifted = targets["probe"].clone()
     lifted[:, :3] -= 0.01 * quat_to_matrix(lifted[:, 3:])[:, :, 2]
     q = scene.place(q, idx, {"probe": lifted})
-    assert (scene.contact(q, idx)["probe"] == 0).all()
+    assert (scene.contacts(idx, scene.tool_poses(q, idx))["probe"].force_n == 0).all()
 
 
 def test_bad_scene_configs_name_the_field(scene):

@@ -147,7 +147,8 @@ def test_nan_inf_and_huge_actions_never_corrupt_state(patients, bad):
         # Only the penalty on raw actions beyond [-1, 1] tells them apart (NaN counts as 0).
         excess = 0.0 if math.isnan(bad) else 5 * 9.0**2 * env.cfg.reward.action_excess  # overshoot capped at 9
         assert torch.allclose(reward_ref - reward, torch.full_like(reward, excess))
-    assert all(torch.isfinite(v.float()).all() for k, v in env.state_dict().items() if k != "generator")
+    state = env.state_dict()
+    assert all(torch.isfinite(state[k].float()).all() for k in env.state_names) and state["scene"] == {}
 
 
 def test_actions_move_the_probe_by_at_most_their_bounds(patients):
@@ -190,23 +191,29 @@ def test_gymnasium_ids_build_vector_envs():
 
 
 def test_isaaclab_backend_settings_and_missing_install():
-    from sim.backends import make_backend
+    from sim.backends import make_scene
+    from tasks.us_nav.config import UsNavCfg
+    from tasks.us_nav.env import UsNavEnv
 
+    scene = UsNavEnv.scene_cfg(UsNavCfg())
     # conf/backend/isaaclab.yaml against IsaacLabCfg: tests/test_config_source.py
     if importlib.util.find_spec("isaaclab") is None:
         with pytest.raises(InputError, match=r'pip install -e "\.\[isaac\]"'):
-            make_backend({"name": "isaaclab"}, [], None, "vertebrae_L3", 1, "cpu")
+            make_scene({"name": "isaaclab"}, [], scene, 1, "cpu")
     with pytest.raises(InputError, match="backend 'mujoco'"):
-        make_backend("mujoco", [], None, "vertebrae_L3", 1, "cpu")
+        make_scene("mujoco", [], scene, 1, "cpu")
 
 
-def test_a_built_backend_is_used_as_it_is(patients):
-    from sim.backends.torch import TorchBackend
+def test_a_built_scene_is_used_as_it_is(patients):
+    from sim.backends.torch import TorchScene
     from tasks.us_nav.config import UsNavCfg
+    from tasks.us_nav.env import UsNavEnv
 
-    robot = UsNavCfg().robot
-    backend = TorchBackend(patients, robot, "vertebrae_L3", "cpu")
-    env = make_env(STATE, patients, num_envs=2, backend=backend)
-    assert env.backend is backend
+    scene = TorchScene(patients, UsNavEnv.scene_cfg(UsNavCfg()), "cpu")
+    env = make_env(STATE, patients, num_envs=2, backend=scene)
+    assert env.scene is scene
     with pytest.raises(InputError, match="built for 2 patients, the task has 1"):
-        make_env(STATE, patients[:1], num_envs=2, backend=backend)
+        make_env(STATE, patients[:1], num_envs=2, backend=scene)
+    other = TorchScene(patients, UsNavEnv.scene_cfg(UsNavCfg(anchor="vertebrae_L4")), "cpu")
+    with pytest.raises(InputError, match="backend: built for scene"):
+        make_env(STATE, patients, num_envs=2, backend=other)

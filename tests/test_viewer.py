@@ -156,7 +156,7 @@ def test_viewer_reset_and_switching_environments(viewer):
     press(viewer, "r")
     assert torch.equal(env.episode_length_buf, torch.zeros_like(env.episode_length_buf))
     press(viewer, "w")  # VTK's own one-letter keys (w: wireframe) are off
-    assert all(actor.prop.style == "Surface" for actor in viewer.scene.arm.actors)
+    assert all(actor.prop.style == "Surface" for arm in viewer.scene.arms.values() for actor in arm.actors)
     for key, shown in (("bracketright", 1), ("Tab", 2), ("bracketright", 0), ("bracketleft", 2)):
         press(viewer, key)
         assert viewer.env_id == shown, key
@@ -171,8 +171,8 @@ def test_arm_drawing_holds_the_probe_where_the_environment_has_it(viewer):
     from sim.viz.scene import pose_matrix
 
     viewer.tick()
-    scene = viewer.scene
-    probe_link = np.array(scene.arm.actors[scene.arm.links.index("iiwa_probe")].user_matrix)
+    (arm,) = viewer.scene.arms.values()  # us_nav: one robot
+    probe_link = np.array(arm.actors[arm.links.index("iiwa_probe")].user_matrix)
     tool = pose_matrix(viewer.env.poses[viewer.env_id])
     # iiwa14.urdf: the probe face (tool frame probe_tip) lies 0.12 m along the probe link's z axis.
     np.testing.assert_allclose(probe_link @ [0.0, 0.0, 0.12, 1.0], tool[:, 3], atol=1e-4)

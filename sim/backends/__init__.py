@@ -1,7 +1,7 @@
-"""Simulation backends: `torch` (embedded default: kinematic arm, quasi-static contact, no physics
-engine) and `isaaclab` (Isaac Lab 3: the arm as a physics articulation under differential IK, the
-patient as a static collider, contact sensing). A task talks to a backend through the small
-interface of `sim.backends.torch.TorchBackend`.
+"""Simulation backends: `torch` (embedded default: kinematic arms, quasi-static contact, no physics
+engine) and `isaaclab` (Isaac Lab 3: each arm a physics articulation under differential IK, the
+patient a static collider, contact sensors on the probes). Both implement one protocol,
+`sim.backends.protocol.SceneBackend`, for the scene a task describes (`sim.backends.scene.SceneCfg`).
 """
 
 from __future__ import annotations
@@ -11,43 +11,48 @@ from typing import Mapping, Sequence
 import torch
 
 from sim.anatomy.patient import Patient
-from sim.backends.torch import TorchBackend
+from sim.backends.protocol import SceneBackend
+from sim.backends.scene import SceneCfg
+from sim.backends.torch import TorchScene
 from sim.errors import InputError
-from sim.robot.mount import RobotCfg
 
 BACKENDS = ("torch", "isaaclab")
 ISAAC_INSTALL = 'pip install -e ".[isaac]" (Python 3.12; Isaac Lab 3)'
 
 
-def make_backend(
-    backend: str | Mapping | TorchBackend,
+def make_scene(
+    backend: str | Mapping | SceneBackend,
     patients: Sequence[Patient],
-    robot: RobotCfg,
-    anchor: str,
+    cfg: SceneCfg,
     num_envs: int,
     device: torch.device | str,
-):
-    """The backend for `num_envs` environments over `patients` (the batch's patient bank order).
+) -> SceneBackend:
+    """The backend's scene `cfg` for `num_envs` environments over `patients` (the bank's order).
 
     backend: a name, a mapping {name, ...settings} (Hydra `backend.*`, conf/backend/<name>.yaml),
-    or a backend already built for these patients and environments, returned as it is.
+    or a scene already built (an Isaac Lab environment builds its own), returned as it is once it
+    is known to be this scene over these patients.
     """
-    if isinstance(backend, TorchBackend):
+    if isinstance(backend, SceneBackend):
+        if backend.cfg != cfg:
+            raise InputError(f"backend: built for scene {backend.cfg}, the task describes {cfg}")
         if len(backend.anchor) != len(patients):
             raise InputError(f"backend: built for {len(backend.anchor)} patients, the task has {len(patients)}")
         return backend
+    if not isinstance(backend, (str, Mapping)):
+        raise InputError(f"backend: expected a name, a mapping {{name, ...}} or a built scene, got {backend!r}")
     settings = {"name": backend} if isinstance(backend, str) else dict(backend)
     name = settings.pop("name", None)
     if name == "torch":
         if settings:
             raise InputError(f"backend torch settings {sorted(settings)}: the torch backend takes none")
-        return TorchBackend(patients, robot, anchor, device)
+        return TorchScene(patients, cfg, device)
     if name == "isaaclab":
         try:
-            from sim.backends.isaaclab.backend import IsaacLabBackend
+            from sim.backends.isaaclab.backend import IsaacLabScene
         except ImportError as err:
             raise InputError(
                 f"backend isaaclab: Isaac Lab is not importable here ({err}); install it with {ISAAC_INSTALL}"
             ) from err
-        return IsaacLabBackend(patients, robot, anchor, num_envs, device, settings)
+        return IsaacLabScene(patients, cfg, num_envs, device, settings)
     raise InputError(f"backend {name!r}: expected one of {list(BACKENDS)}")

@@ -49,6 +49,12 @@ def _name(value: Any, what: str) -> None:
         raise InputError(f"{what}: expected a non-empty string, got {value!r}")
 
 
+def _identifier(value: Any, what: str) -> None:
+    """Robot and tool names key dicts, metrics and physics-scene prim paths: identifiers only."""
+    if not isinstance(value, str) or not value.isidentifier():
+        raise InputError(f"{what}: expected an identifier (letters, digits, underscores), got {value!r}")
+
+
 def _vector(value: Any, n: int, what: str) -> tuple[float, ...]:
     try:
         out = tuple(float(v) for v in value)
@@ -74,7 +80,7 @@ class ToolCfg:
     params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _name(self.name, "tool.name")
+        _identifier(self.name, "tool.name")
         if self.kind not in TOOL_KINDS:
             raise InputError(f"tool {self.name!r}: kind: expected one of {list(TOOL_KINDS)}, got {self.kind!r}")
         if not isinstance(self.params, dict):
@@ -117,7 +123,7 @@ class SceneRobotCfg:
     reset_ik_iterations: int = 10
 
     def __post_init__(self) -> None:
-        _name(self.name, "robot.name")
+        _identifier(self.name, "robot.name")
         what = f"robot {self.name!r}"
         _name(self.robot, f"{what}: robot")
         _name(self.tool_frame, f"{what}: tool_frame")

@@ -18,6 +18,8 @@ import abc
 import torch
 from tensordict import TensorDict
 
+from sim.backends.protocol import SceneBackend
+from sim.backends.scene import SceneCfg
 from sim.envs.snapshot import EnvSnapshot
 from sim.envs.spaces import Space
 from sim.envs.terms import RewardTerm, total
@@ -42,7 +44,9 @@ class BatchedEnv(abc.ABC):
 
     Subclasses set `num_actions`, `max_episode_length` (steps), `dt` (the control period, s),
     `cfg` (the task's config, whose `name` is its registered name in `tasks.registry`),
-    `patients` and `state_names` (attributes holding per-environment state tensors), and call
+    `patients`, `scene` (the backend's `sim.backends.protocol.SceneBackend` of the scene the
+    task's `scene_cfg(cfg)` describes: generic tools read its arms, base poses and tools) and
+    `state_names` (attributes holding per-environment state tensors), and call
     `super().__init__` first. They declare, before their first reset: `reward_terms` (the reward
     as weighted terms, `sim.envs.terms`), `cost_units` ({cost name: unit} of `_costs`),
     `observation_spaces` ({group: `Space`} of `get_observations`) and `action_space` (a `Space`
@@ -63,6 +67,13 @@ class BatchedEnv(abc.ABC):
     cost_units: dict[str, str] = {}
     observation_spaces: dict[str, Space]
     action_space: Space
+    scene: SceneBackend
+
+    @staticmethod
+    @abc.abstractmethod
+    def scene_cfg(cfg) -> SceneCfg:
+        """The scene (named robots and tools) the task with config `cfg` runs in; an Isaac Lab
+        environment builds its physics world from it before the task exists."""
 
     def __init__(self, num_envs: int, device: torch.device | str, seed: int) -> None:
         self.num_envs = require_int(num_envs, "num_envs", 1)
@@ -185,15 +196,17 @@ class BatchedEnv(abc.ABC):
     # -- exact resume
 
     def state_dict(self) -> dict:
-        """Everything later steps depend on: state tensors, episode counters and the generator."""
+        """Everything later steps depend on: state tensors, episode counters, the generator and
+        the backend's own state ("scene": a physics engine's velocities and drive targets)."""
         state = {name: getattr(self, name).clone() for name in (*self.state_names, "episode_sums")}
         state["episode_length_buf"] = self.episode_length_buf.clone()
         state["generator"] = self.generator.get_state()
+        state["scene"] = self.scene.state_dict()
         return state
 
     @torch.inference_mode()
     def load_state_dict(self, state: dict) -> None:
-        expected = {*self.state_names, "episode_sums", "episode_length_buf", "generator"}
+        expected = {*self.state_names, "episode_sums", "episode_length_buf", "generator", "scene"}
         if set(state) != expected:
             raise InputError(f"environment state: expected keys {sorted(expected)}, got {sorted(state)}")
         for name in (*self.state_names, "episode_sums"):
@@ -205,3 +218,4 @@ class BatchedEnv(abc.ABC):
             current.copy_(state[name])
         self.episode_length_buf.copy_(state["episode_length_buf"])
         self.generator.set_state(state["generator"])
+        self.scene.load_state_dict(state["scene"])

@@ -40,8 +40,8 @@ class PlayScene:
     """Draws environment `i` of a task environment as it is now (`draw(env, i)`).
 
     env: a `BatchedEnv` with patients (with meshes), dt, cfg.name (its task's registered
-    drawing) and backend.arm (the URDF drawn for the snapshot's primary robot); the state drawn
-    is its `snapshot`. probe: the probe preset whose full-size image is shown. off_screen:
+    drawing) and scene.arms (the URDF drawn for each of its robots); the state drawn is its
+    `snapshot`. probe: the probe preset whose full-size image is shown. off_screen:
     render without a window (videos, tests). size: (width, height) pixels.
     """
 
@@ -62,7 +62,7 @@ class PlayScene:
         self._frame_panel()
         self.plotter.subplot(0, 0)
         self.plotter.set_background("white", all_renderers=False)
-        self.arm = ArmDrawing(self.plotter, env.backend.arm)
+        self.arms = {name: ArmDrawing(self.plotter, arm) for name, arm in env.scene.arms.items()}
         self.image = self.plotter.add_mesh(image_plane(probe, IDENTITY_POSE), texture=texture, lighting=False)
         task = registry.spec(env.cfg.name)
         self.task_layer = registry.load(task.drawing, f"task {task.name!r} drawing")(self.plotter, probe)
@@ -115,7 +115,8 @@ class PlayScene:
         base = snap.base_poses[robot][0].detach().cpu().double()
         self.plotter.subplot(0, 0)
         self._show_patient(p, base[:3].numpy())
-        self.arm.pose(snap.joint_positions[robot][0], pose_matrix(base))
+        for name, drawing in self.arms.items():
+            drawing.pose(snap.joint_positions[name][0], pose_matrix(snap.base_poses[name][0].detach().cpu().double()))
         pose = snap.tool_poses[snap.tool][0].detach().cpu().double()
         self.image.user_matrix = pose_matrix(pose)
         task_text = self.task_layer(snap, 0)

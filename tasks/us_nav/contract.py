@@ -43,7 +43,7 @@ def sim_session(env) -> Session:
     skin = env.patients[p].skin
     surface = {"x0": skin.x0, "z0": skin.z0, "dx": skin.dx, "dz": skin.dz, "y": skin.y, "normal": skin.normal}
     return Session(
-        anchor_m=env.backend.anchor[p].cpu().numpy(),
+        anchor_m=env.scene.anchor[p].cpu().numpy(),
         surface=surface,
         goal_pose=env.goal_pose[0].cpu().numpy(),
         goal_image=env.goal_images[p, g].cpu().numpy() if env.renderer is not None else None,

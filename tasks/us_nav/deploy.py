@@ -133,7 +133,7 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
     """deploy.json's task part for a `UsNavEnv`: task, control, observation, action, robot and
     safety (`safety_limits` from the checked export settings)."""
     cfg: UsNavCfg = env.cfg
-    arm, o = env.backend.arm, cfg.observation
+    arm, o = env.arm, cfg.observation
     width = int(env.get_observations()["policy"].shape[1])
     inputs = [
         {"name": "policy", "dtype": "float32", "shape": ["batch", width], "layout": observation_layout(cfg, arm.dof)}
@@ -178,7 +178,7 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
 def workspace_box(env, margin_m: float) -> tuple[list[float], list[float]]:
     """(low, high) of the probe's workspace box in the anchor frame, metres: the task's (x, z)
     extent and the skin's height range over it in the environment's patients, +- margin_m."""
-    skin, dev = env.backend.skin, env.device
+    skin, dev = env.scene.skin, env.device
     ex, ez = env.cfg.workspace_half_extent_m
     grid = torch.stack(
         torch.meshgrid(torch.linspace(-ex, ex, 41, device=dev), torch.linspace(-ez, ez, 81, device=dev), indexing="ij"),
@@ -188,7 +188,7 @@ def workspace_box(env, margin_m: float) -> tuple[list[float], list[float]]:
     patient = torch.arange(p, device=dev).repeat_interleave(len(grid))
     xz = grid.repeat(p, 1) + env.anchor_xz[patient]
     point, _ = skin.query(patient, xz[:, 0], xz[:, 1])
-    height = (point[:, 1] - env.backend.anchor[patient, 1])[torch.isfinite(point[:, 1])]
+    height = (point[:, 1] - env.scene.anchor[patient, 1])[torch.isfinite(point[:, 1])]
     require(len(height) > 0, "workspace box", "skin under the task workspace in at least one patient", "no skin point")
     return [-ex - margin_m, float(height.min()) - margin_m, -ez - margin_m], [
         ex + margin_m,

@@ -17,7 +17,9 @@ from tensordict import TensorDict
 
 from sim.anatomy.bank import PatientBank
 from sim.anatomy.patient import Patient
-from sim.backends import make_backend
+from sim.backends import make_scene
+from sim.backends.protocol import SceneBackend
+from sim.backends.scene import SceneCfg, SceneRobotCfg
 from sim.config import build
 from sim.envs.base import BatchedEnv
 from sim.envs.snapshot import EnvSnapshot
@@ -31,6 +33,7 @@ from tasks.us_nav.mdp import actions, goals, observations, rewards, terminations
 from tasks.us_nav.spaces import action_space, observation_spaces
 
 RENDER_PARAM_NAMES = ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue")
+ARM, PROBE = "probe_arm", "probe"  # the scene's one robot and the tool it holds
 
 
 def probe_spec(probe: str | Mapping | ProbeSpec, image_size: int) -> ProbeSpec:
@@ -64,7 +67,7 @@ class UsNavEnv(BatchedEnv):
         device: torch.device | str = "cpu",
         seed: int = 0,
         probe: str | Mapping | ProbeSpec = "linear",
-        backend: str | Mapping = "torch",
+        backend: str | Mapping | SceneBackend = "torch",
     ) -> None:
         super().__init__(num_envs, device, seed)
         cfg = build(UsNavCfg, cfg, "task config")
@@ -75,15 +78,16 @@ class UsNavEnv(BatchedEnv):
         self.max_episode_length = cfg.episode_steps
         self.dt = 1.0 / cfg.control_hz
         dev = self.device
-        self.backend = make_backend(backend, self.patients, cfg.robot, cfg.anchor, num_envs, dev)
+        self.scene = make_scene(backend, self.patients, self.scene_cfg(cfg), num_envs, dev)
+        self.arm = self.scene.arms[ARM]
         self.goal_names = goals.goal_names(cfg.goal.levels, cfg.goal.views)
         missing = [(p.name, lv) for p in self.patients for lv in cfg.goal.levels if lv not in p.landmarks]
         if missing:
             raise InputError(f"task goal levels: patients lack landmarks {missing}")
         self.goal_poses = goals.goal_pose_table(
-            self.patients, self.backend.skin, cfg.goal.levels, cfg.goal.views, cfg.actions.press_m
+            self.patients, self.scene.skin, cfg.goal.levels, cfg.goal.views, cfg.actions.press_m
         )
-        anchor_xz = self.backend.anchor[:, [0, 2]]
+        anchor_xz = self.scene.anchor[:, [0, 2]]
         extent = torch.tensor(cfg.workspace_half_extent_m, device=dev)
         self.box_low, self.box_high = anchor_xz - extent, anchor_xz + extent
         # Made once: a reset copies nothing from the host (a sync on CUDA).
@@ -95,7 +99,7 @@ class UsNavEnv(BatchedEnv):
         self.xz = anchor_xz[self.patient_idx].clone()
         self.yaw = torch.zeros(n, device=dev)
         self.tilt = torch.zeros(n, 2, device=dev)
-        self.q = self.backend.home(n)
+        self.q = self.scene.home(n)[ARM]
         self.poses = torch.zeros(n, 7, device=dev)
         self.force = torch.zeros(n, device=dev)
         self.action = torch.zeros(n, self.num_actions, device=dev)
@@ -126,9 +130,14 @@ class UsNavEnv(BatchedEnv):
                 names += [f"render_{k}" for k in RENDER_PARAM_NAMES]
         self.state_names = tuple(names)
         self.reward_terms = rewards.reward_terms(cfg.reward)
-        self.observation_spaces = observation_spaces(cfg, self.backend.arm.dof)
+        self.observation_spaces = observation_spaces(cfg, self.arm.dof)
         self.action_space = action_space(cfg)
         self.reset()
+
+    @staticmethod
+    def scene_cfg(cfg: UsNavCfg) -> SceneCfg:
+        """One arm ("probe_arm", `task.robot`) holding the ultrasound probe ("probe")."""
+        return SceneCfg((SceneRobotCfg.from_robot_cfg(ARM, cfg.robot),), anchor=cfg.anchor)
 
     @staticmethod
     def _check_cfg(cfg: UsNavCfg) -> None:
@@ -195,10 +204,10 @@ class UsNavEnv(BatchedEnv):
     def _apply_action(self, action: torch.Tensor) -> None:
         cfg = self.cfg.actions
         command = actions.move_probe(
-            action, cfg, self.xz, self.yaw, self.tilt, self.backend.skin, self.patient_idx,
+            action, cfg, self.xz, self.yaw, self.tilt, self.scene.skin, self.patient_idx,
             self.box_low[self.patient_idx], self.box_high[self.patient_idx],
         )  # fmt: skip
-        targets = actions.skin_targets(self.backend.skin, self.patient_idx, *command, cfg.press_m)
+        targets = actions.skin_targets(self.scene.skin, self.patient_idx, *command, cfg.press_m)
         self.drive(targets)
         lag = actions.lagging(targets, self.poses, cfg)
         self.xz, self.yaw, self.tilt = actions.settle(lag, (self.xz, self.yaw, self.tilt), command)
@@ -208,9 +217,9 @@ class UsNavEnv(BatchedEnv):
         """One control step of the arm toward probe targets (N, 7), patient frame: joint angles,
         probe poses, contact force and (with images) the ultrasound history follow. The path of
         both the task's actions and an external controller (`policies.deploy.sim_robot`)."""
-        self.q = self.backend.follow(self.q, self.patient_idx, targets, self.dt)
-        self.poses = self.backend.probe_poses(self.q, self.patient_idx)
-        self.force = self.backend.contact(self.patient_idx, self.poses).force_n
+        self.q = self.scene.follow({ARM: self.q}, self.patient_idx, {PROBE: targets}, self.dt)[ARM]
+        self.poses = self.scene.tool_poses({ARM: self.q}, self.patient_idx)[PROBE]
+        self.force = self.scene.contacts(self.patient_idx, {PROBE: self.poses})[PROBE].force_n
         if self.renderer is not None:
             image = self.renderer.render(
                 self.poses, self.patient_idx, self._render_params(None), check=False
@@ -252,22 +261,22 @@ class UsNavEnv(BatchedEnv):
 
     def _reset_idx(self, ids: torch.Tensor) -> None:
         cfg, gen, dev, m = self.cfg, self.generator, self.device, len(ids)
-        patient = self.backend.patients_for(ids, torch.randint(len(self.patients), (m,), generator=gen, device=dev))
+        patient = self.scene.patients_for(ids, torch.randint(len(self.patients), (m,), generator=gen, device=dev))
         self.patient_idx[ids] = patient
         self.goal_idx[ids] = torch.randint(len(self.goal_names), (m,), generator=gen, device=dev)
         xz = self.anchor_xz[patient] + (2 * torch.rand(m, 2, generator=gen, device=dev) - 1) * self.start_half_extent
-        point, _ = self.backend.skin.query(patient, xz[:, 0], xz[:, 1])
+        point, _ = self.scene.skin.query(patient, xz[:, 0], xz[:, 1])
         xz = torch.where(torch.isfinite(point).all(-1, keepdim=True), xz, self.anchor_xz[patient])
         low, high = cfg.start.yaw_rad
         yaw = low + (high - low) * torch.rand(m, generator=gen, device=dev)
         tilt = torch.zeros(m, 2, device=dev)
         self.xz[ids], self.yaw[ids], self.tilt[ids] = xz, yaw, tilt
-        targets = actions.skin_targets(self.backend.skin, patient, xz, yaw, tilt, cfg.actions.press_m)
+        targets = actions.skin_targets(self.scene.skin, patient, xz, yaw, tilt, cfg.actions.press_m)
         # The arm starts from where it is (its last episode's end), as a real arm would.
-        q = self.backend.place(self.q[ids], patient, targets, ids)
-        poses = self.backend.probe_poses(q, patient)
+        q = self.scene.place({ARM: self.q[ids]}, patient, {PROBE: targets}, ids)[ARM]
+        poses = self.scene.tool_poses({ARM: q}, patient)[PROBE]
         self.q[ids], self.poses[ids] = q, poses
-        self.force[ids] = self.backend.contact(patient, poses, ids).force_n
+        self.force[ids] = self.scene.contacts(patient, {PROBE: poses}, ids)[PROBE].force_n
         pos_err, ang_err = terminations.pose_errors(poses, self.goal_poses[patient, self.goal_idx[ids]])
         self.pos_err[ids], self.ang_err[ids] = pos_err, ang_err
         self.hold[ids] = 0
@@ -288,9 +297,9 @@ class UsNavEnv(BatchedEnv):
         relative = observations.relative_goal_pose(
             self.poses, self.goal_pose, obs_cfg.position_scale_m, obs_cfg.angle_scale_rad
         )
-        arm = self.backend.arm
+        arm = self.arm
         proprio = observations.proprioception(
-            cfg, self.q, arm.lower.float(), arm.upper.float(), self.poses, self.backend.anchor[self.patient_idx],
+            cfg, self.q, arm.lower.float(), arm.upper.float(), self.poses, self.scene.anchor[self.patient_idx],
             self.yaw, self.tilt, self.force, self.last_action,
         )  # fmt: skip
         progress = observations.progress_state(self.pos_err, self.ang_err, self.hold, self.episode_length_buf, cfg)
@@ -311,9 +320,7 @@ class UsNavEnv(BatchedEnv):
             if env_ids is None
             else torch.as_tensor(env_ids, device=self.device)
         )
-        patient, arm = self.patient_idx[ids], self.backend.arm
-        base = arm.base_pose.to(self.device, torch.float32).expand(len(ids), 7).clone()
-        base[:, :3] += self.backend.anchor[patient]  # the arm works in the anchor frame
+        patient = self.patient_idx[ids]
         goal = self.goal_idx[ids]
         extras = {"goal_name": [self.goal_names[g] for g in goal.tolist()]}
         extras.update(position_error_m=self.pos_err[ids], angle_error_rad=self.ang_err[ids])
@@ -323,10 +330,10 @@ class UsNavEnv(BatchedEnv):
             env_ids=ids,
             patient=patient,
             step=self.episode_length_buf[ids],
-            tool_poses={"probe": self.poses[ids]},
-            tool_forces={"probe": self.force[ids]},
-            joint_positions={arm.name: self.q[ids]},
-            base_poses={arm.name: base},
+            tool_poses={PROBE: self.poses[ids]},
+            tool_forces={PROBE: self.force[ids]},
+            joint_positions={ARM: self.q[ids]},
+            base_poses=self.scene.base_poses(patient),
             goal_pose=self.goal_poses[patient, goal],
             image=self.history[ids, 0] if self.renderer is not None else None,
             extras=extras,
@@ -336,7 +343,7 @@ class UsNavEnv(BatchedEnv):
     def drive_tools(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """One control step of the arm toward probe targets {"probe": (N, 7)} (see `BatchedEnv.drive_tools`);
         the success test (tolerances, hold counter) is the task's own."""
-        probe = targets.get("probe") if set(targets) == {"probe"} else None
+        probe = targets.get(PROBE) if set(targets) == {PROBE} else None
         got = {k: tuple(v.shape) for k, v in targets.items()}
         require(
             probe is not None and tuple(probe.shape) == (self.num_envs, 7),

@@ -1,10 +1,12 @@
-"""`TorchScene`: the torch side of a `sim.backends.scene.SceneCfg`, several named kinematic arms
-over the patients of one bank.
+"""`TorchScene`: the torch backend (embedded default) of a `sim.backends.scene.SceneCfg`, named
+kinematic arms over the patients of one bank; it implements `sim.backends.protocol.SceneBackend`.
 
 Composition: one `sim.robot.arm.Arm` per named robot, moved by the damped-least-squares steps of
-`sim.robot.ik` exactly as `TorchBackend` moves its single arm, plus one `SkinBank` for the
-probe tools' skin contact. The scene holds no per-environment state: the caller (an
-environment) keeps the joint angles, as dicts {robot name: (N, dof)}, and passes them in.
+`sim.robot.ik` toward each control step's tool target (joint velocity limits respected, so a tool
+lags targets it cannot reach, exactly as a position-controlled arm would), plus one `SkinBank`
+for the probe tools' quasi-static skin contact. No physics engine: the scene holds no
+per-environment state (its `state_dict` is empty); the caller keeps the joint angles, as dicts
+{robot name: (N, dof)}, and passes them in.
 
 Frames: each environment's world is its patient frame; every base is placed in the anchor frame
 (the patient frame minus the anchor landmark's centre), so one placement suits every patient.
@@ -62,7 +64,7 @@ class TorchScene:
         self.device = next(iter(self.arms.values())).device  # resolved ("cuda" -> "cuda:0")
         self.robot_of: dict[str, str] = {r.tool.name: r.name for r in cfg.robots}
         self.probes = tuple(r.tool.name for r in cfg.robots if r.tool.kind == "probe")
-        self.skin = SkinBank(patients, self.device) if self.probes else None
+        self.skin = SkinBank(patients, self.device)
         self.anchor = torch.tensor(
             np.array([p.landmarks[cfg.anchor].centre for p in patients]), dtype=torch.float32, device=self.device
         )
@@ -96,6 +98,19 @@ class TorchScene:
         """{robot: (n, dof)} each arm's home joint angles, float32."""
         return {name: arm.home.float().expand(n, arm.dof).clone() for name, arm in self.arms.items()}
 
+    def patients_for(self, env_ids: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+        """The task's random draw (n,): any patient can go to any environment here."""
+        return drawn
+
+    def base_poses(self, patient_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{robot: (n, 7)} each robot base's pose in the patient frame of patients patient_idx (n,)."""
+        out = {}
+        for name, arm in self.arms.items():
+            base = arm.base_pose.to(self.device, torch.float32).expand(len(patient_idx), 7).clone()
+            base[:, :3] += self.anchor[patient_idx]
+            out[name] = base
+        return out
+
     def tool_poses(self, q: Mapping[str, torch.Tensor], patient_idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """{tool: (N, 7)} each tool frame's pose in its environment's patient frame for joint
         angles q {robot: (N, dof)}."""
@@ -107,11 +122,15 @@ class TorchScene:
         return out
 
     def place(
-        self, q0: Mapping[str, torch.Tensor], patient_idx: torch.Tensor, targets: Mapping[str, torch.Tensor]
+        self,
+        q0: Mapping[str, torch.Tensor],
+        patient_idx: torch.Tensor,
+        targets: Mapping[str, torch.Tensor],
+        env_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """{robot: (n, dof)} joint angles placing each tool at its target (n, 7) (patient frame),
-        from q0, at an episode start (`reset_ik_iterations` DLS steps). A robot whose tool has no
-        target keeps q0."""
+        from q0, at an episode start (`reset_ik_iterations` DLS steps); env_ids is for backends
+        with a physical state (none here). A robot whose tool has no target keeps q0."""
         self._joint_dict(q0, "q0")
         n = patient_idx.shape[0]
         self._target_dict(targets, n, "targets")
@@ -150,15 +169,28 @@ class TorchScene:
             out[robot] = qr
         return out
 
-    def probe_contacts(self, q: Mapping[str, torch.Tensor], patient_idx: torch.Tensor) -> dict[str, Contact]:
-        """{probe tool: Contact} skin contact of every probe tool (as `TorchBackend.contact`)."""
-        poses = self.tool_poses(q, patient_idx)
+    def contacts(
+        self, patient_idx: torch.Tensor, poses: Mapping[str, torch.Tensor], env_ids: torch.Tensor | None = None
+    ) -> dict[str, Contact]:
+        """{probe tool: Contact} quasi-static skin contact of each probe tool at poses {tool: (N, 7)}
+        (its skin stiffness x the face's depth below the skin, `sim.robot.contact`); env_ids is
+        for backends with a physical state."""
+        missing = sorted(set(self.probes) - set(poses))
+        if missing:
+            raise InputError(f"poses: expected poses of the probe tools {list(self.probes)}, missing {missing}")
         out = {}
         for tool in self.probes:
             stiffness = self.robots[self.robot_of[tool]].tool.param("stiffness_n_per_m")
             out[tool] = probe_contact(self.skin, patient_idx, poses[tool], stiffness, check=False)
         return out
 
-    def contact(self, q: Mapping[str, torch.Tensor], patient_idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{probe tool: (N,)} skin contact force, newtons (0 when lifted off or off the body)."""
-        return {tool: c.force_n for tool, c in self.probe_contacts(q, patient_idx).items()}
+    def state_dict(self) -> dict:
+        """Empty: kinematic arms hold no state of their own (the caller keeps the joint angles)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if len(state):
+            raise InputError(f"torch scene state: expected no entries, got {sorted(state)}")
+
+    def close(self) -> None:
+        """Nothing to release."""
