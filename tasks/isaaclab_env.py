@@ -5,7 +5,7 @@
     isaaclab train --task Sonolab-UsNav-v0 'env.overrides=["patient=totalseg_example","task.episode_steps=64"]'
 
 `SonolabDirectEnv` is a `DirectRLEnv` whose simulation and scene Isaac Lab creates from the
-configs the sonolab Isaac Lab backend describes (`IsaacLabBackend.sim_cfg` / `scene_cfg`: the
+configs the sonolab Isaac Lab backend describes (`IsaacLabScene.sim_cfg` / `scene_cfg`: the
 arm, the patients' bodies, the table, the probe's contact sensor), and whose steps and resets are
 the sonolab task's (`BatchedEnv.step`: the action, the arm under differential IK, contact,
 rendering, reward, terminations and same-step resets). So an Isaac Lab run and
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from policies.workflow import compose_config
 from sim.anatomy.patient_set import load_patients
-from sim.backends.isaaclab.backend import IsaacLabBackend
+from sim.backends.isaaclab.backend import IsaacLabScene
 from sim.backends.isaaclab.config import IsaacLabCfg
 from sim.backends.isaaclab.scene import physics_cfg
 from sim.config import build
@@ -120,9 +120,10 @@ class SonolabDirectEnv(DirectRLEnv):
         task_cfg = build(task.config_class, registry.task_config(task.name, task_settings), "task config")
         backend_settings = OmegaConf.to_container(conf.backend, resolve=True)
         backend_settings.pop("name")
-        # The backend describes the world; Isaac Lab builds it from these configs in super().__init__.
-        backend = IsaacLabBackend(
-            patients, task_cfg.robot, task_cfg.anchor, num_envs, conf.device, backend_settings, open_world=False
+        # The task describes its scene, the backend turns it into the world's configs; Isaac Lab builds
+        # the world from them in super().__init__.
+        backend = IsaacLabScene(
+            patients, task.env_class.scene_cfg(task_cfg), num_envs, conf.device, backend_settings, open_world=False
         )
         cfg.sim, cfg.scene = backend.sim_cfg, backend.scene_cfg
         cfg.decimation = max(1, round(1.0 / (task_cfg.control_hz * backend.physics_dt)))

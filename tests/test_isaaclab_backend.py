@@ -1,6 +1,7 @@
 """The Isaac Lab backend, kit-less on the CPU (Newton physics): us_nav builds, resets and steps;
-the physics arm reaches the probe poses sonolab's kinematics and renderer assume; one PPO
-iteration through scripts/train.py writes a checkpoint play.py loads. Runs where Isaac Lab is
+the physics arm reaches the probe poses sonolab's kinematics and renderer assume; the env's
+state_dict (with the physics engine's joint state) resumes a rollout exactly; one PPO iteration
+through scripts/train.py writes a checkpoint play.py loads. Runs where Isaac Lab is
 installed (Python 3.12, `pip install -e ".[isaac]"`; CI stage .ci/isaac)."""
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ pytest.importorskip("isaaclab", reason="Isaac Lab is not installed (Python 3.12:
 from sim.anatomy.patient_set import load_patients  # noqa: E402
 from sim.backends.isaaclab.assets import tool_offset  # noqa: E402
 from sim.backends.isaaclab.scene import LOCAL_FROM_PATIENT  # noqa: E402
+from sim.backends.isaaclab.solver_state import WARMSTART  # noqa: E402
 from sim.transforms import quat_to_matrix  # noqa: E402
 from tasks import make_env  # noqa: E402
+from tasks.us_nav.env import ARM, PROBE  # noqa: E402
 from tasks.us_nav.mdp.terminations import pose_errors  # noqa: E402
 from tests.tasks_helpers import ROOT, SMALL_RUN, small_patient_set  # noqa: E402
 
@@ -33,21 +36,21 @@ def env():
     patients = load_patients(small_patient_set(), "train")
     env = make_env(TASK, patients, num_envs=2, seed=0, backend={"name": "isaaclab"})
     yield env
-    env.backend.close()
+    env.scene.close()
 
 
 def physics_probe_poses(env) -> tuple[torch.Tensor, torch.Tensor]:
     """Probe-face positions (N, 3) and rotations (N, 3, 3), patient frame, from the physics
     engine's own state of the probe body (not sonolab's kinematics)."""
-    backend = env.backend
-    body = backend.robot.find_bodies("iiwa_probe")[0][0]
-    data = backend.robot.data
-    local_position = (data.body_pos_w.torch[:, body] - backend.scene.env_origins).double()
-    local_rot = quat_to_matrix(data.body_quat_w.torch[:, body][:, [3, 0, 1, 2]].double())  # Isaac Lab 3: xyzw
-    offset, offset_quat = tool_offset(backend.arm.urdf_path, "iiwa_probe", backend.arm.tool_frame)
+    scene, arm = env.scene, env.scene.arms[ARM]
+    robot = scene.robots[ARM]
+    body = robot.find_bodies("iiwa_probe")[0][0]
+    local_position = (robot.data.body_pos_w.torch[:, body] - scene.scene.env_origins).double()
+    local_rot = quat_to_matrix(robot.data.body_quat_w.torch[:, body][:, [3, 0, 1, 2]].double())  # Isaac Lab 3: xyzw
+    offset, offset_quat = tool_offset(arm.urdf_path, "iiwa_probe", arm.tool_frame)
     tip = local_position + local_rot @ torch.as_tensor(offset)
     to_patient = torch.as_tensor(LOCAL_FROM_PATIENT).T
-    point = (tip - torch.as_tensor(backend.anchor_local)) @ to_patient.T + backend.anchor[env.patient_idx].double()
+    point = (tip - torch.as_tensor(scene.anchor_local)) @ to_patient.T + scene.anchor[env.patient_idx].double()
     rot = to_patient @ local_rot @ quat_to_matrix(torch.as_tensor(offset_quat)[None])
     return point, rot
 
@@ -60,7 +63,7 @@ def test_reset_and_step_give_the_torch_backend_observations(env):
     for _ in range(3):
         obs, reward, terminated, truncated, _ = env.step(torch.zeros(2, 5))
     assert all(torch.isfinite(v).all() for v in obs.values()) and torch.isfinite(reward).all()
-    assert env.backend.arm.within_limits(env.q, tol=1e-3).all()
+    assert env.arm.within_limits(env.q, tol=1e-3).all()
     assert (env.force >= 0).all()
 
 
@@ -80,20 +83,42 @@ def test_physics_arm_reaches_the_poses_the_renderer_uses(env):
 
 def test_arm_tracks_targets_and_the_sensor_feels_the_skin(env):
     env.reset()
-    backend, patient = env.backend, env.patient_idx
+    scene, patient = env.scene, env.patient_idx
     lifted = env.poses.clone()
     lifted[:, 1] -= 0.03  # 3 cm off the back (the back faces -y): free space
-    q = env.q
+    q = {ARM: env.q}
     for _ in range(6):
-        q = backend.follow(q, patient, lifted, env.dt)
-    position, angle = pose_errors(backend.probe_poses(q, patient), lifted)
+        q = scene.follow(q, patient, {PROBE: lifted}, env.dt)
+    poses = scene.tool_poses(q, patient)
+    position, angle = pose_errors(poses[PROBE], lifted)
     assert (position < 0.002).all() and (angle < 0.01).all(), (position, angle)
-    assert (backend.contact(patient, backend.probe_poses(q, patient)).force_n == 0).all()
+    assert (scene.contacts(patient, poses)[PROBE].force_n == 0).all()
     pressed = lifted.clone()
     pressed[:, 1] += 0.035  # 5 mm into the skin
     for _ in range(3):
-        q = backend.follow(q, patient, pressed, env.dt)
-    assert (backend.contact(patient, backend.probe_poses(q, patient)).force_n > 0).all()
+        q = scene.follow(q, patient, {PROBE: pressed}, env.dt)
+    assert (scene.contacts(patient, scene.tool_poses(q, patient))[PROBE].force_n > 0).all()
+
+
+def test_state_dict_resumes_the_physics_exactly(env):
+    """Save mid-rollout, roll on, reload and roll the same actions again: the physics engine's
+    joint state and drive targets are part of the state, so the second rollout is the first."""
+    env.reset()
+    gen = torch.Generator().manual_seed(3)
+    actions = [2 * torch.rand(2, 5, generator=gen) - 1 for _ in range(10)]
+    for a in actions[:3]:
+        env.step(a)
+    state = env.state_dict()
+    parts = {f"{ARM}/joint_pos", f"{ARM}/joint_vel", f"{ARM}/joint_target", f"{PROBE}/force_n", WARMSTART}
+    assert parts == set(state["scene"])
+    assert state["scene"][f"{ARM}/joint_vel"].abs().max() > 0  # mid-motion: the velocities matter
+    first = [env.step(a) for a in actions[3:]]
+    for a in actions[:2]:  # move the arms elsewhere before reloading
+        env.step(-a)
+    env.load_state_dict(state)
+    second = [env.step(a) for a in actions[3:]]
+    for (obs_a, rew_a, *_), (obs_b, rew_b, *_) in zip(first, second):
+        assert all(torch.equal(obs_a[key], obs_b[key]) for key in obs_a.keys()) and torch.equal(rew_a, rew_b)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

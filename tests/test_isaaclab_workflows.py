@@ -41,7 +41,7 @@ def test_direct_env_steps_the_sonolab_task_under_isaac_labs_rsl_rl_wrapper():
         direct = env.unwrapped
         assert isinstance(direct, DirectRLEnv)
         task = direct.task
-        assert task.backend.sim is direct.sim and task.backend.scene is direct.scene  # one simulation
+        assert task.scene.sim is direct.sim and task.scene.scene is direct.scene  # one simulation
         assert direct.max_episode_length == 6 and direct.step_dt == pytest.approx(task.dt)
         spaces, obs = direct.single_observation_space, task.get_observations()
         assert set(spaces) == {"policy", "critic"} and direct.single_action_space.shape == (5,)

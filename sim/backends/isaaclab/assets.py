@@ -322,6 +322,16 @@ def _attachments(robot: _Robot) -> dict[str, tuple[str, np.ndarray]]:
     return attached
 
 
+def tool_body(urdf_path: Path, frame: str) -> str:
+    """The body (link with mass) that link `frame` is rigidly attached to, e.g.
+    `tool_body(iiwa14.urdf, "probe_tip")` -> "iiwa_probe": where a contact sensor on the tool goes."""
+    robot, _ = _parse_urdf(Path(urdf_path))
+    attached = _attachments(robot)
+    if frame not in attached:
+        raise InputError(f"tool_body: expected a link of {urdf_path}, got {frame!r}; links are {sorted(attached)}")
+    return attached[frame][0]
+
+
 def tool_offset(urdf_path: Path, body: str, frame: str) -> tuple[np.ndarray, np.ndarray]:
     """Pose of link `frame` in the frame of link `body`, when fixed joints alone join them.
 

@@ -1,18 +1,19 @@
 """The Isaac Lab scene of a batch: per environment a table, one patient's body as a static
-collider, the arm holding the probe and a contact sensor on the probe against the body.
+collider, each robot of the `SceneCfg` as an articulation and a contact sensor on each probe
+tool against the body.
 
 Frames. Isaac Lab's world is z up; sonolab's patient frame is the CT's (a prone patient's back
 faces -y). Each environment's local frame is the patient frame turned -90 deg about x (patient
--y is up, patient +z, the head, is +y) with the patient's anchor point at `IsaacLabBackend.anchor_local`
-(above the table centre). The robot base keeps its pose relative to the anchor (RobotCfg), so
-one placement serves every patient. Patients are assigned to environments in contiguous blocks
+-y is up, patient +z, the head, is +y) with the patient's anchor point at `IsaacLabScene.anchor_local`
+(above the table centre). Each robot base keeps its pose relative to the anchor (SceneRobotCfg),
+so one placement serves every patient. Patients are assigned to environments in contiguous blocks
 (Isaac Lab's sequential cloning): `env_patients`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import isaaclab.sim as sim_utils
 import numpy as np
@@ -27,6 +28,7 @@ from sim.anatomy.patient import Patient
 from sim.anatomy.surface import body_mesh
 from sim.backends.isaaclab import assets
 from sim.backends.isaaclab.config import IsaacLabCfg
+from sim.backends.scene import SceneCfg, SceneRobotCfg
 from sim.robot.arm import Arm
 from sim.transforms import matrix_to_quat, quat_to_matrix
 
@@ -84,30 +86,28 @@ def physics_cfg(cfg: IsaacLabCfg, device: str):
     )
 
 
-def scene_cfgs(
-    patients: Sequence[Patient],
-    arm: Arm,
-    base_pose: np.ndarray,
-    anchor: str,
-    num_envs: int,
-    device: str,
-    cfg: IsaacLabCfg,
-    cache: Path,
-) -> tuple[sim_utils.SimulationCfg, InteractiveSceneCfg, np.ndarray]:
-    """(simulation config, scene config, anchor point in the local frame) for num_envs
-    environments; the USD they reference is generated into `cache`.
+def robot_key(robot: str) -> str:
+    """The scene entry (and prim name `Robot_<robot>`) of scene robot `robot`."""
+    return f"robot_{robot}"
 
-    base_pose (7,): the robot base in the anchor frame (position, quaternion wxyz).
-    """
-    bodies, origin = body_usds(patients, anchor, cfg.table_height_m, cache)
-    rot = LOCAL_FROM_PATIENT @ _matrix(base_pose[3:])
-    base_position = LOCAL_FROM_PATIENT @ base_pose[:3] + origin
-    home = dict(zip(arm.joint_names, arm.home.tolist()))
-    robot = ArticulationCfg(
-        prim_path="{ENV_REGEX_NS}/Robot",
+
+def contact_key(tool: str) -> str:
+    """The scene entry of the contact sensor on probe tool `tool`."""
+    return f"contact_{tool}"
+
+
+def _robot_cfg(robot: SceneRobotCfg, arm: Arm, origin: np.ndarray, cfg: IsaacLabCfg, cache: Path) -> ArticulationCfg:
+    """The articulation of scene robot `robot` (kinematic model `arm`), its base placed relative
+    to the anchor point `origin` (3,) of the environment's local frame."""
+    rot = LOCAL_FROM_PATIENT @ _matrix(np.asarray(robot.base_quat_wxyz))
+    base_position = LOCAL_FROM_PATIENT @ np.asarray(robot.base_position_m) + origin
+    return ArticulationCfg(
+        prim_path=f"{{ENV_REGEX_NS}}/Robot_{robot.name}",
         spawn=sim_utils.UsdFileCfg(usd_path=str(assets.robot_usd(arm.urdf_path, cache)), activate_contact_sensors=True),
         init_state=ArticulationCfg.InitialStateCfg(
-            pos=tuple(base_position), rot=tuple(_quat_xyzw(rot)), joint_pos=home
+            pos=tuple(base_position),
+            rot=tuple(_quat_xyzw(rot)),
+            joint_pos=dict(zip(arm.joint_names, arm.home.tolist())),
         ),
         actuators={
             "arm": ImplicitActuatorCfg(
@@ -118,25 +118,47 @@ def scene_cfgs(
             )
         },
     )
-    table = AssetBaseCfg(
+
+
+def scene_cfgs(
+    patients: Sequence[Patient],
+    scene: SceneCfg,
+    arms: Mapping[str, Arm],
+    num_envs: int,
+    device: str,
+    cfg: IsaacLabCfg,
+    cache: Path,
+) -> tuple[sim_utils.SimulationCfg, InteractiveSceneCfg, np.ndarray]:
+    """(simulation config, scene config, anchor point in the local frame) for num_envs
+    environments of `scene` (arms: {robot: its kinematic model}); the USD they reference is
+    generated into `cache`. Entries: `robot_key(robot)` per robot, `contact_key(tool)` per probe
+    tool (a contact sensor on the body carrying the tool frame, against the patient's body),
+    "table" and "body".
+    """
+    bodies, origin = body_usds(patients, scene.anchor, cfg.table_height_m, cache)
+    scene_cfg = InteractiveSceneCfg(num_envs=num_envs, env_spacing=cfg.env_spacing_m)
+    for robot in scene.robots:
+        arm = arms[robot.name]
+        setattr(scene_cfg, robot_key(robot.name), _robot_cfg(robot, arm, origin, cfg, cache))
+        if robot.tool.kind == "probe":
+            body = assets.tool_body(arm.urdf_path, robot.tool_frame)
+            sensor = ContactSensorCfg(
+                prim_path=f"{{ENV_REGEX_NS}}/Robot_{robot.name}/{body}",
+                filter_shape_prim_expr=["{ENV_REGEX_NS}/Body/mesh"],
+                update_period=0.0,
+                history_length=1,
+            )
+            setattr(scene_cfg, contact_key(robot.tool.name), sensor)
+    scene_cfg.table = AssetBaseCfg(
         prim_path="{ENV_REGEX_NS}/Table",
         spawn=sim_utils.CuboidCfg(
             size=(*TABLE_SIZE_M, cfg.table_height_m), collision_props=sim_utils.UsdPhysicsCollisionCfg()
         ),
         init_state=AssetBaseCfg.InitialStateCfg(pos=(0.0, 0.0, cfg.table_height_m / 2)),
     )
-    body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies))
-    probe_contact = ContactSensorCfg(
-        prim_path="{ENV_REGEX_NS}/Robot/iiwa_probe",
-        filter_shape_prim_expr=["{ENV_REGEX_NS}/Body/mesh"],
-        update_period=0.0,
-        history_length=1,
-    )
-    scene_cfg = InteractiveSceneCfg(num_envs=num_envs, env_spacing=cfg.env_spacing_m)
-    for name, asset in (("robot", robot), ("table", table), ("body", body), ("probe_contact", probe_contact)):
-        setattr(scene_cfg, name, asset)
-    # No gravity: the arm is the only moving body and its controller compensates gravity, as an
-    # iiwa's does; with gravity the position drives sag and the probe hangs centimetres low.
+    scene_cfg.body = AssetBaseCfg(prim_path="{ENV_REGEX_NS}/Body", spawn=sim_utils.MultiUsdFileCfg(usd_path=bodies))
+    # No gravity: the arms are the only moving bodies and their controllers compensate gravity, as
+    # an iiwa's does; with gravity the position drives sag and the probe hangs centimetres low.
     sim_cfg = sim_utils.SimulationCfg(
         dt=1.0 / cfg.physics_hz, device=device, gravity=(0.0, 0.0, 0.0), physics=physics_cfg(cfg, device)
     )

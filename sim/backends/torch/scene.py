@@ -78,7 +78,8 @@ class TorchScene:
         for name, arm in self.arms.items():
             arm.check_q(q[name], f"{what}[{name!r}]", finite=False)
 
-    def _target_dict(self, targets: Mapping[str, torch.Tensor], n: int, what: str) -> None:
+    def check_targets(self, targets: Mapping[str, torch.Tensor], n: int, what: str) -> None:
+        """InputError unless targets is {tool of this scene: (n, 7) poses on the scene's device}."""
         if not isinstance(targets, Mapping):
             raise InputError(f"{what}: expected a dict {{tool name: poses (N, 7)}}, got {type(targets).__name__}")
         unknown = sorted(set(targets) - set(self.robot_of))
@@ -89,7 +90,8 @@ class TorchScene:
                 shape = tuple(pose.shape) if isinstance(pose, torch.Tensor) else type(pose).__name__
                 raise InputError(f"{what}[{tool!r}]: expected poses ({n}, 7) on {self.device}, got {shape}")
 
-    def _to_anchor_frame(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> torch.Tensor:
+    def to_anchor_frame(self, poses: torch.Tensor, patient_idx: torch.Tensor) -> torch.Tensor:
+        """Patient-frame poses (N, 7) of patients patient_idx (N,) in the anchor frame the bases stand in."""
         return torch.cat([poses[:, :3] - self.anchor[patient_idx].to(poses.dtype), poses[:, 3:]], -1)
 
     # -- the protocol -------------------------------------------------------------------------------
@@ -133,12 +135,12 @@ class TorchScene:
         with a physical state (none here). A robot whose tool has no target keeps q0."""
         self._joint_dict(q0, "q0")
         n = patient_idx.shape[0]
-        self._target_dict(targets, n, "targets")
+        self.check_targets(targets, n, "targets")
         out = dict(q0)
         for tool, target in targets.items():
             robot = self.robot_of[tool]
             r = self.robots[robot]
-            anchored = self._to_anchor_frame(target, patient_idx)
+            anchored = self.to_anchor_frame(target, patient_idx)
             result = solve_ik(self.arms[robot], anchored, q0[robot], r.reset_ik_iterations, r.damping, check=False)
             out[robot] = result.q
         return out
@@ -156,12 +158,12 @@ class TorchScene:
         self._joint_dict(q, "q")
         if not isinstance(dt, (int, float)) or not dt > 0:
             raise InputError(f"dt: expected a positive control period in seconds, got {dt!r}")
-        self._target_dict(targets, patient_idx.shape[0], "targets")
+        self.check_targets(targets, patient_idx.shape[0], "targets")
         out = dict(q)
         for tool, target in targets.items():
             robot = self.robot_of[tool]
             r, arm = self.robots[robot], self.arms[robot]
-            anchored = self._to_anchor_frame(target, patient_idx)
+            anchored = self.to_anchor_frame(target, patient_idx)
             qr = q[robot]
             max_delta = arm.velocity.to(qr.dtype) * (dt / r.substeps)
             for _ in range(r.substeps):
