@@ -7,58 +7,13 @@ Writes <run>/exported/ (atomically: only a folder whose graphs matched the train
 in place) and prints that folder as the last line. The task, learner, agent and probe come from the run's
 config.yaml; safety settings from `export.*` (conf/config.yaml), each within the hard bounds of
 sim/robot/safety.py (a NaN, infinite or too large limit exits with an error, status 2).
+
+The code is policies/cli/export.py, which is also the `sonolab-export` command of an installed sonolab.
 """
 
-from __future__ import annotations
+from policies.cli.export import export, main
 
-import sys
-from pathlib import Path
-
-import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-from policies import learners
-from policies.export import EXPORT_DIR
-from policies.workflow import build_env, trained_run
-from sim.errors import InputError
-from sim.robot.safety import ExportSettings
-from tasks import registry
-from tasks.schemas import register_schemas
-
-SAMPLE_ENVS = 32  # environments stepped to record samples
-
-
-def export(cfg: DictConfig) -> Path:
-    """Export the run's checkpoint to <run>/exported; the `export.*` settings are checked against
-    their hard bounds before anything else is done."""
-    settings = ExportSettings.from_dict(OmegaConf.to_container(cfg.export, resolve=True), "export")
-    run_dir, checkpoint = trained_run(cfg)
-    torch.manual_seed(int(cfg.seed))
-    env = build_env(cfg, "train", num_envs=SAMPLE_ENVS)
-    learner = learners.get(cfg.learner)
-    policy = learner.load_policy(cfg, env, checkpoint)
-    task = registry.spec(cfg.task.name)
-    spec = registry.load(task.deployment_spec, f"task {task.name!r} deployment_spec")(env, settings)
-    probe = OmegaConf.to_container(cfg.probe, resolve=True)
-    spec["source"] = {"run": str(run_dir), "checkpoint": checkpoint.name, "iteration": policy.iteration, "probe": probe}
-    git = run_dir / "git.txt"
-    if git.is_file():
-        spec["source"]["git"] = git.read_text().splitlines()[0]
-    return learner.export(policy, env, run_dir / EXPORT_DIR, spec, settings.samples)
-
-
-register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py)
-
-
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        print(export(cfg))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
+__all__ = ["export", "main"]  # callers and tests import these from scripts.export
 
 if __name__ == "__main__":
     main()

@@ -14,74 +14,13 @@ pos_err_mm_mean, ang_err_deg_mean, episodes and more. viewer=true instead opens 
 trajectory=true writes environment 0's first episode (policy inputs, actions, probe poses, joint
 angles per step) to <run>/trajectories/play_<split>.npz; scripts/deploy.py on the simulator
 reproduces it.
+
+The code is policies/cli/play.py, which is also the `sonolab-play` command of an installed sonolab.
 """
 
-from __future__ import annotations
+from policies.cli.play import main, play
 
-import json
-import sys
-
-import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-from policies import learners
-from policies.evaluation import evaluate
-from policies.trajectory import Env0Recorder
-from policies.workflow import build_env, trained_run
-from sim.errors import InputError
-from sim.ultrasound.probe import ProbeSpec
-from tasks.schemas import register_schemas
-
-
-def play(cfg: DictConfig) -> dict:
-    if cfg.viewer and (cfg.video or cfg.trajectory):
-        raise InputError("viewer=true: expected video=false and trajectory=false (the viewer runs no evaluation)")
-    run_dir, checkpoint = trained_run(cfg)
-    torch.manual_seed(int(cfg.seed))
-    env = build_env(cfg, str(cfg.split))
-    trained = learners.get(cfg.learner).load_policy(cfg, env, checkpoint)
-    policy = learners.ActionChunks(trained)  # one action per control step, also from a policy that returns chunks
-    probe = ProbeSpec.from_dict(OmegaConf.to_container(cfg.probe, resolve=True))  # full size, for the viewer and videos
-    if cfg.viewer:
-        from sim.viz.viewer import PlayViewer  # VTK loads only for the viewer and videos
-
-        steps = PlayViewer(env, policy, probe).show()
-        return {"viewer_steps": steps, "task": cfg.task.name, "split": str(cfg.split), "checkpoint": str(checkpoint)}
-    video = None
-    if cfg.video:
-        from sim.viz.play_video import PlayVideo
-
-        video = PlayVideo(env, probe, run_dir / "videos" / f"play_{cfg.split}.mp4", fps=env.cfg.control_hz)
-    recorder = Env0Recorder(env, policy, trained.inputs) if cfg.trajectory else None
-    hooks = [hook for hook in (video, recorder and recorder.on_step) if hook is not None]
-    metrics = evaluate(
-        env,
-        recorder or policy,
-        on_step=lambda e: [hook(e) for hook in hooks],
-        min_steps=int(cfg.video_steps) if video else 0,
-    )
-    metrics.update(
-        task=cfg.task.name, split=str(cfg.split), patients=[p.name for p in env.patients], checkpoint=str(checkpoint)
-    )
-    if video is not None:
-        metrics["video"] = str(video.close())
-    if recorder is not None:
-        metrics["trajectory"] = str(recorder.trajectory.save(run_dir / "trajectories" / f"play_{cfg.split}.npz"))
-    return metrics
-
-
-register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py)
-
-
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        print(json.dumps(play(cfg)))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
+__all__ = ["main", "play"]  # callers and tests import these from scripts.play
 
 if __name__ == "__main__":
     main()

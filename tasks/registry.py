@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from sim.errors import InputError, require
+from sim.resources import conf_dir
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = conf_dir()
 _SPECS: dict[str, TaskSpec] = {}
 
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from sim.backends.isaaclab.config import IsaacLabCfg
 from sim.config import schema, store_schemas
+from sim.resources import register_resolvers
 from sim.ultrasound.probe import ProbeSpec
 from tasks import registry
 
 
 def register_schemas() -> None:
-    """Store the schemas in Hydra's ConfigStore; call before Hydra composes conf/ (the scripts do at import,
-    `policies.workflow.compose_config` before composing). Calling it again changes nothing."""
+    """Store the schemas in Hydra's ConfigStore and register the resolvers conf/ uses (`sim.resources`);
+    call before Hydra composes conf/ (the scripts do at import, `policies.workflow.compose_config` before
+    composing). Calling it again changes nothing."""
+    register_resolvers()
     tasks = {}
     for name in registry.names():
         task = registry.spec(name)

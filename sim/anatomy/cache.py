@@ -41,13 +41,14 @@ import trimesh
 
 from sim.anatomy.patient import Patient, Plane, SkinSurface, VertebraLandmarks
 from sim.errors import InputError
+from sim.resources import conf_dir
 
 CACHE_FORMAT = 2  # 2: meta.json lists the entry's files
 CACHE_ENV = "SONOLAB_CACHE"
 HASH_BYTES_LIMIT = 1 << 30
 TMP_PREFIX = ".tmp-"
-_REPO = Path(__file__).resolve().parents[2]
-_CODE_GLOBS = (("sim/anatomy", "*.py"), ("conf/anatomy", "*.yaml"))
+# What turns inputs into a patient: the same files, so the same hash, in a checkout and in a wheel built from it.
+_CODE_GLOBS = ((Path(__file__).resolve().parent, "*.py"), (conf_dir() / "anatomy", "*.yaml"))
 
 
 def default_cache_dir() -> Path:
@@ -60,7 +61,7 @@ def code_version() -> str:
     """SHA-256 over the anatomy code and tables that turn inputs into a patient."""
     h = hashlib.sha256()
     for folder, pattern in _CODE_GLOBS:
-        for p in sorted((_REPO / folder).glob(pattern)):
+        for p in sorted(folder.glob(pattern)):
             h.update(p.name.encode())
             h.update(p.read_bytes())
     return h.hexdigest()

@@ -29,10 +29,11 @@ from sim.anatomy.derive import check_derivable
 from sim.anatomy.patient import Patient
 from sim.anatomy.tissue_map import TissueMap
 from sim.errors import InputError, require
+from sim.resources import conf_dir
 
 T = TypeVar("T")
 
-DEFAULT_CLASS_MAP = Path(__file__).resolve().parents[2] / "conf" / "anatomy" / "totalseg_v2_total.yaml"
+DEFAULT_CLASS_MAP = conf_dir() / "anatomy" / "totalseg_v2_total.yaml"
 MAX_BYTES_ENV = "SONOLAB_MAX_VOLUME_BYTES"
 MEMORY_FRACTION = 0.5  # of the RAM available now: leave room for derive() and the caller
 # Peak working set per output voxel while building a patient: float32 CT (4), int64 HU-class

@@ -16,8 +16,9 @@ from scipy import ndimage
 
 from sim.anatomy.tissues import TISSUE_ID
 from sim.errors import InputError
+from sim.resources import conf_dir
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "conf" / "anatomy" / "tissue_map.yaml"
+DEFAULT_TABLE = conf_dir() / "anatomy" / "tissue_map.yaml"
 
 
 @dataclass(frozen=True)

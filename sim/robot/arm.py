@@ -14,9 +14,10 @@ import pytorch_kinematics as pk
 import torch
 
 from sim.errors import InputError
+from sim.resources import assets_dir
 from sim.transforms import matrix_to_quat, quat_to_matrix
 
-ROBOTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "robots"
+ROBOTS_DIR = assets_dir() / "robots"
 ROBOT_NAMES = ("iiwa14", "panda")
 
 # Joint configurations (rad) with the tool pointing straight down (base -z), elbow up; a natural

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -17,8 +16,9 @@ import yaml
 
 from sim.config import build
 from sim.errors import InputError
+from sim.resources import conf_dir
 
-PROBE_PRESETS = Path(__file__).resolve().parents[2] / "conf" / "probe"
+PROBE_PRESETS = conf_dir() / "probe"
 KINDS = ("linear", "convex", "phased")
 SPEED_OF_SOUND_M_S = 1540.0
 

@@ -12,8 +12,9 @@ import yaml
 from sim.anatomy.tissues import TISSUE_CLASSES
 from sim.config import build
 from sim.errors import InputError
+from sim.resources import conf_dir
 
-DEFAULT_TISSUE_TABLE = Path(__file__).resolve().parents[2] / "conf" / "tissue" / "default.yaml"
+DEFAULT_TISSUE_TABLE = conf_dir() / "tissue" / "default.yaml"
 FIELDS = ("impedance_mrayl", "attenuation_db_cm_mhz", "echogenicity_db")
 
 
