@@ -10,10 +10,13 @@ from typing import Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from policies import checkpoints
+from policies.distributed import Process
 from policies.settings import check_settings
-from sim.anatomy.patient_set import load_patients
+from sim.anatomy.patient_set import split_configs
+from sim.anatomy.prepare import prepare_patient
 from sim.envs.base import BatchedEnv
-from sim.errors import InputError
+from sim.errors import InputError, require
+from sim.resources import conf_dir
 from tasks import make_env
 from tasks.schemas import register_schemas
 
@@ -31,7 +34,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     # A Hydra app that ran earlier in this process (Isaac Lab's task resolution) leaves Hydra set up.
     GlobalHydra.instance().clear()
     register_schemas()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         try:
             return compose("config", overrides=list(overrides))
         except HydraException as err:  # one line: Hydra's message without its search path
@@ -41,15 +44,36 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
             raise InputError(f"overrides {list(overrides)}: {message}") from err
 
 
-def build_env(cfg: DictConfig, split: str = "train", num_envs: int | None = None) -> BatchedEnv:
-    """The task environment of `cfg` over the `split` patients of `cfg.patient`, `num_envs` of
-    them (None: `cfg.num_envs`); the settings are checked before any patient is prepared."""
+def patient_share(cfg: DictConfig, split: str, process: Process = Process()) -> list[dict]:
+    """The `prepare_patient` configs of the `split` patients of `cfg.patient` that `process` trains
+    on: all of them for a single process, patients[RANK::WORLD_SIZE] under torchrun; InputError
+    where there are fewer patients than processes."""
+    configs = split_configs(cfg.patient, split)
+    require(
+        len(configs) >= process.world_size,
+        f"patient.{split}",
+        f"at least one patient per process for torchrun's {process.world_size} processes "
+        "(each trains on its own share, patients[RANK::WORLD_SIZE])",
+        f"{len(configs)} patient(s)",
+    )
+    return configs[process.rank :: process.world_size]
+
+
+def build_env(
+    cfg: DictConfig, split: str = "train", num_envs: int | None = None, process: Process = Process()
+) -> BatchedEnv:
+    """The task environment of `cfg` on `cfg.device` over the `split` patients of `cfg.patient`,
+    `num_envs` of them (None: `cfg.num_envs`); the settings are checked before any patient is prepared.
+
+    Under torchrun `process` (`policies.distributed.current()`) steps its own share of the
+    patients (`patient_share`) with seed cfg.seed + RANK; num_envs counts its own environments.
+    """
     num_envs = check_settings(cfg, num_envs)
-    patients = load_patients(cfg.patient, split)
+    patients = [prepare_patient(config) for config in patient_share(cfg, split, process)]
     task = OmegaConf.to_container(cfg.task, resolve=True)
     probe = OmegaConf.to_container(cfg.probe, resolve=True)
     backend = OmegaConf.to_container(cfg.backend, resolve=True)
-    return make_env(task, patients, num_envs, cfg.device, cfg.seed, probe, backend)
+    return make_env(task, patients, num_envs, cfg.device, process.seed(cfg.seed), probe, backend)
 
 
 def train_config(cfg: DictConfig) -> dict:

@@ -10,6 +10,17 @@ A training that fails before its first checkpoint removes the run folder it crea
 continues with the run's own config.yaml: it refuses task=<another task> and overrides of task,
 learner, agent, patient, probe, backend, num_envs or seed, reports other overrides as ignored, and removes
 the temporary files of checkpoint writes that were killed.
+
+Several processes train one policy under torchrun (policies/distributed.py):
+
+    torchrun --standalone --nproc_per_node=2 scripts/train.py task=us_nav_state num_envs=32   # gloo on CPU
+    torchrun --nproc_per_node=8 scripts/train.py task=us_nav device=cuda                     # one GPU each
+
+Process RANK steps num_envs environments of its own (num_envs is per process) on cpu or
+cuda:LOCAL_RANK, with seed + RANK, over the training patients [RANK::WORLD_SIZE]; rank 0 alone
+chooses or finds the run folder and writes config.yaml, git.txt, the logs (episode statistics of
+every process) and the checkpoints (every process's environments and generators). A resume needs
+as many processes as the run had.
 """
 
 from __future__ import annotations
@@ -25,9 +36,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from policies import checkpoints, learners
+from policies import checkpoints, distributed, learners
 from policies.settings import check_settings
-from policies.workflow import build_env, find_run, new_run_dir, run_config, write_run_info
+from policies.workflow import build_env, find_run, new_run_dir, patient_share, run_config, write_run_info
 from sim.errors import InputError
 from sim.memory import keep_freed_memory
 from tasks.schemas import register_schemas
@@ -83,15 +94,17 @@ def removed_without_checkpoint(run_dir: Path) -> Iterator[None]:
         raise
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> str:
-    """Train (or resume) the run of cfg; returns its folder. overrides: the command line's
-    `key=value` settings, which a resume checks against the run's own."""
-    check_settings(cfg)  # before a run folder is made or a patient prepared
-    if not cfg.resume:
-        run_dir = new_run_dir(cfg)
-        with removed_without_checkpoint(run_dir):
-            write_run_info(run_dir, cfg)
-            return learn(cfg, run_dir, None)
+def new_run(cfg: DictConfig) -> Path:
+    """A new run folder for cfg with its config.yaml and git.txt (rank 0's part of starting a run)."""
+    run_dir = new_run_dir(cfg)
+    with removed_without_checkpoint(run_dir):
+        write_run_info(run_dir, cfg)
+    return run_dir
+
+
+def resumed_run(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Path, Path, DictConfig]:
+    """(run folder, checkpoint, the run's own config) that `cfg.resume` continues, with the command
+    line's `overrides` checked against the run's, and the killed checkpoint writes removed (rank 0's part)."""
     run_dir, checkpoint = find_run(cfg.resume, cfg, "resume")
     saved = run_config(run_dir)
     if saved is None:
@@ -102,14 +115,42 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> str:
     for tmp in checkpoints.remove_temporaries(run_dir):
         print(f"[sonolab] removed {tmp.name}, left by a checkpoint write that was killed")
     print(f"[sonolab] resuming {run_dir} from {checkpoint.name}")
-    return learn(saved, run_dir, checkpoint)  # the run continues with the settings it started with
+    return run_dir, checkpoint, saved
 
 
-def learn(cfg: DictConfig, run_dir: Path, checkpoint: Path | None) -> str:
-    """Run cfg's training (by cfg's learner) in run_dir, from scratch or continuing exactly from `checkpoint`."""
+def check_process(cfg: DictConfig, process: distributed.Process) -> str:
+    """The device `process` trains cfg's run on; InputError for a device or patient set that does not
+    fit torchrun's processes (fewer GPUs or training patients than processes)."""
+    patient_share(cfg, "train", process)
+    return distributed.process_device(cfg.device, process)
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> str:
+    """Train (or resume) the run of cfg; returns its folder. overrides: the command line's
+    `key=value` settings, which a resume checks against the run's own. Under torchrun every process
+    calls it; rank 0 alone makes or finds the run folder and writes into it."""
+    check_settings(cfg)  # before a run folder is made or a patient prepared
+    process = distributed.current()
+    if not cfg.resume:
+        check_process(cfg, process)
+    with distributed.session(process):
+        if not cfg.resume:
+            run_dir = distributed.from_rank0(lambda: new_run(cfg))
+            with removed_without_checkpoint(run_dir) if process.rank == 0 else contextlib.nullcontext():
+                return learn(cfg, run_dir, None, process)
+        run_dir, checkpoint, saved = distributed.from_rank0(lambda: resumed_run(cfg, overrides))
+        return learn(saved, run_dir, checkpoint, process)  # the run continues with the settings it started with
+
+
+def learn(cfg: DictConfig, run_dir: Path, checkpoint: Path | None, process: distributed.Process) -> str:
+    """Run cfg's training (by cfg's learner) in run_dir, from scratch or continuing exactly from
+    `checkpoint`: `process`'s share of it on its own device, with its own seed."""
     learner = learners.get(cfg.learner)
-    torch.manual_seed(int(cfg.seed))
-    env = build_env(cfg, "train")
+    cfg = cfg.copy()
+    cfg.device = check_process(cfg, process)  # what this process's environments and learner run on
+    distributed.use_device(cfg.device)
+    torch.manual_seed(process.seed(int(cfg.seed)))
+    env = build_env(cfg, "train", process=process)
     learner.train(cfg, env, run_dir, checkpoint)
     return str(run_dir)
 
@@ -121,7 +162,9 @@ register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py
 def main(cfg: DictConfig) -> None:
     keep_freed_memory()  # a process-wide allocator choice (sim.memory): made by the program, not by an import
     try:
-        print(train(cfg, list(HydraConfig.get().overrides.task)))
+        run_dir = train(cfg, list(HydraConfig.get().overrides.task))
+        if distributed.current().rank == 0:  # one line for a torchrun of several processes
+            print(run_dir)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
