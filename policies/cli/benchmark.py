@@ -1,0 +1,417 @@
+"""Benchmarks that print one JSON object (record results in BENCHMARKS.md).
+
+    sonolab-benchmark render --probe linear --batch 100 --height 200 --width 150 --json
+    sonolab-benchmark env --task <any registered task> --num-envs 256 --steps 200 --json
+
+    sonolab-benchmark train --task us_nav_state --nproc 2 --num-envs 256 --iterations 10 --json
+
+`render` times the B-mode renderer on the default phantom (1 mm) with probe poses spread over
+the lumbar back, after a warm-up that includes compilation. `env` times whole environment steps
+(actions, IK, contact, rendering, rewards, resets) of a task as conf/ composes it, under
+uniformly random actions, after warm-up steps that include compilation. `train` runs
+scripts/train.py for --iterations (torchrun for --nproc > 1; --num-envs per process) into a
+temporary folder, times the iterations after --warmup from its TensorBoard log and reports the
+environment steps per second over all processes with what each process communicates per
+iteration: the model's parameters x 4 bytes per gradient all-reduce, the normaliser statistics,
+the episode statistics, and the environment state gathered for a checkpoint.
+
+The `sonolab-benchmark` command (installed sonolab, any folder) and scripts/benchmark.py run `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sim.anatomy.bank import PatientBank
+from sim.anatomy.prepare import prepare_patient
+from sim.anatomy.surface import skin_point
+from sim.envs.base import check_device
+from sim.errors import InputError, require_int, require_number
+from sim.memory import keep_freed_memory
+from sim.ultrasound.placement import probe_pose_on_skin
+from sim.ultrasound.probe import ProbeSpec
+from sim.ultrasound.renderer import Renderer, RendererConfig
+from tasks import registry
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def machine() -> dict:
+    return {
+        "device_name": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+
+
+def lumbar_poses(patient, n: int, seed: int) -> torch.Tensor:
+    """n probe poses on the back over L1-L5: random position, yaw and a 2 mm press."""
+    rng = np.random.default_rng(seed)
+    centres = np.stack([lm.centre for lm in patient.landmarks.values()])
+    x = rng.uniform(-0.03, 0.03, n) + centres[:, 0].mean()
+    z = rng.uniform(centres[:, 2].min(), centres[:, 2].max(), n)
+    point, normal = skin_point(patient.skin, x, z)
+    yaw = rng.uniform(-np.pi, np.pi, n)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    return probe_pose_on_skin(t(point), t(normal), t(yaw))
+
+
+def bench_render(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    probe = ProbeSpec.preset(
+        args.probe, image_height=args.height, image_width=args.width
+    )  # checked before the phantom is made
+    patient = prepare_patient({"source": "phantom", "seed": 0, "spacing_mm": args.spacing_mm}, progress=False)
+    bank = PatientBank([patient], device=args.device)
+    renderer = Renderer(bank, probe, config=RendererConfig(compile=not args.no_compile))
+    poses = lumbar_poses(patient, args.batch, seed=0).to(args.device)
+    idx = torch.zeros(args.batch, dtype=torch.long, device=args.device)
+    sync = torch.cuda.synchronize if bank.device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    renderer.render(poses, idx)
+    sync()
+    warmup_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        renderer.render(poses, idx)
+        sync()
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * float(np.median(times))
+    return {
+        "benchmark": "render",
+        "probe": args.probe,
+        "batch": args.batch,
+        "height": args.height,
+        "width": args.width,
+        "lines": probe.n_lines,
+        "samples": probe.n_samples,
+        "images_per_s": round(args.batch / (ms / 1000), 1),
+        "ms_per_batch": round(ms, 2),
+        "warmup_s": round(warmup_s, 1),
+        "compiled": not args.no_compile,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": str(bank.device),
+        "threads": torch.get_num_threads(),
+        **machine(),
+    }
+
+
+def bench_env(args: argparse.Namespace) -> dict:
+    from policies.workflow import build_env, compose_config
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    cfg = compose_config(
+        [
+            f"task={args.task}",
+            f"num_envs={args.num_envs}",
+            f"device={args.device}",
+            f"backend={args.backend}",
+            *args.override,
+        ]
+    )
+    env = build_env(cfg, "train")
+    gen = torch.Generator(env.device).manual_seed(0)
+    sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
+
+    obs = env.reset()
+    forces, successes = [], []
+    expert = registry.spec(args.task).expert(env) if args.policy == "expert" else None
+
+    def act(obs) -> torch.Tensor:
+        if expert is not None:
+            return expert(obs)
+        return 2 * torch.rand(env.num_envs, env.num_actions, generator=gen, device=env.device) - 1
+
+    def run(steps: int, record: bool) -> tuple[float, int]:
+        nonlocal obs
+        episodes = 0
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            obs, _, terminated, truncated, extras = env.step(act(obs))
+            episodes += int((terminated | truncated).sum())
+            if record:
+                snapshot = env.snapshot()
+                forces.append(snapshot.tool_forces[snapshot.tool])
+                successes.append(extras["log"].get("Episode/success", torch.zeros(0, device=env.device)))
+        sync()
+        return time.perf_counter() - t0, episodes
+
+    warmup_s, _ = run(args.warmup, record=False)
+    seconds, episodes = run(args.steps, record=True)
+    force = torch.stack(forces).flatten().float().cpu()
+    ended = torch.cat(successes).float().cpu()
+    return {
+        "benchmark": "env",
+        "task": args.task,
+        "backend": args.backend,
+        "num_envs": args.num_envs,
+        "steps": args.steps,
+        "env_steps_per_s": round(args.num_envs * args.steps / seconds, 1),
+        "ms_per_step": round(1000 * seconds / args.steps, 2),
+        "episodes_ended": episodes,
+        "policy": args.policy,
+        # the primary tool's contact force over every environment step, N, and the ended episodes' success
+        "contact_force_n": {
+            "median": round(force.median().item(), 2),
+            "p95": round(force.quantile(0.95).item(), 2),
+            "max": round(force.max().item(), 2),
+        },
+        "success_rate": round(ended.mean().item(), 3) if len(ended) else None,
+        "warmup_s": round(warmup_s, 1),
+        "observation_shapes": {k: list(v.shape[1:]) for k, v in obs.items()},
+        "patients": len(env.patients),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": str(env.device),
+        "threads": torch.get_num_threads(),
+        **machine(),
+    }
+
+
+def training_settings(args: argparse.Namespace, log_root: str) -> list[str]:
+    """train.py's settings for --iterations of --task with --num-envs environments per process
+    (all but the device), checkpoints only at the first and last iteration."""
+    return [
+        f"task={args.task}",
+        f"num_envs={args.num_envs}",
+        f"agent.max_iterations={args.iterations}",
+        f"agent.save_interval={args.iterations}",
+        f"log_root={log_root}",
+        *args.override,
+    ]
+
+
+def launcher(nproc: int) -> list[str]:
+    """The command that starts train.py: torchrun (one node, a free port) for more than one process."""
+    if nproc == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def tensor_bytes(obj: object) -> int:
+    """Bytes of the tensors in obj's dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def communication(cfg) -> dict:
+    """What each process contributes to collectives per iteration under torchrun, from the model
+    this training builds (built here on the CPU): rsl-rl's PPO all-reduces every parameter's
+    gradient (float32) once per mini-batch update in buckets of grad_reduce_bucket_mb, and with the
+    adaptive schedule the KL mean and the learning rate (4 bytes each) per update; each observation
+    normaliser all-reduces its count (8 bytes), mean and variance once per iteration."""
+    from rsl_rl.modules import EmpiricalNormalization
+
+    from policies.runner import Runner
+    from policies.workflow import build_env, train_config
+
+    runner = Runner(build_env(cfg, "train"), train_config(cfg), None, "cpu")
+    alg = runner.alg
+    parameters = sum(p.numel() for group in alg.optimizer.param_groups for p in group["params"])
+    updates = alg.num_learning_epochs * alg.num_mini_batches
+    adaptive = alg.schedule == "adaptive" and alg.desired_kl is not None
+    buckets = math.ceil(4 * parameters / (alg.grad_reduce_bucket_mb * 1024 * 1024))
+    normalisers = [
+        m for model in (alg.actor, alg.critic) for m in model.modules() if isinstance(m, EmpiricalNormalization)
+    ]
+    return {
+        "parameters": parameters,
+        "updates_per_iteration": updates,
+        "grad_allreduce_bytes_per_iteration": 4 * parameters * updates,
+        "other_allreduce_bytes_per_iteration": 8 * updates * adaptive
+        + sum(8 + 8 * m.mean.numel() for m in normalisers),
+        "collectives_per_iteration": updates * (buckets + 2 * adaptive) + 3 * len(normalisers) + 1,
+    }
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    """Train --task for --iterations with --nproc processes of --num-envs environments each and time
+    the iterations after --warmup: the wall-clock between two iterations' logs (rollout, update,
+    statistics and checkpoint gathers), env steps per second over all processes, and `communication`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from policies import checkpoints
+    from policies.workflow import compose_config
+
+    with tempfile.TemporaryDirectory(prefix="sonolab-bench-train-") as log_root:
+        settings = training_settings(args, log_root)
+        cfg = compose_config([*settings, "device=cpu"])  # checked here first; the model is counted on the CPU
+        command = [*launcher(args.nproc), "-m", "policies.cli.train", *settings, f"device={args.device}"]
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+        t0 = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        wall_s = time.perf_counter() - t0
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+            if errors:  # the training refused its settings: report it as this script's bad input
+                raise InputError(errors[0].removeprefix("error: "))
+            raise RuntimeError(f"training failed (exit {done.returncode}): {done.stderr[-3000:]}")
+        run_dir = Path(done.stdout.strip().splitlines()[-1])
+        log = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        log.Reload()
+        # One Perf/total_fps event per iteration, written by its log: the wall-clock between two is the
+        # whole iteration (rollout, update, the statistics' gather, a checkpoint where one is due).
+        logged = [event.wall_time for event in log.Scalars("Perf/total_fps")]
+        periods = [b - a for a, b in zip(logged, logged[1:])][args.warmup :]
+        timed = slice(args.warmup + 1, None)  # the iterations those periods end with
+        collection = [event.value for event in log.Scalars("Perf/collection_time")][timed]
+        learning = [event.value for event in log.Scalars("Perf/learning_time")][timed]
+        tags = log.Tags()["scalars"]
+        episode_values = [tag for tag in tags if tag.split("/")[0] in ("Episode", "Reward", "Cost")]
+        # rsl-rl logs the mean length once an episode has ended
+        length = log.Scalars("Train/mean_episode_length")[-1].value if "Train/mean_episode_length" in tags else None
+        final = checkpoints.load_checkpoint(checkpoints.latest_checkpoint(run_dir))
+    iteration_s = statistics.median(periods)
+    samples = args.nproc * args.num_envs * int(cfg.agent.num_steps_per_env)
+    episodes = samples / length if length else 0.0  # ended per iteration, all processes
+    comm = communication(cfg)
+    # each ended episode: one float32 per logged value, and its return and length (pickled floats, ~9 bytes)
+    statistics_bytes = round(episodes / args.nproc * (4 * len(episode_values) + 18))
+    return {
+        "benchmark": "train",
+        "task": args.task,
+        "nproc": args.nproc,
+        "num_envs_per_process": args.num_envs,
+        "steps_per_env": int(cfg.agent.num_steps_per_env),
+        "iterations": args.iterations,
+        "timed_iterations": len(periods),
+        "env_steps_per_s": round(samples / iteration_s, 1),
+        "iteration_s": round(iteration_s, 4),
+        "collection_s": round(statistics.median(collection), 4),
+        "learning_s": round(statistics.median(learning), 4),
+        **comm,
+        "statistics_bytes_per_iteration_estimate": statistics_bytes,
+        "bytes_per_iteration": comm["grad_allreduce_bytes_per_iteration"]
+        + comm["other_allreduce_bytes_per_iteration"]
+        + statistics_bytes,
+        "checkpoint_gather_bytes_per_process": tensor_bytes(final["env_state"]),
+        "wall_s": round(wall_s, 1),
+        "device": args.device,
+        # torchrun gives each of several processes one thread unless OMP_NUM_THREADS says otherwise
+        "threads_per_process": args.threads
+        or int(os.environ.get("OMP_NUM_THREADS", 0))
+        or (1 if args.nproc > 1 else torch.get_num_threads()),
+        **machine(),
+    }
+
+
+class Parser(argparse.ArgumentParser):
+    """Reports a bad command line as the other scripts report bad input: one line, exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """InputError naming the first option out of range (the task, probe and overrides are checked where they
+    are read)."""
+    check_device(args.device)
+    require_int(args.threads, "--threads", 0)
+    counts = {
+        "render": ("batch", "height", "width", "repeats"),
+        "env": ("num_envs", "steps"),
+        "train": ("nproc", "num_envs"),
+    }
+    for name in counts[args.what]:
+        require_int(getattr(args, name), f"--{name.replace('_', '-')}", 1)
+    if args.what == "render":
+        require_number(args.spacing_mm, "--spacing-mm", 0.0, low_open=True)
+    else:
+        require_int(args.warmup, "--warmup", 0)
+    if args.what == "train":  # one timed period needs two iterations after the warm-up ones
+        require_int(args.iterations, "--iterations (--warmup + 2 at least)", args.warmup + 2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # as train.py does, so the figures measure the allocator training runs with (sim.memory)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("render", help="B-mode renderer throughput")
+    r.add_argument("--probe", default="linear", help="probe preset in conf/probe/")
+    r.add_argument("--batch", type=int, default=100)
+    r.add_argument("--height", type=int, default=200)
+    r.add_argument("--width", type=int, default=150)
+    r.add_argument("--repeats", type=int, default=10)
+    r.add_argument("--spacing-mm", type=float, default=1.0, help="phantom voxel size")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
+    r.add_argument("--json", action="store_true", help="print only the JSON result")
+    e = sub.add_parser("env", help="environment steps per second, rendering included")
+    e.add_argument(
+        "--task",
+        choices=registry.names(),
+        default=registry.names()[0],
+        help="a registered task (conf/task/<task>.yaml)",
+    )
+    e.add_argument("--backend", default="torch", help="backend config in conf/backend/")
+    e.add_argument("--num-envs", type=int, default=256)
+    e.add_argument("--steps", type=int, default=200, help="timed steps")
+    e.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation)")
+    e.add_argument(
+        "--policy", choices=("random", "expert"), default="random", help="random actions, or the task's scripted expert"
+    )
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    e.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. patient.common.spacing_mm=2")
+    e.add_argument("--json", action="store_true", help="print only the JSON result")
+    t = sub.add_parser("train", help="training throughput of one or several processes (torchrun)")
+    t.add_argument(
+        "--task",
+        choices=registry.names(),
+        default=registry.names()[0],
+        help="a registered task (conf/task/<task>.yaml)",
+    )
+    t.add_argument("--nproc", type=int, default=1, help="processes (torchrun --nproc_per_node for more than one)")
+    t.add_argument("--num-envs", type=int, default=256, help="environments per process")
+    t.add_argument("--iterations", type=int, default=10, help="training iterations (agent.max_iterations)")
+    t.add_argument(
+        "--warmup", type=int, default=1, help="iterations not timed first (compilation, the first checkpoint)"
+    )
+    t.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (cuda:LOCAL_RANK each)"
+    )
+    t.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS per process (0: torch's; torchrun sets 1)")
+    t.add_argument(
+        "--override", nargs="*", default=[], help="more Hydra overrides for train.py, e.g. agent.num_steps_per_env=8"
+    )
+    t.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = parser.parse_args(argv)
+    try:
+        check_args(args)
+        result = {"render": bench_render, "env": bench_env, "train": bench_train}[args.what](args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if not args.json:
+        print(f"{args.what}: {result}", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
