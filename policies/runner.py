@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from rsl_rl.runners import OnPolicyRunner
 from rsl_rl.utils.logger import Logger
+from torch.utils.tensorboard import SummaryWriter
 
 from policies import checkpoints, distributed
+from policies.preemption import PreemptionGuard
 from sim.envs.adapters.rsl_rl import RslRlVecEnv
 from sim.envs.base import BatchedEnv
 from sim.errors import InputError, require
@@ -67,9 +70,12 @@ class RunLogger(Logger):
     also gathers every process's `rank_state()` for the checkpoint (`collect_rank_states`).
     """
 
-    def __init__(self, rank_state: Callable[[], dict], **logger_args: Any) -> None:
+    def __init__(
+        self, rank_state: Callable[[], dict], end_of_iteration: Callable[[], None], **logger_args: Any
+    ) -> None:
         super().__init__(**logger_args)
         self.rank_state = rank_state
+        self.end_of_iteration = end_of_iteration  # every process, after each iteration's log (Runner.end_of_iteration)
         self.ended = self._no_episodes()  # {statistic: values of the episodes ended since the last log}
         self._gathered: tuple[int, list | None] = (-1, None)  # (iteration, every process's rank_state())
 
@@ -116,6 +122,7 @@ class RunLogger(Logger):
             self.collect_rank_states(it)  # rank 0 saves after this log (OnPolicyRunner.learn)
         super().log(it, start_it, total_it, *args, **kwargs)
         self.ep_extras.clear()  # rsl-rl clears it only where it writes
+        self.end_of_iteration()
 
     def collect_rank_states(self, it: int) -> None:
         """Gather every process's `rank_state()` to rank 0 for the checkpoint of iteration `it`; a
@@ -149,6 +156,7 @@ class Runner(OnPolicyRunner):
         # OnPolicyRunner builds rsl-rl's Logger and has no hook for another: replace it (it has written nothing yet)
         self.logger = RunLogger(
             self.rank_state,
+            self.end_of_iteration,
             log_dir=log_dir,
             cfg=self.cfg,
             env_cfg=self.env.cfg,
@@ -158,6 +166,34 @@ class Runner(OnPolicyRunner):
             gpu_global_rank=self.gpu_global_rank,
             device=self.device,
         )
+        self.preemption = PreemptionGuard()  # the cluster's preemption / time-limit signal (policies.preemption)
+
+    def learn(self, num_learning_iterations: int, init_at_random_ep_len: bool = False) -> None:
+        """rsl-rl's learning loop; on the cluster's preemption or time-limit signal the run saves a
+        checkpoint after the iteration it is in and stops there (policies.preemption)."""
+        with self.preemption:
+            super().learn(num_learning_iterations, init_at_random_ep_len)
+
+    def end_of_iteration(self) -> None:
+        """The logger calls this on every process after each iteration's log, before rsl-rl decides to
+        save: the preemption guard's safe point (the update is done, nothing is half-written)."""
+        self.preemption.check(self.save_preempted)
+
+    def save_preempted(self) -> Path | None:
+        """The checkpoint of the iteration that just ended, where rsl-rl writes its own (rank 0), with the
+        logs before it flushed; None on the other processes. A collective under torchrun, like `log`."""
+        it = self.current_learning_iteration
+        if self.is_distributed:
+            self.logger.collect_rank_states(it)  # every process's part, also between save_interval iterations
+        if self.logger.writer is None:
+            return None
+        path = Path(self.logger.log_dir) / f"model_{it}.pt"
+        self.save(str(path))
+        if isinstance(self.logger.writer, SummaryWriter):
+            self.logger.writer.flush()  # rsl-rl never closes TensorBoard's writer, and the process exits next
+        else:
+            self.logger.stop_logging_writer()
+        return path
 
     def _configure_multi_gpu(self) -> None:
         """rsl-rl's set-up of torchrun's processes (rank, world size, cfg["multi_gpu"] for PPO's

@@ -93,12 +93,14 @@ def new_run_dir(cfg: DictConfig) -> Path:
     """A fresh <log_root>/<task>/<timestamp>/ folder."""
     root = Path(cfg.log_root) / cfg.task.name
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run = root / stamp
-    suffix = 1
-    while run.exists():
-        run, suffix = root / f"{stamp}_{suffix}", suffix + 1
-    run.mkdir(parents=True)
-    return run
+    root.mkdir(parents=True, exist_ok=True)
+    run, suffix = root / stamp, 1
+    while True:
+        try:
+            run.mkdir()  # atomic: of a sweep's jobs starting in the same second, each gets its own name
+            return run
+        except FileExistsError:
+            run, suffix = root / f"{stamp}_{suffix}", suffix + 1
 
 
 def write_run_info(run_dir: Path, cfg: DictConfig) -> None:

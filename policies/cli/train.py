@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,7 +39,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from policies import checkpoints, distributed, learners
+from policies import checkpoints, distributed, learners, preemption
 from policies.settings import check_settings
 from policies.workflow import build_env, find_run, new_run_dir, patient_share, run_config, write_run_info
 from sim.errors import InputError
@@ -100,6 +101,7 @@ def removed_without_checkpoint(run_dir: Path) -> Iterator[None]:
 def new_run(cfg: DictConfig) -> Path:
     """A new run folder for cfg with its config.yaml and git.txt (rank 0's part of starting a run)."""
     run_dir = new_run_dir(cfg)
+    preemption.record_run(cfg, run_dir)  # where a requeued attempt of this cluster job finds it
     with removed_without_checkpoint(run_dir):
         write_run_info(run_dir, cfg)
     return run_dir
@@ -109,6 +111,7 @@ def resumed_run(cfg: DictConfig, overrides: Sequence[str]) -> tuple[Path, Path, 
     """(run folder, checkpoint, the run's own config) that `cfg.resume` continues, with the command
     line's `overrides` checked against the run's, and the killed checkpoint writes removed (rank 0's part)."""
     run_dir, checkpoint = find_run(cfg.resume, cfg, "resume")
+    preemption.record_run(cfg, run_dir)  # a requeue continues this folder, not the newest run of resume=true
     saved = run_config(run_dir)
     if saved is None:
         raise InputError(f"resume {cfg.resume!r}: run folder {run_dir} has no config.yaml")
@@ -134,6 +137,11 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> str:
     calls it; rank 0 alone makes or finds the run folder and writes into it."""
     check_settings(cfg)  # before a run folder is made or a patient prepared
     process = distributed.current()
+    requeued = preemption.requeued_run(cfg)  # a requeued cluster job continues its earlier attempt's run
+    if requeued is not None:
+        cfg.resume = str(requeued)
+        if process.rank == 0:
+            print(f"[sonolab] requeued job: continuing its run {requeued}")
     if not cfg.resume:
         check_process(cfg, process)
     with distributed.session(process):
@@ -161,8 +169,19 @@ def learn(cfg: DictConfig, run_dir: Path, checkpoint: Path | None, process: dist
 register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py)
 
 
+# conf/hydra/launcher/submitit_{slurm,local}.yaml carry the plugin's schema names (the names users type), which
+# Hydra matches to the schemas with a deprecation notice on every composition: expected here, so not shown.
+SCHEMA_MATCHING_NOTICE = r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema with the same name"
+
+
+def main() -> None:
+    """`sonolab-train` / `python scripts/train.py`: Hydra's command line (overrides, -m, --cfg) around `run`."""
+    warnings.filterwarnings("ignore", message=SCHEMA_MATCHING_NOTICE, category=UserWarning)
+    run()
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     keep_freed_memory()  # a process-wide allocator choice (sim.memory): made by the program, not by an import
     try:
         run_dir = train(cfg, list(HydraConfig.get().overrides.task))
@@ -171,6 +190,9 @@ def main(cfg: DictConfig) -> None:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except preemption.Preempted as stop:  # stopped at a safe point with its checkpoint written
+        print(f"[sonolab] {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":
