@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import subprocess
 from pathlib import Path
 from typing import Sequence
@@ -16,11 +17,10 @@ from sim.anatomy.patient_set import split_configs
 from sim.anatomy.prepare import prepare_patient
 from sim.envs.base import BatchedEnv
 from sim.errors import InputError, require
-from sim.resources import conf_dir
+from sim.resources import checkout_dir, conf_dir
 from tasks import make_env
 from tasks.schemas import register_schemas
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIG = "config.yaml"
 
 
@@ -104,9 +104,15 @@ def new_run_dir(cfg: DictConfig) -> Path:
 
 
 def write_run_info(run_dir: Path, cfg: DictConfig) -> None:
-    """The resolved config and the git state of the code that trains."""
+    """The resolved config and the version of the code that trains: the git state of the checkout
+    sonolab runs from, or an installed sonolab's version (never the git state of whatever folder a
+    wheel's site-packages happens to sit in)."""
     (run_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    git = ["git", "-C", str(REPO_ROOT)]
+    checkout = checkout_dir()
+    if checkout is None:
+        (run_dir / "git.txt").write_text(f"installed sonolab {importlib.metadata.version('sonolab')} (no checkout)\n")
+        return
+    git = ["git", "-C", str(checkout)]
     try:
         commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         status = subprocess.run([*git, "status", "--short"], capture_output=True, text=True, check=True).stdout

@@ -137,6 +137,8 @@ def test_the_installed_sonolab_trains_from_another_folder_with_its_own_files(ven
     )
     run_dir = Path(done.stdout.strip().splitlines()[-1])
     assert is_under(run_dir, tmp_path / "logs" / "us_nav_state") and list(run_dir.glob("model_*.pt")), done.stdout
+    # The run records the installed version, not the git state of the folder the venv happens to sit in.
+    assert (run_dir / "git.txt").read_text().startswith("installed sonolab 0.1.0"), (run_dir / "git.txt").read_text()
     report = json.loads((tmp_path / "report.json").read_text())
 
     # sonolab's code and files came from the installed wheel; nothing of the checkout was on the path or read.

@@ -18,9 +18,10 @@ from policies.export import export_policy
 from policies.learners.base import Learner, TrainedPolicy
 from policies.runner import Runner
 from policies.settings import require_bool, require_choice
-from policies.workflow import REPO_ROOT, train_config
+from policies.workflow import train_config
 from sim.envs.base import BatchedEnv
 from sim.errors import require, require_int, require_number
+from sim.resources import checkout_dir
 
 SCHEDULES = ("adaptive", "fixed")
 # key: (low, high, low_open): gamma and lam are discounts in (0, 1]; rates and norms are positive.
@@ -88,7 +89,8 @@ class PpoLearner(Learner):
         runner = Runner(
             env, train_config(cfg), str(run_dir), cfg.device, env_cfg=OmegaConf.to_container(cfg, resolve=True)
         )
-        runner.add_git_repo_to_log(str(REPO_ROOT))
+        if checkout_dir() is not None:  # an installed sonolab has no repository to record (git.txt says its version)
+            runner.add_git_repo_to_log(str(checkout_dir()))
         total = int(cfg.agent.max_iterations)
         start = runner.resume(checkpoint) if checkpoint is not None else 0
         if start < total:
