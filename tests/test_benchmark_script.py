@@ -6,13 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_render_benchmark_prints_one_json_object(tmp_path):
+@pytest.mark.parametrize("tool", [[], ["--tool"]])
+def test_render_benchmark_prints_one_json_object(tmp_path, tool):
     cmd = [
         sys.executable, str(ROOT / "scripts" / "benchmark.py"), "render", "--probe", "convex", "--batch", "3",
-        "--height", "32", "--width", "32", "--repeats", "1", "--spacing-mm", "4", "--no-compile", "--json",
+        "--height", "32", "--width", "32", "--repeats", "1", "--spacing-mm", "4", "--no-compile", "--json", *tool,
     ]  # fmt: skip
     out = subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SONOLAB_CACHE": str(tmp_path)}
@@ -22,6 +25,7 @@ def test_render_benchmark_prints_one_json_object(tmp_path):
     for key in ("images_per_s", "ms_per_batch", "peak_rss_mb", "device", "threads"):
         assert key in result
     assert result["batch"] == 3 and result["images_per_s"] > 0 and result["device"] == "cpu"
+    assert result["tool"] == bool(tool)
 
 
 def test_env_benchmark_with_the_expert_reports_the_skin_models_force(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sim.anatomy.patient import Patient, VertebraLandmarks
+from sim.anatomy.tissues import TISSUE_ID
 from sim.errors import InputError
 from sim.surgery.breach import DIRECTIONS, GRADES, ChannelBreach, grade
 from sim.surgery.distance import VertebraDistance
@@ -33,7 +34,7 @@ def box_patient(canal: bool) -> Patient:
     affine[:3, 3] = -39.5 * MM
     patient = Patient(
         name="box",
-        tissue=np.where(bone, 6, 3).astype(np.uint8),
+        tissue=np.where(bone, TISSUE_ID["bone"], TISSUE_ID["muscle"]).astype(np.uint8),
         structures=structures,
         structure_names={"vertebrae_L3": 1},
         affine=affine,

@@ -117,6 +117,9 @@ def test_isaaclab_train_then_play(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         cwd=tmp_path,
+        # A shell's background jobs start with SIGINT ignored, and Python then installs no Ctrl+C handler:
+        # restore the default so the SIGINT below stops playback wherever the tests run.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     for line in play.stdout:

@@ -42,9 +42,11 @@ from sim.anatomy.surface import skin_point
 from sim.envs.base import check_device
 from sim.errors import InputError, require_int, require_number
 from sim.memory import keep_freed_memory
+from sim.transforms import pose_to_matrix
 from sim.ultrasound.placement import probe_pose_on_skin
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer, RendererConfig
+from sim.ultrasound.tools import ToolSegments
 from tasks import registry
 
 
@@ -74,6 +76,15 @@ def lumbar_poses(patient, n: int, seed: int) -> torch.Tensor:
     return probe_pose_on_skin(t(point), t(normal), t(yaw))
 
 
+def drill_across_planes(poses: torch.Tensor) -> ToolSegments:
+    """A 3 mm drill per probe pose (N, 7), crossing its image plane obliquely 20-40 mm deep (probe
+    frame: from (-20, -10, 20) mm to (20, 10, 40) mm), so every image shows it with its shadow."""
+    m = pose_to_matrix(poses)  # (N, 3, 4) probe -> patient
+    ends = torch.tensor([[-0.02, -0.01, 0.02], [0.02, 0.01, 0.04]], device=poses.device, dtype=poses.dtype)
+    start, end = (m[:, :, :3] @ e + m[:, :, 3] for e in ends)
+    return ToolSegments(start, end, 0.0015)
+
+
 def bench_render(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     probe = ProbeSpec.preset(
@@ -84,15 +95,16 @@ def bench_render(args: argparse.Namespace) -> dict:
     renderer = Renderer(bank, probe, config=RendererConfig(compile=not args.no_compile))
     poses = lumbar_poses(patient, args.batch, seed=0).to(args.device)
     idx = torch.zeros(args.batch, dtype=torch.long, device=args.device)
+    tools = drill_across_planes(poses) if args.tool else None
     sync = torch.cuda.synchronize if bank.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    renderer.render(poses, idx)
+    renderer.render(poses, idx, tools=tools)
     sync()
     warmup_s = time.perf_counter() - t0
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        renderer.render(poses, idx)
+        renderer.render(poses, idx, tools=tools)
         sync()
         times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
@@ -108,6 +120,7 @@ def bench_render(args: argparse.Namespace) -> dict:
         "ms_per_batch": round(ms, 2),
         "warmup_s": round(warmup_s, 1),
         "compiled": not args.no_compile,
+        "tool": args.tool,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": str(bank.device),
         "threads": torch.get_num_threads(),
@@ -361,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
+    r.add_argument("--tool", action="store_true", help="a drill crossing every image plane (its echo and shadow)")
     r.add_argument("--json", action="store_true", help="print only the JSON result")
     e = sub.add_parser("env", help="environment steps per second, rendering included")
     e.add_argument(

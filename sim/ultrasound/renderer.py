@@ -20,6 +20,10 @@ patients or tissue classes):
 7. Time-gain compensation, gain, log compression over a dynamic range to [0, 1], and scan
    conversion of sector (convex, phased) images.
 
+Optionally a straight metal tool per environment (`tools.ToolSegments`, e.g. the drill): each
+line that meets its shaft within the imaged slab echoes from its front wall almost as from a
+mirror, and the tissue behind it lies in its shadow (`tools.py`, `stages.tool_echo_db`).
+
 Steps 1-7 work in the log domain, so (1 - R) and attenuation become one cumulative sum. The
 stages are pure tensor functions in `stages.py`; `torch.compile` fuses each into a few loops on
 CPU and kernels on CUDA (`RendererConfig.compile`).
@@ -50,8 +54,10 @@ from sim.ultrasound.stages import (
     sample_tissue,
     scan_convert,
     speckle,
+    tool_echo_db,
 )
 from sim.ultrasound.tissue import TissueTable
+from sim.ultrasound.tools import TOOL_LOG_TRANSMISSION, TOOL_REFLECTION, ToolSegments, shaft_depth
 
 RANDOMIZATION_KEYS = (
     "gain_db",
@@ -262,14 +268,16 @@ class Renderer:
         self.n_head = int((self.dist <= self.contact_reach.max()).sum())  # samples that can be in reach
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
         # scans (cumulative sums), reductions and the axial filter from recomputing the lookups.
-        stages = (line_geometry, sample_tissue, speckle, coupling, reflection, echo_db, compress, scan_convert)
+        # The tool's stages are compiled (lazily, like the others) only once a render brings a tool.
+        stages = (line_geometry, sample_tissue, speckle, coupling, reflection, echo_db, compress, scan_convert,
+                  shaft_depth, tool_echo_db)  # fmt: skip
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             # A per-compile option, so inductor's process-wide config stays as it was.
             stages = tuple(torch.compile(f, dynamic=False, options={"assert_indirect_indexing": False}) for f in stages)
         (
             self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._reflection, self._echo_db,
-            self._compress, self._scan_convert,
+            self._compress, self._scan_convert, self._shaft_depth, self._tool_echo_db,
         ) = stages  # fmt: skip
         keep_freed_memory()  # renders free and reallocate the same large blocks: glibc keeps them (sim.memory)
 
@@ -371,19 +379,30 @@ class Renderer:
     # -- rendering
 
     def _inputs(
-        self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None, check: bool
+        self,
+        poses: torch.Tensor,
+        patient_idx: torch.Tensor,
+        params: RenderParams | None,
+        check: bool,
+        tools: ToolSegments | None = None,
     ) -> tuple:
-        """(poses, patient_idx, params) ready to render; validated (see `render_inputs` and
-        `RenderParams.check`) when `check`, only converted otherwise."""
+        """(poses, patient_idx, params, tool) ready to render; validated (see `render_inputs`,
+        `RenderParams.check` and `ToolSegments.check`) when `check`, only converted otherwise.
+        tool: () without tools, else the (start, end, radius) tensors of `ToolSegments.tensors`."""
         poses, patient_idx = render_inputs(self.bank, poses, patient_idx, check)
         n = poses.shape[0]
         if params is None:
             params = self.default_params(n)
         elif check:
             params.check(n, len(TISSUE_CLASSES))
-        return poses, patient_idx, params
+        if tools is None:
+            return poses, patient_idx, params, ()
+        if check:
+            require(isinstance(tools, ToolSegments), "tools", "a ToolSegments or None", type(tools).__name__)
+            tools.check(n)
+        return poses, patient_idx, params, tools.tensors(n, self.device)
 
-    def _lines(self, poses, patient_idx, frequency_mhz, tissue):
+    def _lines(self, poses, patient_idx, frequency_mhz, tissue, *tool):
         line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(
             poses,
             self.bank.patient_to_voxel[patient_idx],
@@ -405,10 +424,17 @@ class Renderer:
             self.config.tissue_min_mrayl,
         )  # fmt: skip
         speckle_i, speckle_q = self._speckle(self.tile, tile_origin, tile_dir, self.dist)
-        return self._echo_db(*reflected, coupled, speckle_i, speckle_q, self.psf)
+        if not tool:
+            return self._echo_db(*reflected, coupled, speckle_i, speckle_q, self.psf)
+        p = self.probe
+        depth = self._shaft_depth(poses, *tool, self.origins, self.dirs, p.elevation_m / 2, p.depth_m)
+        return self._tool_echo_db(
+            *reflected, coupled, speckle_i, speckle_q, self.psf, (depth / p.sample_spacing_m)[:, None],
+            TOOL_REFLECTION, TOOL_LOG_TRANSMISSION,
+        )  # fmt: skip
 
-    def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db):
-        level = self._lines(poses, patient_idx, frequency_mhz, tissue)
+    def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db, *tool):
+        level = self._lines(poses, patient_idx, frequency_mhz, tissue, *tool)
         hw = (self.probe.image_height, self.probe.image_width)
         img = self._compress(level, self.dist, frequency_mhz, gain_db, dynamic_range_db, self.config.tgc_db_cm_mhz)
         if self.scan_tables is None:
@@ -435,21 +461,35 @@ class Renderer:
 
     @torch.no_grad()
     def render_lines(
-        self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True
+        self,
+        poses: torch.Tensor,
+        patient_idx: torch.Tensor,
+        params: RenderParams | None = None,
+        check: bool = True,
+        tools: ToolSegments | None = None,
     ) -> torch.Tensor:
-        """Echo level (N, S, L) in dB re a perfect mirror, before TGC, gain and compression (check: see `render`)."""
-        poses, patient_idx, params = self._inputs(poses, patient_idx, params, check)
-        return self._chunked(self._lines, poses, patient_idx, params.frequency_mhz, params.tissue)
+        """Echo level (N, S, L) in dB re a perfect mirror, before TGC, gain and compression.
+
+        check, tools: see `render`."""
+        poses, patient_idx, params, tool = self._inputs(poses, patient_idx, params, check, tools)
+        return self._chunked(self._lines, poses, patient_idx, params.frequency_mhz, params.tissue, *tool)
 
     @torch.no_grad()
     def render(
-        self, poses: torch.Tensor, patient_idx: torch.Tensor, params: RenderParams | None = None, check: bool = True
+        self,
+        poses: torch.Tensor,
+        patient_idx: torch.Tensor,
+        params: RenderParams | None = None,
+        check: bool = True,
+        tools: ToolSegments | None = None,
     ) -> torch.Tensor:
         """B-mode images (N, H, W) in [0, 1]; N = 0 gives an empty (0, H, W) batch.
 
         check=False skips the input checks and their host synchronisation, for callers whose
-        inputs are valid by construction (an environment's own poses, indices and parameters)."""
-        poses, patient_idx, params = self._inputs(poses, patient_idx, params, check)
+        inputs are valid by construction (an environment's own poses, indices and parameters).
+        tools: a metal shaft per environment (`ToolSegments`, patient frame) drawn where it
+        crosses the imaged slab; None (the default) renders exactly as without them."""
+        poses, patient_idx, params, tool = self._inputs(poses, patient_idx, params, check, tools)
         return self._chunked(
             self._image,
             poses,
@@ -458,4 +498,5 @@ class Renderer:
             params.tissue,
             params.gain_db,
             params.dynamic_range_db,
+            *tool,
         )

@@ -211,6 +211,40 @@ def echo_db(
     return (DB_PER_NEPER / 2) * torch.log(power.clamp_min(1e-30)) + DB_PER_NEPER * path
 
 
+def tool_echo_db(
+    r: torch.Tensor,
+    log_loss: torch.Tensor,
+    echo: torch.Tensor,
+    coupled: torch.Tensor,
+    speckle_i: torch.Tensor,
+    speckle_q: torch.Tensor,
+    psf: torch.Tensor,
+    hit_sample: torch.Tensor,
+    tool_reflection: float,
+    tool_log_transmission: float,
+) -> torch.Tensor:
+    """`echo_db` with a metal tool on the lines: a specular reflector where each line meets the
+    tool's front wall, and a shadow behind it. Only renders with a tool take this path.
+
+    r, log_loss, echo, coupled, speckle_i/q and psf as in `echo_db`; hit_sample (N, 1, L) the
+    fractional sample index of each line's hit (`tools.shaft_depth` over the sample spacing;
+    inf where the line misses the tool); tool_reflection the wall's amplitude reflection
+    coefficient; tool_log_transmission the log round-trip amplitude behind the tool (nepers).
+    Returns (N, S, L) dB re a perfect mirror.
+    """
+    samples = torch.arange(r.shape[1], dtype=r.dtype, device=r.device)[None, :, None]
+    # The hit is shared by the two samples around it (weights summing to 1), so the reflector and
+    # its shadow move smoothly with the tool, as trilinear tissue interfaces do; the axial PSF
+    # then gives the reflector the thickness of any interface, about half a pulse.
+    weight = (1.0 - (samples - hit_sample).abs()).clamp_min(0.0)
+    r = r + weight * (tool_reflection - r)  # the metal wall replaces whatever tissue interface was there
+    # The loss is booked one sample later: a wall that strong (-35 dB) would otherwise dim its own
+    # echo on the second of its two samples (the path to a sample includes the steps before it).
+    behind = (1.0 - (samples - 1.0 - hit_sample).abs()).clamp_min(0.0)
+    log_loss = log_loss + behind * tool_log_transmission
+    return echo_db(r, log_loss, echo, coupled, speckle_i, speckle_q, psf)
+
+
 def compress(
     level_db: torch.Tensor,
     dist: torch.Tensor,
