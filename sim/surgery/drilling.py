@@ -56,8 +56,7 @@ import torch
 from sim.anatomy.patient import Patient
 from sim.anatomy.tissues import TISSUE_ID
 from sim.errors import InputError, check_keys, require, require_number
-from sim.surgery.distance import signed_distance
-from sim.ultrasound.slicing import sample_trilinear
+from sim.surgery.distance import CropVolumes, bounding_box, signed_distance
 
 MAX_FEED_BOUND_M_S = 0.01  # the hard ceiling of any configured feed (10 mm/s; SonoGym fed at up to 1.8 m/s)
 REF_FEED_M_S = 1e-3  # the feed at which thrust_n is defined: clinical feed rates are about 1 mm/s (REFERENCE §7)
@@ -203,56 +202,6 @@ class DrillStep:
     lateral: torch.Tensor
 
 
-class _Blocks:
-    """One float16 volume per patient, cropped to where it matters and padded by one voxel of
-    `pad`, back to back in one flat tensor (the `PatientBank` layout, so `sample_trilinear` reads
-    it); a patient without a volume gets a single voxel of `pad`. Lookups clamp onto the pad."""
-
-    def __init__(
-        self,
-        crops: Sequence[tuple[np.ndarray, np.ndarray] | None],
-        affines: Sequence[np.ndarray],
-        pad: float,
-        device: torch.device,
-    ) -> None:
-        volumes, to_voxel = [], []
-        for crop, affine in zip(crops, affines):
-            volume, lo = crop if crop is not None else (np.full((1, 1, 1), pad, np.float32), np.zeros(3))
-            volumes.append(np.pad(volume.astype(np.float16), 1, constant_values=pad))
-            w2v = np.linalg.inv(affine)[:3].copy()
-            w2v[:, 3] += 1.0 - lo  # the crop's origin and the one-voxel pad
-            to_voxel.append(w2v)
-        dims = np.array([v.shape for v in volumes])
-        offsets = np.concatenate([[0], np.cumsum(dims.prod(1))[:-1]])
-        self.flat = torch.from_numpy(np.concatenate([v.ravel() for v in volumes])).to(device)
-        self.offsets = torch.as_tensor(offsets, dtype=torch.int64, device=device)
-        self.dims = torch.as_tensor(dims, dtype=torch.int64, device=device)
-        self.patient_to_voxel = torch.as_tensor(np.stack(to_voxel), dtype=torch.float32, device=device)
-
-    def sample(self, points: torch.Tensor, patient_idx: torch.Tensor) -> torch.Tensor:
-        """(N, S) float32 trilinear values at points (N, S, 3), patient frame, of patients (N,)."""
-        m = self.patient_to_voxel[patient_idx]
-        coords = points @ m[:, :, :3].transpose(-1, -2) + m[:, None, :, 3]
-        return sample_trilinear(self.flat, self.offsets[patient_idx], self.dims[patient_idx], coords)
-
-    def nbytes(self) -> int:
-        return self.flat.numel() * self.flat.element_size()
-
-
-def _box(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray] | None:
-    """The bounding box of `mask` (I, J, K) grown by one voxel (clipped to the volume) and its
-    low corner (3,), or None for an empty mask. The extra voxel keeps every interpolation across
-    the mask's border and every inside distance to the nearest outside voxel within the crop."""
-    lo, hi = [], []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hit.size == 0:
-            return None
-        lo.append(max(int(hit[0]) - 1, 0))
-        hi.append(min(int(hit[-1]) + 2, mask.shape[axis]))
-    return tuple(slice(a, b) for a, b in zip(lo, hi)), np.array(lo, dtype=np.float64)
-
-
 class Drill:
     """Drilling physics for N environments over `patients` (indexed like a `PatientBank` built
     from the same list), on `device`.
@@ -282,10 +231,10 @@ class Drill:
         self.use_ct = torch.tensor(use_ct, device=self.device)
         self._any_ct, self._all_ct = any(use_ct), all(use_ct)
         affines = [p.affine for p in patients]
-        self.hu = _Blocks(
+        self.hu = CropVolumes(
             [self._hu_crop(p) if ct else None for p, ct in zip(patients, use_ct)], affines, SOFT_PAD_HU, self.device
         )
-        self.bone_distance = _Blocks(
+        self.bone_distance = CropVolumes(
             [None if ct else self._bone_crop(p) for p, ct in zip(patients, use_ct)], affines, SOFT_PAD_M, self.device
         )
         # The drill point's sample pattern (Z = stations x azimuths): distance back from the tip
@@ -309,13 +258,13 @@ class Drill:
     def _hu_crop(self, patient: Patient) -> tuple[np.ndarray, np.ndarray] | None:
         """The patient's CT (HU) cropped to its voxels above hu_soft: outside them every value is
         soft tissue to the model, like the air padding."""
-        box = _box(patient.ct > self.cfg.hu_soft)
+        box = bounding_box(patient.ct > self.cfg.hu_soft)
         return None if box is None else (patient.ct[box[0]], box[1])
 
     def _bone_crop(self, patient: Patient) -> tuple[np.ndarray, np.ndarray] | None:
         """Signed distance (m) to the patient's bone class, cropped to the bone."""
         bone = patient.tissue == TISSUE_ID["bone"]
-        box = _box(bone)
+        box = bounding_box(bone)
         return None if box is None else (signed_distance(bone[box[0]], patient.spacing), box[1])
 
     def nbytes(self) -> int:
