@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Mapping
 
 from policies import learners
-from sim.config import to_container
+from sim.config import build, to_container
 from sim.envs.base import check_device
 from sim.errors import require, require_int
 from sim.ultrasound.probe import ProbeSpec
+from tasks import registry
 
 LOGGERS = ("tensorboard", "wandb")
 SPLITS = ("train", "test")
@@ -75,5 +76,9 @@ def check_settings(cfg: Mapping, num_envs: object = None) -> int:
     require_int(cfg.get("video_steps"), "video_steps", 1)
     if cfg.get("probe") is not None:  # a state task renders nothing, but a misspelt probe key is still an error
         ProbeSpec.from_dict(to_container(cfg.get("probe")))
+    task = to_container(cfg.get("task"))
+    if isinstance(task, Mapping):  # unknown or mistyped task keys now, not after the patients are prepared
+        name = task.get("name")
+        build(registry.spec(name).config_class, registry.task_config(name, task), "task config")
     learners.get(cfg.get("learner")).check_agent(cfg.get("agent"), num_envs)  # the agent settings are the learner's
     return num_envs

@@ -12,7 +12,7 @@ import gymnasium as gym
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 import tasks  # noqa: F401 (registers the Gymnasium ids)
 from policies.settings import check_settings
@@ -104,6 +104,13 @@ def test_log_root_that_is_a_file_is_refused(cfg, tmp_path):
     check_settings(with_setting(cfg, "log_root", str(tmp_path / "new" / "logs")))  # made by the run
 
 
+def test_a_misspelt_task_key_is_refused_before_the_patients_are_prepared(cfg):
+    plain = OmegaConf.to_container(cfg, resolve=True)  # the task group's schema would refuse the key itself
+    plain["task"]["success"]["hold_stepz"] = 3
+    with pytest.raises(InputError, match=r"task config\.success keys \['hold_stepz'\] are unknown"):
+        check_settings(plain)
+
+
 def test_a_misspelt_probe_key_is_refused_even_where_nothing_renders(cfg):
     """us_nav_state renders no image, but `probe.lnes=64` must not pass silently."""
     with pytest.raises(InputError, match=r"probe config keys \['lnes'\] are unknown"):
@@ -162,6 +169,7 @@ TRAIN_CASES = {
     "agent.algorithm.learning_rate=nan": "agent.algorithm.learning_rate",
     "agent.algorithm.gamma=inf": "agent.algorithm.gamma",
     "log_root=FILE": "log_root",
+    "+task.success.hold_stepz=3": "task config.success keys ['hold_stepz'] are unknown",
 }
 BENCHMARK_CASES = {
     "env --task nope": "invalid choice: 'nope'", "render --height abc": "invalid int value",
