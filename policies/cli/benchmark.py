@@ -4,6 +4,7 @@
     sonolab-benchmark env --task <any registered task> --num-envs 256 --steps 200 --json
 
     sonolab-benchmark train --task us_nav_state --nproc 2 --num-envs 256 --iterations 10 --json
+    sonolab-benchmark realism --json
 
 `render` times the B-mode renderer on the default phantom (1 mm) with probe poses spread over
 the lumbar back, after a warm-up that includes compilation. `env` times whole environment steps
@@ -13,7 +14,9 @@ scripts/train.py for --iterations (torchrun for --nproc > 1; --num-envs per proc
 temporary folder, times the iterations after --warmup from its TensorBoard log and reports the
 environment steps per second over all processes with what each process communicates per
 iteration: the model's parameters x 4 bytes per gradient all-reduce, the normaliser statistics,
-the episode statistics, and the environment state gathered for a checkpoint.
+the episode statistics, and the environment state gathered for a checkpoint. `realism` compares a
+real 5 MHz convex B-mode image (pydicom-data) with the convex preset at its frequency and depth on
+the default phantom, by sim.ultrasound.realism's statistics, against issue 17's targets.
 
 The `sonolab-benchmark` command (installed sonolab, any folder) and scripts/benchmark.py run `main`.
 """
@@ -332,6 +335,57 @@ def bench_train(args: argparse.Namespace) -> dict:
     }
 
 
+def realism_targets(real: dict, sim: dict) -> dict:
+    """Issue 17's targets: grains within 25 % of the real image's both ways, lateral 2-3 x axial,
+    the soft-tissue depth profile within 15 % of its mean from 3 to 12 cm, local contrast within 25 %."""
+    ratio = lambda key: sim[key] / real[key]  # noqa: E731
+    profile = [m for d, m in sim["depth_profile"].items() if 3 <= float(d) <= 12]
+    flat = bool(profile) and all(abs(m / float(np.mean(profile)) - 1) <= 0.15 for m in profile)
+    return {
+        "axial_grain_within_25pct": bool(abs(ratio("axial_grain_mm") - 1) <= 0.25),
+        "lateral_grain_within_25pct": bool(abs(ratio("lateral_grain_mm") - 1) <= 0.25),
+        "lateral_2_to_3x_axial": bool(2 <= sim["lateral_over_axial"] <= 3),
+        "depth_flat_3_12cm_within_15pct": flat,
+        "local_contrast_within_25pct": bool(abs(ratio("local_contrast") - 1) <= 0.25),
+    }
+
+
+def bench_realism(args: argparse.Namespace) -> dict:
+    """The real reference image against one rendering of the default phantom (1 mm) by the convex
+    preset at the reference's frequency, 15 cm deep, pixels as fine as the reference's (0.383 mm),
+    from a pose over the lumbar back; both measured by sim.ultrasound.realism.measure over the
+    central half of their sector."""
+    from sim.ultrasound import realism
+
+    ref = realism.load_reference()  # first: InputError naming pip install pydicom-data when it is missing
+    real = realism.measure(ref.gray, ref.pixel_mm, realism.central_roi(ref.valid), ref.valid, ref.depth0_row)
+    # 15 cm deep, 70 deg: the sector is 229 x 159 mm, so 600 x 416 px give the reference's pixel size
+    probe = ProbeSpec.preset("convex", frequency_mhz=ref.frequency_mhz, depth_m=0.15, image_width=600, image_height=416)
+    patient = prepare_patient({"source": "phantom", "seed": 0, "spacing_mm": 1.0}, progress=False)
+    bank = PatientBank([patient], device="cpu")
+    renderer = Renderer(bank, probe, config=RendererConfig(compile=False))
+    pose = lumbar_poses(patient, 1, seed=args.seed)
+    image = 255 * renderer.render(pose, torch.zeros(1, dtype=torch.long))[0].numpy()
+    _, inside = probe.scan_coordinates()
+    valid = inside.numpy()
+    z = probe.pixel_positions()[:, 0, 1].numpy()
+    depth0_row = float(np.interp(0.0, z, np.arange(len(z))))
+    pixel_mm = 1000 * probe.pixel_spacing_m()[0]
+    sim = realism.measure(image, pixel_mm, realism.central_roi(valid), valid, depth0_row)
+    real_d, sim_d = real.to_dict(), sim.to_dict()
+    keys = ("axial_grain_mm", "lateral_grain_mm", "lateral_over_axial", "local_contrast", "soft_tissue_mean")
+    return {
+        "benchmark": "realism",
+        "reference": f"pydicom-data {realism.REFERENCE_FILE}",
+        "probe": {"preset": "convex", **{k: v for k, v in probe.to_dict().items() if k != "kind"}},
+        "pixel_mm": {"real": round(ref.pixel_mm, 4), "simulated": round(pixel_mm, 4)},
+        "real": real_d,
+        "simulated": sim_d,
+        "ratio_simulated_over_real": {k: round(sim_d[k] / real_d[k], 3) for k in keys},
+        "targets_met": realism_targets(real_d, sim_d),
+    }
+
+
 class Parser(argparse.ArgumentParser):
     """Reports a bad command line as the other scripts report bad input: one line, exit status 2."""
 
@@ -343,6 +397,8 @@ class Parser(argparse.ArgumentParser):
 def check_args(args: argparse.Namespace) -> None:
     """InputError naming the first option out of range (the task, probe and overrides are checked where they
     are read)."""
+    if args.what == "realism":
+        return
     check_device(args.device)
     require_int(args.threads, "--threads", 0)
     counts = {
@@ -415,10 +471,14 @@ def main(argv: list[str] | None = None) -> None:
         "--override", nargs="*", default=[], help="more Hydra overrides for train.py, e.g. agent.num_steps_per_env=8"
     )
     t.add_argument("--json", action="store_true", help="print only the JSON result")
+    q = sub.add_parser("realism", help="speckle, contrast and depth profile against a real image (pydicom-data)")
+    q.add_argument("--seed", type=int, default=0, help="the probe pose over the lumbar back")
+    q.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
     try:
         check_args(args)
-        result = {"render": bench_render, "env": bench_env, "train": bench_train}[args.what](args)
+        benchmarks = {"render": bench_render, "env": bench_env, "train": bench_train, "realism": bench_realism}
+        result = benchmarks[args.what](args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
