@@ -178,7 +178,9 @@ def test_resume_removes_killed_writes_and_keeps_its_folder(tmp_path, trained, ca
 
 @pytest.mark.parametrize(
     "bad, error",
-    [("+task.colour=red", InputError), ("agent.actor.class_name=NoSuchModel", Exception)],
+    # Both pass the settings checks and fail once the run folder exists: a phantom spacing the patient
+    # preparation refuses, a network class rsl-rl cannot find.
+    [("patient.common.spacing_mm=9.0", InputError), ("agent.actor.class_name=NoSuchModel", Exception)],
     ids=["input_error", "exception"],
 )
 def test_training_failing_before_its_first_checkpoint_leaves_no_run_folder(tmp_path, bad, error):
