@@ -420,7 +420,17 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as train.py does, so the figures measure the allocator training runs with (sim.memory)
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    r = sub.add_parser("render", help="B-mode renderer throughput")
+    # Options every benchmark takes (--json), and those of the ones that run a task (--task).
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print only the JSON result")
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument(
+        "--task",
+        choices=registry.names(),
+        default=registry.names()[0],
+        help="a registered task (conf/task/<task>.yaml)",
+    )
+    r = sub.add_parser("render", parents=[output], help="B-mode renderer throughput")
     r.add_argument("--probe", default="linear", help="probe preset in conf/probe/")
     r.add_argument("--batch", type=int, default=100)
     r.add_argument("--height", type=int, default=200)
@@ -431,14 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     r.add_argument("--no-compile", action="store_true", help="run eagerly instead of torch.compile")
     r.add_argument("--tool", action="store_true", help="a drill crossing every image plane (its echo and shadow)")
-    r.add_argument("--json", action="store_true", help="print only the JSON result")
-    e = sub.add_parser("env", help="environment steps per second, rendering included")
-    e.add_argument(
-        "--task",
-        choices=registry.names(),
-        default=registry.names()[0],
-        help="a registered task (conf/task/<task>.yaml)",
-    )
+    e = sub.add_parser("env", parents=[task, output], help="environment steps per second, rendering included")
     e.add_argument("--backend", default="torch", help="backend config in conf/backend/")
     e.add_argument("--num-envs", type=int, default=256)
     e.add_argument("--steps", type=int, default=200, help="timed steps")
@@ -449,13 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     e.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. patient.common.spacing_mm=2")
-    e.add_argument("--json", action="store_true", help="print only the JSON result")
-    t = sub.add_parser("train", help="training throughput of one or several processes (torchrun)")
-    t.add_argument(
-        "--task",
-        choices=registry.names(),
-        default=registry.names()[0],
-        help="a registered task (conf/task/<task>.yaml)",
+    t = sub.add_parser(
+        "train", parents=[task, output], help="training throughput of one or several processes (torchrun)"
     )
     t.add_argument("--nproc", type=int, default=1, help="processes (torchrun --nproc_per_node for more than one)")
     t.add_argument("--num-envs", type=int, default=256, help="environments per process")
@@ -470,10 +468,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument(
         "--override", nargs="*", default=[], help="more Hydra overrides for train.py, e.g. agent.num_steps_per_env=8"
     )
-    t.add_argument("--json", action="store_true", help="print only the JSON result")
-    q = sub.add_parser("realism", help="speckle, contrast and depth profile against a real image (pydicom-data)")
+    q = sub.add_parser(
+        "realism", parents=[output], help="speckle, contrast and depth profile against a real image (pydicom-data)"
+    )
     q.add_argument("--seed", type=int, default=0, help="the probe pose over the lumbar back")
-    q.add_argument("--json", action="store_true", help="print only the JSON result")
     args = parser.parse_args(argv)
     try:
         check_args(args)
