@@ -87,3 +87,8 @@ def check_poses(poses: torch.Tensor) -> None:
         raise InputError("poses: expected finite values, got NaN or infinity")
     if (poses[:, 3:].norm(dim=-1) < 1e-6).any():
         raise InputError("poses: expected non-zero quaternions (w, x, y, z)")
+
+
+def clamp_norm(v: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Vectors (..., D) scaled down to at most `max_norm` long (shorter ones unchanged)."""
+    return v * (max_norm / v.norm(dim=-1, keepdim=True).clamp_min(max_norm))

@@ -20,10 +20,11 @@ from tensordict import TensorDict
 
 from sim.backends.protocol import SceneBackend
 from sim.backends.scene import SceneCfg
+from sim.config import build
 from sim.envs.snapshot import EnvSnapshot
 from sim.envs.spaces import Space
 from sim.envs.terms import RewardTerm, total
-from sim.errors import InputError, require_int
+from sim.errors import InputError, require, require_int
 
 
 def check_device(device: torch.device | str) -> str:
@@ -42,9 +43,10 @@ def check_device(device: torch.device | str) -> str:
 class BatchedEnv(abc.ABC):
     """Base of sonolab's batched environments.
 
-    Subclasses set `num_actions`, `max_episode_length` (steps), `dt` (the control period, s),
-    `cfg` (the task's config, whose `name` is its registered name in `tasks.registry`),
-    `patients`, `scene` (the backend's `sim.backends.protocol.SceneBackend` of the scene the
+    Subclasses set `num_actions`, `config_class`, `max_episode_length` (steps), `dt` (the control
+    period, s), `cfg` (the task's config, whose `name` is its registered name in `tasks.registry`)
+    and `patients` (`_configure` sets these four from a config with episode_steps and control_hz),
+    `scene` (the backend's `sim.backends.protocol.SceneBackend` of the scene the
     task's `scene_cfg(cfg)` describes: generic tools read its arms, base poses and tools) and
     `state_names` (attributes holding per-environment state tensors), and call
     `super().__init__` first. They declare, before their first reset: `reward_terms` (the reward
@@ -61,6 +63,7 @@ class BatchedEnv(abc.ABC):
     """
 
     num_actions: int
+    config_class: type
     max_episode_length: int
     state_names: tuple[str, ...] = ()
     reward_terms: tuple[RewardTerm, ...]
@@ -83,6 +86,21 @@ class BatchedEnv(abc.ABC):
         self.episode_length_buf = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.last_action_excess = torch.zeros(num_envs, device=self.device)  # set by each step
         self.keep_final_obs = False
+
+    def _configure(self, cfg, patients) -> None:
+        """Set `cfg` (the task's config class built from cfg, a mapping or an instance, then checked by
+        the task's `_check_cfg(cfg)`), `patients` (at least one), `max_episode_length` (cfg.episode_steps)
+        and `dt` (1 / cfg.control_hz); InputError naming the setting that is wrong."""
+        cfg = build(self.config_class, cfg, "task config")
+        self._check_cfg(cfg)
+        require(len(patients) > 0, "patients", "at least one patient", "none")
+        self.cfg, self.patients = cfg, list(patients)
+        self.max_episode_length = cfg.episode_steps
+        self.dt = 1.0 / cfg.control_hz
+
+    @staticmethod
+    def _check_cfg(cfg) -> None:
+        """InputError naming the first setting of the task config `cfg` that is out of range."""
 
     # -- hooks
 

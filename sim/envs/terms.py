@@ -40,3 +40,24 @@ def total(values: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """(N,) the sum of the weighted term values, added left to right in their order."""
     require(len(values) > 0, "reward terms", "at least one term", "none")
     return functools.reduce(operator.add, values.values())
+
+
+def progress(previous_error: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """Error removed this step (positive when moving toward the goal), in the error's units."""
+    return previous_error - error
+
+
+def action_change(action: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:
+    """(N,) squared change of the action (N, A) since the last step (jerky motion)."""
+    return (action - last_action).square().sum(-1)
+
+
+def terms_from_config(
+    fns: Mapping[str, Callable[[Any], torch.Tensor]], weights: Any, what: str
+) -> tuple[RewardTerm, ...]:
+    """One `RewardTerm` per entry of fns {name: fn}, in its order, weighted by the attribute of that
+    name of `weights` (a task's reward config); InputError naming `what`.<name> unless the weight is
+    finite and >= 0 (penalties are negative terms already)."""
+    return tuple(
+        RewardTerm(name, fn, require_number(getattr(weights, name), f"{what}.{name}", 0.0)) for name, fn in fns.items()
+    )

@@ -96,6 +96,14 @@ class Arm:
         self.base_pose = base_pose
 
     @property
+    def reach_m(self) -> float:
+        """The farthest the tool frame can be from the base origin (m): the sum of the fixed distances
+        between consecutive frames of the chain (a joint only turns what follows it), an upper bound."""
+        frames = self._chain_for(torch.float32).forward_kinematics_tensor(self.home.float()[None])[:, 0, :3, 3]
+        origins = torch.cat([torch.zeros_like(frames[:1]), frames])
+        return float((origins[1:] - origins[:-1]).norm(dim=-1).sum())
+
+    @property
     def dof(self) -> int:
         """Number of actuated joints."""
         return len(self.joint_names)

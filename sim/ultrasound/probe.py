@@ -8,7 +8,7 @@ phased probes fan out from the face centre (radius 0). Metres and radians throug
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Mapping
 
 import torch
@@ -85,6 +85,16 @@ class ProbeSpec:
         """A spec from a mapping of fields; defaults for what it leaves out, unknown keys refused (InputError)."""
         return build(cls, cfg, "probe config")
 
+    @classmethod
+    def policy_probe(cls, probe: str | Mapping | ProbeSpec, image_size: int) -> ProbeSpec:
+        """A probe (preset name, field mapping or spec) imaging a square policy image of image_size
+        pixels, one scan line per column and one sample per row (the tasks' observation images)."""
+        if isinstance(probe, str):
+            probe = cls.preset(probe)
+        elif not isinstance(probe, ProbeSpec):
+            probe = cls.from_dict(probe)
+        return replace(probe, image_height=image_size, image_width=image_size, lines=None, samples=None)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -131,6 +141,14 @@ class ProbeSpec:
         if self.elevation_rays == 1:
             return torch.zeros(1, device=device)
         return torch.linspace(-self.elevation_m / 2, self.elevation_m / 2, self.elevation_rays, device=device)
+
+    @property
+    def face_half_width_m(self) -> float:
+        """Half the probe face's width along its x (m): the aperture (linear, phased) or the curved
+        face's chord (convex): how far the probe body reaches across the skin from its centre."""
+        if self.kind == "convex":
+            return self.radius_m * math.sin(math.radians(self.fov_deg) / 2)
+        return self.width_m / 2
 
     def image_extent(self) -> tuple[float, float, float, float]:
         """(x_min, x_max, z_min, z_max) of the output image in the probe frame, metres."""

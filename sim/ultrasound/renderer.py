@@ -32,7 +32,7 @@ CPU and kernels on CUDA (`RendererConfig.compile`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import torch
@@ -500,3 +500,11 @@ class Renderer:
             params.dynamic_range_db,
             *tool,
         )
+
+
+def step_and_reset_renderers(bank, probe: ProbeSpec, config: RendererConfig) -> tuple[Renderer, Renderer]:
+    """A task's two renderers over one bank: the step renderer (compiled if config says so) and the
+    one resets use. Resets render a varying number of environments, which a compiled renderer would
+    recompile for at every new batch size, so a compiled step renderer gets an eager twin."""
+    step = Renderer(bank, probe, config=config)
+    return step, (Renderer(bank, probe, config=replace(config, compile=False)) if config.compile else step)

@@ -24,6 +24,7 @@ from sim.config import build
 from sim.errors import require
 from sim.robot.contact import SkinBank
 from sim.robot.safety import ANGULAR_SPEED_RAD_S, SPEED_M_S, ExportSettings, SafetyLimits
+from sim.transforms import clamp_norm
 from sim.ultrasound.placement import skin_state_from_pose
 from tasks.us_nav.config import UsNavCfg
 from tasks.us_nav.mdp import actions, observations
@@ -231,7 +232,7 @@ class Controller:
             self.command = (
                 pose[:, [0, 2]],
                 yaw.clamp(*cfg.actions.yaw_range_rad),
-                actions.clamp_norm(tilt, cfg.actions.max_tilt_rad),
+                clamp_norm(tilt, cfg.actions.max_tilt_rad),
             )
         self.goal_pose = None if session.goal_pose is None else _row(session.goal_pose)
         self.goal_image = None if session.goal_image is None else _row(session.goal_image)

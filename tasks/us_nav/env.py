@@ -9,7 +9,6 @@ cannot reach), contact and the ultrasound image come from the pose the arm actua
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Mapping, Sequence
 
 import torch
@@ -27,22 +26,13 @@ from sim.envs.terms import weighted
 from sim.errors import InputError, require, require_number
 from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
-from sim.ultrasound.renderer import Renderer, RendererConfig, RenderParams
+from sim.ultrasound.renderer import RendererConfig, RenderParams, step_and_reset_renderers
 from tasks.us_nav.config import UsNavCfg
 from tasks.us_nav.mdp import actions, goals, observations, rewards, terminations
 from tasks.us_nav.spaces import action_space, observation_spaces
 
 RENDER_PARAM_NAMES = ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue")
 ARM, PROBE = "probe_arm", "probe"  # the scene's one robot and the tool it holds
-
-
-def probe_spec(probe: str | Mapping | ProbeSpec, image_size: int) -> ProbeSpec:
-    """The probe (preset name, field mapping or spec) with a square policy image of image_size px."""
-    if isinstance(probe, str):
-        probe = ProbeSpec.preset(probe)
-    elif not isinstance(probe, ProbeSpec):
-        probe = ProbeSpec.from_dict(probe)
-    return replace(probe, image_height=image_size, image_width=image_size, lines=None, samples=None)
 
 
 class UsNavEnv(BatchedEnv):
@@ -70,14 +60,8 @@ class UsNavEnv(BatchedEnv):
         backend: str | Mapping | SceneBackend = "torch",
     ) -> None:
         super().__init__(num_envs, device, seed)
-        cfg = build(UsNavCfg, cfg, "task config")
-        self._check_cfg(cfg)
-        require(len(patients) > 0, "patients", "at least one patient", "none")
-        self.cfg = cfg
-        self.patients = list(patients)
-        self.max_episode_length = cfg.episode_steps
-        self.dt = 1.0 / cfg.control_hz
-        dev = self.device
+        self._configure(cfg, patients)
+        cfg, dev = self.cfg, self.device
         self.scene = make_scene(backend, self.patients, self.scene_cfg(cfg), num_envs, dev)
         self.arm = self.scene.arms[ARM]
         self.goal_names = goals.goal_names(cfg.goal.levels, cfg.goal.views)
@@ -165,16 +149,9 @@ class UsNavEnv(BatchedEnv):
     def _init_imaging(self, probe: str | Mapping | ProbeSpec) -> None:
         cfg, dev = self.cfg, self.device
         self.bank = PatientBank(self.patients, dev)
-        self.probe = probe_spec(probe, cfg.observation.image_size)
+        self.probe = ProbeSpec.policy_probe(probe, cfg.observation.image_size)
         render_cfg = build(RendererConfig, cfg.renderer, "task.renderer")
-        self.renderer = Renderer(self.bank, self.probe, config=render_cfg)
-        # Resets render a varying number of environments; a compiled renderer would recompile
-        # for every new batch size, so they use an eager twin over the same bank.
-        self.reset_renderer = (
-            Renderer(self.bank, self.probe, config=replace(render_cfg, compile=False))
-            if render_cfg.compile
-            else self.renderer
-        )
+        self.renderer, self.reset_renderer = step_and_reset_renderers(self.bank, self.probe, render_cfg)
         p, g = self.goal_poses.shape[:2]
         patient = torch.arange(p, device=dev).repeat_interleave(g)
         images = self.reset_renderer.render(self.goal_poses.reshape(p * g, 7), patient)

@@ -9,15 +9,10 @@ from __future__ import annotations
 import torch
 
 from sim.robot.contact import SkinBank
+from sim.transforms import clamp_norm
 from sim.ultrasound.placement import probe_pose_on_skin, skin_rotation
 from tasks.us_nav.config import ActionCfg
 from tasks.us_nav.mdp.terminations import pose_errors
-
-
-def clamp_norm(v: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """Vectors (N, D) scaled down to at most `max_norm` long."""
-    norm = v.norm(dim=-1, keepdim=True)
-    return v * (max_norm / norm.clamp_min(max_norm))
 
 
 def lagging(targets: torch.Tensor, poses: torch.Tensor, cfg: ActionCfg) -> torch.Tensor:

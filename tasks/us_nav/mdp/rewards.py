@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sim.envs.terms import RewardTerm
-from sim.errors import require_number
+from sim.envs.terms import RewardTerm, action_change, progress, terms_from_config
 from tasks.us_nav.config import RewardCfg
 
 
@@ -34,19 +33,9 @@ class StepOutcome:
     action_excess: torch.Tensor
 
 
-def progress(previous_error: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
-    """Error removed this step (positive when moving toward the goal), in the error's units."""
-    return previous_error - error
-
-
 def excess_force(force_n: torch.Tensor, max_force_n: float) -> torch.Tensor:
     """Newtons of contact force above max_force_n (0 below it): the contact_force cost."""
     return (force_n - max_force_n).clamp_min(0.0)
-
-
-def action_change(action: torch.Tensor, last_action: torch.Tensor) -> torch.Tensor:
-    """Squared change of the action since the last step (jerky motion)."""
-    return (action - last_action).square().sum(-1)
 
 
 # Term name -> value on a StepOutcome: metres, radians, 1 (success), newtons, squared action units.
@@ -61,9 +50,5 @@ TERMS = {
 
 
 def reward_terms(cfg: RewardCfg) -> tuple[RewardTerm, ...]:
-    """The reward of `cfg`: every term of `TERMS` with its weight (InputError naming
-    task.reward.<name> unless finite and >= 0; penalties are negative terms already)."""
-    return tuple(
-        RewardTerm(name, fn, require_number(getattr(cfg, name), f"task.reward.{name}", 0.0))
-        for name, fn in TERMS.items()
-    )
+    """The reward of `cfg`: every term of `TERMS` with its weight (`sim.envs.terms.terms_from_config`)."""
+    return terms_from_config(TERMS, cfg, "task.reward")
