@@ -7,7 +7,7 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from sim.anatomy.phantom import CANCELLOUS_HU, TISSUE_HU, PhantomParams, make_phantom
+from sim.anatomy.phantom import CANCELLOUS_HU, CORTICAL_HU, TISSUE_HU, PhantomParams, make_phantom
 from sim.anatomy.tissues import TISSUE_ID
 from sim.errors import InputError
 
@@ -89,11 +89,12 @@ def test_ct_per_tissue(phantom):
     for name in ["fat", "muscle", "water", "blood", "air", "liver", "kidney", "skin"]:
         values = p.ct[p.tissue == TISSUE_ID[name]]
         assert abs(np.median(values) - TISSUE_HU[name]) < 15, name
-    # Bone is a cortical shell (TISSUE_HU) around cancellous vertebral bodies (CANCELLOUS_HU).
-    bone = p.ct[p.tissue == TISSUE_ID["bone"]]
-    split = (TISSUE_HU["bone"] + CANCELLOUS_HU) / 2
-    assert abs(np.median(bone[bone > split]) - TISSUE_HU["bone"]) < 15
-    assert abs(np.median(bone[bone <= split]) - CANCELLOUS_HU) < 15
+    # Every bone is a cortical shell (CORTICAL_HU) over a cancellous core (CANCELLOUS_HU): at 2 mm voxels
+    # the outermost voxel layer (centre 1 mm deep, within the 1.5 mm cortex) is cortex, deeper ones (3 mm) not.
+    bone = p.tissue == TISSUE_ID["bone"]
+    layer = ndimage.distance_transform_edt(bone)  # 1 on the outermost layer
+    assert abs(np.median(p.ct[bone & (layer == 1)]) - CORTICAL_HU) < 15
+    assert abs(np.median(p.ct[bone & (layer >= 2)]) - CANCELLOUS_HU) < 15
     assert 5 < np.std(p.ct[p.tissue == TISSUE_ID["fat"]]) < 20  # mild noise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,11 @@ def assert_same_patient(a: Patient, b: Patient) -> None:
         for view, plane in lm.planes.items():
             for f in ("origin", "normal", "u", "v"):
                 np.testing.assert_array_equal(getattr(plane, f), getattr(other.planes[view], f))
+    assert a.plans.keys() == b.plans.keys()
+    for key, plan in a.plans.items():
+        other = b.plans[key]
+        for f in dataclasses.fields(plan):
+            np.testing.assert_array_equal(getattr(plan, f.name), getattr(other, f.name))
     assert a.meshes.keys() == b.meshes.keys()
     for name, mesh in a.meshes.items():
         np.testing.assert_array_equal(mesh.vertices, b.meshes[name].vertices)
@@ -61,10 +67,11 @@ def test_phantom_second_prepare_hits_the_cache(tmp_path: Path) -> None:
         "landmarks.json",
         "meshes.npz",
         "meta.json",
+        "plans.json",
         "skin.npz",
         "volumes.npz",
     ]
-    assert cold.patient.landmarks and cold.patient.meshes and cold.patient.skin is not None
+    assert cold.patient.landmarks and cold.patient.plans and cold.patient.meshes and cold.patient.skin is not None
     assert_same_patient(cold.patient, warm.patient)
     assert t2 - t1 < t1 - t0
 
@@ -175,3 +182,18 @@ def test_script_prints_summary_and_cache_path_last(repo_root: Path, tmp_path: Pa
     lines = run.stdout.strip().splitlines()
     assert Path(lines[-1]).parent == tmp_path and (Path(lines[-1]) / "meta.json").is_file()
     assert any(line.startswith("lumbar:") and "L3" in line for line in lines)
+    assert not any(line.startswith("level") for line in lines)  # the plan table only with --plans
+
+
+def test_script_prints_the_plan_table_before_the_summary(repo_root: Path, tmp_path: Path) -> None:
+    run = _script(
+        repo_root, "--phantom", "--seed", "2", "--spacing", "4", "--no-meshes", "--plans", "--cache-dir", str(tmp_path)
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    header = lines[0].split()
+    assert header[:3] == ["level", "side", "transverse"] and "clearance" in header
+    rows = [line.split() for line in lines[1 : lines.index(next(x for x in lines if x.startswith("patient:")))]]
+    assert rows and all(row[0] in {"L1", "L2", "L3", "L4", "L5"} and row[1] in {"left", "right"} for row in rows)
+    assert len({len(line) for line in lines[: len(rows) + 1]}) == 1  # aligned columns
+    assert Path(lines[-1]).parent == tmp_path

@@ -5,8 +5,10 @@
     sonolab-prepare-patient dicom_folder/ --series IM0001.dcm   # one of several series
     sonolab-prepare-patient --labels seg.nii.gz                  # label-only
     sonolab-prepare-patient --phantom --seed 3
+    sonolab-prepare-patient --phantom --seed 0 --plans          # with the pedicle-screw plans
 
-Prints a short summary; the last line is the cache entry's path. Exit code 2 on bad input.
+Prints a short summary (with --plans, first a table of the pedicle-screw plans, one row per level
+and side); the last line is the cache entry's path. Exit code 2 on bad input.
 
 The `sonolab-prepare-patient` command (installed sonolab, any folder) and scripts/prepare_patient.py run `main`.
 """
@@ -17,8 +19,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from sim.anatomy.plans import plan_report
 from sim.anatomy.prepare import prepare
 from sim.errors import InputError
+
+# The plan table: (report key, header, format) per column; headers carry the units.
+PLAN_COLUMNS = (
+    ("level", "level", "{}"),
+    ("side", "side", "{}"),
+    ("transverse_deg", "transverse deg", "{:.1f}"),
+    ("sagittal_deg", "sagittal deg", "{:.1f}"),
+    ("isthmus_width_mm", "isthmus mm", "{:.1f}"),
+    ("screw_diameter_mm", "screw mm", "{:.1f}"),
+    ("length_mm", "length mm", "{:.1f}"),
+    ("clearance_mm", "clearance mm", "{:.2f}"),
+    ("within_range", "in range", "{}"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--phantom", action="store_true", help="the procedural phantom instead of a CT")
     ap.add_argument("--seed", type=int, default=0, help="phantom seed")
     ap.add_argument("--no-meshes", action="store_true", help="skip bone and body meshes")
+    ap.add_argument("--plans", action="store_true", help="print the pedicle-screw plans (one row per level and side)")
     ap.add_argument("--cache-dir", help="cache folder (default $SONOLAB_CACHE or ~/.cache/sonolab/patients)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
@@ -66,6 +83,26 @@ def config_from_args(args: argparse.Namespace) -> dict:
     return {"source": "nifti", "ct": args.ct, **loader}
 
 
+def plan_table(rows: list[dict]) -> list[str]:
+    """`sim.anatomy.plans.plan_report` rows as aligned text lines, a header first (text left, numbers right)."""
+    cells = [[header for _, header, _ in PLAN_COLUMNS]]
+    for row in rows:
+        values = {
+            **row,
+            "level": row["level"].removeprefix("vertebrae_"),
+            "within_range": "yes" if row["within_range"] else "NO",
+        }
+        cells.append([fmt.format(values[key]) for key, _, fmt in PLAN_COLUMNS])
+    widths = [max(len(r[c]) for r in cells) for c in range(len(PLAN_COLUMNS))]
+    text = {"level", "side"}
+    return [
+        "  ".join(
+            cell.ljust(w) if key in text else cell.rjust(w) for cell, w, (key, _, _) in zip(r, widths, PLAN_COLUMNS)
+        ).rstrip()
+        for r in cells
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -74,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     p = result.patient
+    if args.plans:
+        print("\n".join(plan_table(plan_report(p.plans))) if p.plans else "plans:      none found")
     spacing_mm = ", ".join(f"{s * 1e3:.3g}" for s in p.spacing)
     lumbar = [n.removeprefix("vertebrae_") for n in p.landmarks]
     print(f"patient:    {p.name} ({p.split})")

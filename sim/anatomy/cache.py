@@ -8,6 +8,7 @@ Layout of one entry, `<cache_dir>/<key>/` (key: 32 hex digits of a SHA-256):
                     ct (I, J, K) float32 HU when present; uncompressed so a hit is a plain read
     skin.npz        x0, z0, dx, dz (scalars, metres), y (A, B), normal (A, B, 3)   [if derived]
     landmarks.json  vertebra -> centre, axes, planes (origin, normal, u, v), metres  [if derived]
+    plans.json      "vertebrae_Lx/side" -> the `ScrewPlan`'s fields (metres, degrees)  [if any planned]
     meshes.npz      "<name>/vertices" (V, 3) float64 metres, "<name>/faces" (F, 3)  [if derived]
 
 No pickle: arrays go to .npz (loaded with allow_pickle=False), the rest to JSON (floats round-trip
@@ -34,16 +35,18 @@ import tempfile
 import time
 import warnings
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
 from sim.anatomy.patient import Patient, Plane, SkinSurface, VertebraLandmarks
+from sim.anatomy.plans import ScrewPlan
 from sim.errors import InputError
 from sim.resources import conf_dir
 
-CACHE_FORMAT = 2  # 2: meta.json lists the entry's files
+CACHE_FORMAT = 3  # 2: meta.json lists the entry's files; 3: plans.json
 CACHE_ENV = "SONOLAB_CACHE"
 HASH_BYTES_LIMIT = 1 << 30
 TMP_PREFIX = ".tmp-"
@@ -171,6 +174,8 @@ def _write_patient(patient: Patient, folder: Path) -> None:
         (folder / "landmarks.json").write_text(
             json.dumps({k: _landmarks_to_json(v) for k, v in patient.landmarks.items()})
         )
+    if patient.plans:
+        (folder / "plans.json").write_text(json.dumps({k: _plan_to_json(v) for k, v in patient.plans.items()}))
     if patient.meshes:
         arrays = {}
         for name, mesh in patient.meshes.items():
@@ -199,6 +204,9 @@ def _read_patient(folder: Path, meta: dict) -> Patient:
     if (folder / "landmarks.json").is_file():
         raw = json.loads((folder / "landmarks.json").read_text())
         patient.landmarks = {k: _landmarks_from_json(v) for k, v in raw.items()}
+    if (folder / "plans.json").is_file():
+        raw = json.loads((folder / "plans.json").read_text())
+        patient.plans = {k: _plan_from_json(v) for k, v in raw.items()}
     if (folder / "meshes.npz").is_file():
         with np.load(folder / "meshes.npz", allow_pickle=False) as m:
             names = sorted({k.rsplit("/", 1)[0] for k in m.files})
@@ -216,3 +224,19 @@ def _landmarks_to_json(lm: VertebraLandmarks) -> dict:
 def _landmarks_from_json(d: dict) -> VertebraLandmarks:
     planes = {view: Plane(**{f: np.array(v) for f, v in p.items()}) for view, p in d["planes"].items()}
     return VertebraLandmarks(d["name"], np.array(d["centre"]), np.array(d["axes"]), planes)
+
+
+_PLAN_ARRAYS = ("entry", "target")
+
+
+def _plan_to_json(plan: ScrewPlan) -> dict:
+    out = {}
+    for f in fields(plan):
+        value = getattr(plan, f.name)
+        out[f.name] = value.tolist() if f.name in _PLAN_ARRAYS else value
+    return out
+
+
+def _plan_from_json(d: dict) -> ScrewPlan:
+    values = {f.name: d[f.name] for f in fields(ScrewPlan)}
+    return ScrewPlan(**{k: np.array(v, dtype=np.float64) if k in _PLAN_ARRAYS else v for k, v in values.items()})

@@ -1,10 +1,11 @@
-"""Fill a patient's derived data: skin surface, vertebra landmarks and meshes."""
+"""Fill a patient's derived data: skin surface, vertebra landmarks, pedicle-screw plans and meshes."""
 
 from __future__ import annotations
 
 from sim.anatomy.landmarks import vertebra_landmarks
 from sim.anatomy.meshes import bone_meshes
 from sim.anatomy.patient import Patient
+from sim.anatomy.plans import screw_plans
 from sim.anatomy.surface import body_mesh, skin_surface
 from sim.errors import require
 
@@ -24,7 +25,7 @@ def check_derivable(shape: tuple[int, ...], what: str) -> None:
 
 
 def derive(patient: Patient, meshes: bool = True) -> Patient:
-    """Set `patient.skin`, `patient.landmarks` and (if `meshes`) `patient.meshes` in place.
+    """Set `patient.skin`, `patient.landmarks`, `patient.plans` and (if `meshes`) `patient.meshes` in place.
 
     `meshes` holds one trimesh per bone structure plus "body" (patient frame, metres); skip
     them (`meshes=False`) when only the renderer and the probe placement need the patient.
@@ -33,6 +34,7 @@ def derive(patient: Patient, meshes: bool = True) -> Patient:
     check_derivable(patient.shape, f"patient '{patient.name}'")
     patient.skin = skin_surface(patient)
     patient.landmarks = vertebra_landmarks(patient)
+    patient.plans = screw_plans(patient)
     if meshes:
         patient.meshes = {**bone_meshes(patient), "body": body_mesh(patient)}
     return patient

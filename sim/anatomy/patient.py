@@ -9,11 +9,15 @@ affine's 3x3 block is `diag(spacing)` up to a small rotation for oblique scans.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sim.anatomy.tissues import TISSUE_CLASSES
 from sim.errors import InputError
+
+if TYPE_CHECKING:  # plans.py builds on this module
+    from sim.anatomy.plans import ScrewPlan
 
 
 @dataclass
@@ -75,7 +79,8 @@ class Patient:
     ct: optional (I, J, K) float32 Hounsfield units.
     split: "train" or "test".
     Derived (filled by `sim.anatomy.derive`): `skin`, `landmarks` (vertebra name -> landmarks,
-    lumbar levels present), `meshes` (name -> trimesh.Trimesh in the patient frame).
+    lumbar levels present), `plans` ("vertebrae_Lx/left" or ".../right" -> pedicle-screw plan,
+    `sim.anatomy.plans`), `meshes` (name -> trimesh.Trimesh in the patient frame).
     """
 
     name: str
@@ -87,6 +92,7 @@ class Patient:
     split: str = "train"
     skin: SkinSurface | None = None
     landmarks: dict[str, VertebraLandmarks] = field(default_factory=dict)
+    plans: dict[str, ScrewPlan] = field(default_factory=dict)
     meshes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -113,6 +114,29 @@ _LEVELS = (
     ("T12", 40.0, 30.0, 23.0, 7.0, 35.0, 24.0, 14.0, 3.0, 4.0),
 )
 
+
+class Pedicle(NamedTuple):
+    """Pedicle morphometry of one level: isthmus width and height (mm) and the transverse angle
+    (deg) of the pedicle axis, which converges medially as it runs anterior."""
+
+    width_mm: float
+    height_mm: float
+    transverse_deg: float
+
+
+# Lumbar means of Zindrick et al. (Spine 1987; REFERENCE section 7): the isthmus widens and the axis
+# converges more from L1 to L5. T12 is a little narrower than L1 and S1 is like L5 (outside the table).
+PEDICLES: dict[str, Pedicle] = {
+    "vertebrae_T12": Pedicle(7.8, 15.0, 10.0),
+    "vertebrae_L1": Pedicle(8.7, 15.4, 11.0),
+    "vertebrae_L2": Pedicle(8.9, 15.0, 12.0),
+    "vertebrae_L3": Pedicle(10.3, 14.9, 14.0),
+    "vertebrae_L4": Pedicle(12.9, 14.8, 18.0),
+    "vertebrae_L5": Pedicle(18.0, 14.0, 30.0),
+    "vertebrae_S1": Pedicle(18.0, 14.0, 30.0),
+}
+_CANAL_GAP_MM = 0.5  # bone-free gap between a pedicle and the canal, which is painted first and never covered
+
 STRUCTURE_NAMES: dict[str, int] = {
     name: i + 1
     for i, name in enumerate(
@@ -136,7 +160,8 @@ STRUCTURE_NAMES: dict[str, int] = {
     )
 }
 
-# CT numbers per tissue class (HU); cancellous bone inside vertebral bodies gets its own value.
+# CT numbers per tissue class (HU). Bone is split by depth below its surface (`_bone_hu`): a cortical
+# shell CORTEX_MM thick at CORTICAL_HU over cancellous bone at CANCELLOUS_HU ("bone" classifies).
 TISSUE_HU: dict[str, float] = {
     "air": -1000.0,
     "water": 10.0,
@@ -151,7 +176,9 @@ TISSUE_HU: dict[str, float] = {
     "bone": 700.0,
     "lung": -800.0,
 }
-CANCELLOUS_HU = 250.0
+CANCELLOUS_HU = 250.0  # adult lumbar trabecular bone
+CORTICAL_HU = 1200.0  # lumbar cortical bone (1000-1800 HU)
+CORTEX_MM = 1.5  # the middle of the 1-2 mm lumbar cortex (the drill's label path uses the same, DrillCfg.cortex_m)
 _TORSO_EXPONENT = 2.3  # superellipse: a flatter back and sides than an ellipse
 _MAX_VOXELS = 200_000_000
 MAX_SPACING_MM = 4.0  # coarser grids lose the laminae of some levels and with them lumbar landmarks
@@ -306,6 +333,50 @@ def _layout_spine(rng: np.random.Generator, p: PhantomParams) -> list[_Vertebra]
     return spine
 
 
+def _ellipse_entry(start: np.ndarray, direction: np.ndarray, half: tuple[float, float]) -> float | None:
+    """Smallest t >= 0 at which start + t * direction ((2,) each, mm) is on or inside the ellipse of
+    semi-axes `half` centred at 0, or None if the ray misses it."""
+    a = float(np.sum((direction / half) ** 2))
+    b = 2.0 * float(np.sum(start * direction / np.square(half)))
+    c = float(np.sum((start / half) ** 2)) - 1.0
+    if c <= 0:
+        return 0.0
+    disc = b * b - 4 * a * c
+    if disc < 0:
+        return None
+    t = (-b - np.sqrt(disc)) / (2 * a)
+    return float(t) if t >= 0 else None
+
+
+def _pedicle(v: _Vertebra, side: float) -> _Solid:
+    """The pedicle on `side` (-1 left, +1 right) of `v`: an elliptic cylinder of the level's isthmus
+    width x height (`PEDICLES`, scaled by the vertebra) whose axis runs in the transverse plane from
+    posterolateral to anteromedial at the level's transverse angle (patient frame, mm).
+
+    Its medial wall is the tangent, at that angle, of the canal's elliptic cross-section (plus
+    `_CANAL_GAP_MM`), so the pedicle walls the canal in without narrowing it. It runs from behind the
+    canal's back wall, where the lamina starts, into the body until all of its width is in (+2 mm).
+    """
+    ped = PEDICLES[v.name]
+    k = v.scale
+    half_w, half_h = ped.width_mm * k / 2, ped.height_mm * k / 2
+    theta = np.deg2rad(ped.transverse_deg)
+    c, s = np.cos(theta), np.sin(theta)
+    crx, cry = v.canal_half
+    y_canal = -(v.depth + cry - 0.5)  # the canal's centre line (see `_tubes`)
+    lateral = np.array([side * c, s])  # in-plane unit normal of the axis, pointing away from the canal
+    direction = np.array([-side * s, c])  # along the axis, anterior and medial
+    # The canal's support in the lateral direction: the farthest its ellipse reaches across the axis.
+    reach = np.hypot(crx * c, cry * s)
+    centre = np.array([side * (reach + _CANAL_GAP_MM + half_w) / c, y_canal])  # axis at the canal's centre depth
+    edges = [centre + o * lateral for o in (-half_w, 0.0, half_w)]
+    entries = [t for e in edges if (t := _ellipse_entry(e, direction, (v.width, v.depth))) is not None]
+    front = max(entries, default=cry) + 2.0 * k
+    back = (y_canal - (-(v.depth + 2 * cry) - 1.0)) / c  # to 1 mm behind the canal's back wall, as the lamina
+    a, b = (np.array([*(centre + t * direction), 0.0]) for t in (-back, front))
+    return _segment("cylinder", v.point(a), v.point(b), v.rotation[:, 0], (half_w, half_h))
+
+
 def _vertebra_solids(v: _Vertebra) -> tuple[_Solid, list[_Solid]]:
     """(body, posterior elements) of one vertebra, patient frame (mm).
 
@@ -316,12 +387,11 @@ def _vertebra_solids(v: _Vertebra) -> tuple[_Solid, list[_Solid]]:
     R = v.rotation
     ex, ez = R[:, 0], R[:, 2]
     arch_y = -(D + 2 * cry)  # posterior wall of the canal
-    xp = crx + 3.0 * k  # pedicle axis, hugging the canal laterally
+    xp = crx + 3.0 * k  # where the laminae, transverse and articular processes attach, beside the canal
     body = _Solid("cylinder", v.centre, R, np.array([W, D, H]))
     parts = []
     for side in (-1.0, 1.0):
-        pedicle = (v.point((side * xp, -(D - 3), 0)), v.point((side * xp, arch_y - 1, 0)))
-        parts.append(_segment("cylinder", *pedicle, ex, (4.5 * k, 7.0 * k)))
+        parts.append(_pedicle(v, side))
         lamina = (v.point((side * xp, arch_y, 0)), v.point((0, arch_y - 7 * k, 0)))
         # Half-height 0.4 H: laminae ~22 mm tall leave the interlaminar gaps a paramedian view shows.
         parts.append(_segment("box", *lamina, ez, (0.4 * H, 2.5 * k), extend=2.0))
@@ -532,8 +602,7 @@ def _rasterise(
     """Paint organs, muscles, vessels, canal, discs and vertebrae into `structures` (in place).
 
     Later structures only overwrite the ids listed as allowed, which fixes the precedence
-    (vertebrae over discs over muscle, but nothing over the canal). Returns the (I, J, K) bool
-    mask of cancellous bone (vertebral body interiors).
+    (vertebrae over discs over muscle, but nothing over the canal).
     """
     S = STRUCTURE_NAMES
     organs, tubes = _organs(spine, organ_scale), _tubes(spine, extend)
@@ -551,7 +620,6 @@ def _rasterise(
     protected = _ids(["spinal_canal", "spinal_cord"], unlabelled=False)
     _paint(structures, grid, _discs(spine), S["intervertebral_disc"], ~protected)
 
-    cancellous = np.zeros(grid.shape, bool)
     vertebra_ids = _ids([v.name for v in spine], unlabelled=False)
     for v in spine:
         vid = S[v.name]
@@ -559,13 +627,7 @@ def _rasterise(
         allowed[vid] = True
         body, parts = _vertebra_solids(v)
         _paint(structures, grid, [body, *parts], vid, allowed)
-        marrow = dataclasses.replace(body, half=body.half - 2.0)  # ~2 mm cortical shell
-        found = _inside(marrow, grid)
-        if found is not None:
-            sl, mask = found
-            cancellous[sl] |= mask & (structures[sl] == vid)
     _drop_fragments(structures, [S[v.name] for v in spine])
-    return cancellous
 
 
 def _drop_fragments(structures: np.ndarray, ids: list[int]) -> None:
@@ -584,10 +646,23 @@ def _drop_fragments(structures: np.ndarray, ids: list[int]) -> None:
             sub[(labels > 0) & (labels != keep)] = 0
 
 
+def _bone_hu(ct: np.ndarray, bone: np.ndarray, spacing_m: float) -> None:
+    """Set bone voxels of ct (I, J, K) to CORTICAL_HU within CORTEX_MM of the bone's surface and to
+    CANCELLOUS_HU deeper (in place): every bone, vertebral bodies and posterior elements alike, has a
+    cortical shell over a cancellous core, as the drill meets it. bone (I, J, K) bool; isotropic voxels."""
+    found = ndimage.find_objects(bone.astype(np.uint8))
+    if not found:
+        return
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in found[0])
+    sub = bone[box]
+    depth_mm = ndimage.distance_transform_edt(sub) * (spacing_m * 1e3)  # to the nearest voxel outside
+    # A voxel centre's depth below the surface (halfway to the outside voxel) is the distance less half a voxel.
+    ct[box][sub] = np.where(depth_mm[sub] - 0.5 * spacing_m * 1e3 < CORTEX_MM, CORTICAL_HU, CANCELLOUS_HU)
+
+
 def _ct_and_tissue(
     structures: np.ndarray,
     body: np.ndarray,
-    cancellous: np.ndarray,
     spacing_m: float,
     noise_hu: float,
     rng: np.random.Generator,
@@ -602,7 +677,7 @@ def _ct_and_tissue(
     ct[~body] = TISSUE_HU["air"]
     tissue = tmap.tissue_volume(structures, STRUCTURE_NAMES, body, np.full(3, spacing_m), ct)
     ct = hu_of_tissue[tissue]  # the skin shell and any reclassified voxels get their tissue's HU
-    ct[cancellous] = CANCELLOUS_HU
+    _bone_hu(ct, tissue == TISSUE_CLASSES.index("bone"), spacing_m)
     ct += rng.standard_normal(ct.shape, dtype=np.float32) * np.float32(noise_hu)
     return ct, tissue
 
@@ -645,9 +720,9 @@ def make_phantom(
     back_y = _posterior_tip(l3) - fat - muscle
     grid = _make_grid(spine, spacing, half_w, half_d, back_y, params.margin_mm)
     body, structures = _torso(grid, spine, half_w, half_d, fat, muscle, back_y)
-    cancellous = _rasterise(grid, spine, structures, organ_scale, extend=params.margin_mm + 40.0)
+    _rasterise(grid, spine, structures, organ_scale, extend=params.margin_mm + 40.0)
     structures[~body] = 0
-    ct, tissue = _ct_and_tissue(structures, body, cancellous, spacing * 1e-3, params.ct_noise_hu, rng)
+    ct, tissue = _ct_and_tissue(structures, body, spacing * 1e-3, params.ct_noise_hu, rng)
 
     affine = np.diag([spacing * 1e-3] * 3 + [1.0])
     affine[:3, 3] = grid.origin * 1e-3
