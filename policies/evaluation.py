@@ -13,7 +13,8 @@ from sim.errors import InputError
 from tasks import registry
 
 Policy = Callable[[TensorDict], torch.Tensor]
-EPISODE = "Episode/"  # the per-episode entries of extras["log"]
+EPISODE = "Episode/"  # the per-episode metrics of extras["log"]
+COST = "Cost/"  # the per-episode cost sums of extras["log"], passed to the summary under their own names
 
 
 def evaluate(
@@ -24,7 +25,8 @@ def evaluate(
 
     Returns the metrics the task's spec declares (`TaskSpec.metrics`, e.g. success_rate,
     pos_err_mm_mean for us_nav), computed by its `summary` from each environment's first
-    episode in the task's per-episode log (extras["log"]["Episode/<name>"]), and episodes.
+    episode in the task's per-episode log (extras["log"]["Episode/<name>"] as "<name>", and the episode
+    sums of its costs as "Cost/<name>"), and episodes.
     """
     task = registry.spec(env.cfg.name)
     n = env.num_envs
@@ -43,7 +45,7 @@ def evaluate(
             if len(ended):
                 new = ~finished[ended]
                 for key, value in extras["log"].items():
-                    if key.startswith(EPISODE):
+                    if key.startswith((EPISODE, COST)):
                         store = first.setdefault(
                             key.removeprefix(EPISODE), torch.full((n,), float("nan"), device=env.device)
                         )

@@ -40,7 +40,8 @@ class TaskSpec:
     controller built from deploy.json; deployment_spec: "module:function" (env, export
     settings) -> deploy.json's task part; deploy_contract: "module:function" (task config,
     what) -> the control and action parts deploy.json must have; sim_session: "module:function"
-    (env) -> the `policies.deploy.robot.Session` of environment 0 (the simulated robot).
+    (env) -> the `policies.deploy.robot.Session` of environment 0 (the simulated robot). A task
+    without these four (None) cannot be exported to or deployed on a robot (`deployment_part`).
     """
 
     name: str
@@ -52,10 +53,10 @@ class TaskSpec:
     summary: Callable[[Mapping[str, Any], float], dict]
     metrics: Mapping[str, str]
     drawing: str
-    controller: str
-    deployment_spec: str
-    deploy_contract: str
-    sim_session: str
+    controller: str | None = None
+    deployment_spec: str | None = None
+    deploy_contract: str | None = None
+    sim_session: str | None = None
     variant: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +117,23 @@ def agent_option(name: str, learner: str) -> str:
 def agent_config_path(name: str, learner: str) -> Path:
     """conf/agent/<option>.yaml: task `name`'s default settings for `learner`."""
     return CONF_DIR / "agent" / f"{agent_option(name, learner)}.yaml"
+
+
+DEPLOYMENT_PARTS = ("controller", "deployment_spec", "deploy_contract", "sim_session")
+
+
+def deployment_part(name: str, part: str) -> Any:
+    """The loaded deployment `part` (one of DEPLOYMENT_PARTS) of task `name`; InputError naming the
+    task, and the tasks that have one, where it registered none (it has no robot deployment)."""
+    require(part in DEPLOYMENT_PARTS, "deployment part", f"one of {list(DEPLOYMENT_PARTS)}", repr(part))
+    path = getattr(spec(name), part)
+    if path is None:
+        able = [n for n in names() if getattr(_SPECS[n], part) is not None]
+        raise InputError(
+            f"task {name!r}: expected a task with a robot deployment (its {part}); {name!r} has none yet, "
+            f"export and deploy work for {able}"
+        )
+    return load(path, f"task {name!r} {part}")
 
 
 def load(path: str, what: str) -> Any:

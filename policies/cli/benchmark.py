@@ -149,7 +149,7 @@ def bench_env(args: argparse.Namespace) -> dict:
     sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
 
     obs = env.reset()
-    forces, successes = [], []
+    forces, logs = [], []
     expert = registry.spec(args.task).expert(env) if args.policy == "expert" else None
 
     def act(obs) -> torch.Tensor:
@@ -168,14 +168,22 @@ def bench_env(args: argparse.Namespace) -> dict:
             if record:
                 snapshot = env.snapshot()
                 forces.append(snapshot.tool_forces[snapshot.tool])
-                successes.append(extras["log"].get("Episode/success", torch.zeros(0, device=env.device)))
+                if extras["log"]:
+                    logs.append(extras["log"])
         sync()
         return time.perf_counter() - t0, episodes
 
     warmup_s, _ = run(args.warmup, record=False)
     seconds, episodes = run(args.steps, record=True)
     force = torch.stack(forces).flatten().float().cpu()
-    ended = torch.cat(successes).float().cpu()
+    task = registry.spec(args.task)
+    # The task's own metrics (its `summary`, as play.py reports them) over every episode that ended.
+    episodes_log = {
+        k.removeprefix("Episode/"): torch.cat([log[k] for log in logs]).float().cpu()
+        for k in (logs[0] if logs else {})
+        if k.startswith(("Episode/", "Cost/"))
+    }
+    metrics = task.summary(episodes_log, env.dt) if logs else {}
     return {
         "benchmark": "env",
         "task": args.task,
@@ -186,13 +194,15 @@ def bench_env(args: argparse.Namespace) -> dict:
         "ms_per_step": round(1000 * seconds / args.steps, 2),
         "episodes_ended": episodes,
         "policy": args.policy,
-        # the primary tool's contact force over every environment step, N, and the ended episodes' success
+        # the primary tool's contact force over every environment step, N; then the task's metrics of
+        # the episodes that ended (success_rate None when none did)
         "contact_force_n": {
             "median": round(force.median().item(), 2),
             "p95": round(force.quantile(0.95).item(), 2),
             "max": round(force.max().item(), 2),
         },
-        "success_rate": round(ended.mean().item(), 3) if len(ended) else None,
+        "success_rate": None,
+        **metrics,
         "warmup_s": round(warmup_s, 1),
         "observation_shapes": {k: list(v.shape[1:]) for k, v in obs.items()},
         "patients": len(env.patients),

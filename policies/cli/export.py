@@ -36,13 +36,13 @@ def export(cfg: DictConfig) -> Path:
     """Export the run's checkpoint to <run>/exported; the `export.*` settings are checked against
     their hard bounds before anything else is done."""
     settings = ExportSettings.from_dict(OmegaConf.to_container(cfg.export, resolve=True), "export")
+    deployment_spec = registry.deployment_part(cfg.task.name, "deployment_spec")  # before any work
     run_dir, checkpoint = trained_run(cfg)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, "train", num_envs=SAMPLE_ENVS)
     learner = learners.get(cfg.learner)
     policy = learner.load_policy(cfg, env, checkpoint)
-    task = registry.spec(cfg.task.name)
-    spec = registry.load(task.deployment_spec, f"task {task.name!r} deployment_spec")(env, settings)
+    spec = deployment_spec(env, settings)
     probe = OmegaConf.to_container(cfg.probe, resolve=True)
     spec["source"] = {"run": str(run_dir), "checkpoint": checkpoint.name, "iteration": policy.iteration, "probe": probe}
     git = run_dir / "git.txt"

@@ -28,7 +28,7 @@ def make_controller(spec: dict):
     name = spec["task"]["name"]
     if name not in registry.names():
         raise InputError(f"deploy.json task {name!r}: no robot-side controller; expected one of {registry.names()}")
-    return registry.load(registry.spec(name).controller, f"task {name!r} controller")(spec)
+    return registry.deployment_part(name, "controller")(spec)
 
 
 class Runtime:

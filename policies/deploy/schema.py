@@ -68,7 +68,7 @@ def task_contract(task: object, what: str) -> dict:
         "an object (the task's settings)",
         type(task["config"]).__name__,
     )
-    contract = registry.load(registry.spec(task["name"]).deploy_contract, f"task {task['name']!r} deploy_contract")
+    contract = registry.deployment_part(task["name"], "deploy_contract")
     return contract(task["config"], f"{what}.config")
 
 

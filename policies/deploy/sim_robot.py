@@ -22,7 +22,7 @@ class SimRobot:
 
     def __init__(self, env) -> None:
         self.env, self.done = env, False
-        self.session = registry.load(registry.spec(env.cfg.name).sim_session, f"task {env.cfg.name!r} sim_session")
+        self.session = registry.deployment_part(env.cfg.name, "sim_session")
         self.first = torch.zeros(1, dtype=torch.long, device=env.device)
 
     def start(self) -> Session:

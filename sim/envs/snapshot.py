@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sim.ultrasound.tools import ToolSegments
+
 
 @dataclass
 class EnvSnapshot:
@@ -21,7 +23,9 @@ class EnvSnapshot:
     tool_forces {tool: (M,)} its contact force in newtons; joint_positions {robot: (M, dof)}
     radians and base_poses {robot: (M, 7)} of each named robot, the first robot holding the
     first tool. goal_pose (M, 7) of the first tool, or None for tasks without a goal pose;
-    image (M, H, W) in [0, 1], the newest ultrasound frame, or None without imaging. extras: the
+    image (M, H, W) in [0, 1], the newest ultrasound frame, or None without imaging. imaged_tools:
+    the metal tools the ultrasound shows (`sim.ultrasound.tools.ToolSegments`, M rows; e.g. a drill),
+    passed to any renderer that images these environments, or None. extras: the
     task's own values for its drawing and reports ({name: tensor (M, ...) or list of M items}).
     """
 
@@ -34,6 +38,7 @@ class EnvSnapshot:
     base_poses: dict[str, torch.Tensor]
     goal_pose: torch.Tensor | None = None
     image: torch.Tensor | None = None
+    imaged_tools: ToolSegments | None = None
     extras: dict = field(default_factory=dict)
 
     @property

@@ -33,11 +33,18 @@ GRADE_EDGES_MM = (0.0, 2.0, 4.0, 6.0)  # a breach above 0 is B, from 2 mm C, fro
 DIRECTIONS = ("medial", "lateral", "superior", "inferior", "anterior")
 
 
-def grade(breach_mm: torch.Tensor) -> torch.Tensor:
+def grade_edges(device: torch.device | str) -> torch.Tensor:
+    """(3,) float32 the grade edges above B (GRADE_EDGES_MM[1:], mm) on `device`, for `grade`."""
+    return torch.tensor(GRADE_EDGES_MM[1:], device=device)
+
+
+def grade(breach_mm: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) int64 Gertzbein-Robbins grade index into GRADES of breach depths (N,) in mm:
-    0 (A) for no breach, 1 (B) for (0, 2), 2 (C) for [2, 4), 3 (D) for [4, 6), 4 (E) from 6."""
-    edges = torch.tensor(GRADE_EDGES_MM[1:], device=breach_mm.device, dtype=breach_mm.dtype)
-    return torch.where(breach_mm > 0, 1 + torch.bucketize(breach_mm, edges, right=True), 0)
+    0 (A) for no breach, 1 (B) for (0, 2), 2 (C) for [2, 4), 3 (D) for [4, 6), 4 (E) from 6.
+    edges: `grade_edges` on breach_mm's device, made once by a caller that must not copy from the
+    host every call (a sync on CUDA); None makes them."""
+    edges = grade_edges(breach_mm.device) if edges is None else edges
+    return torch.where(breach_mm > 0, 1 + torch.bucketize(breach_mm, edges.to(breach_mm.dtype), right=True), 0)
 
 
 @dataclass
@@ -91,6 +98,7 @@ class ChannelBreach:
         self.offsets = torch.arange(0.0, max_length_m + step_m / 2, step_m, device=self.device)  # (S,)
         self.entry_zone_m = entry_zone_m
         self.weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        self.edges = grade_edges(self.device)
 
     def directions(
         self, normals: torch.Tensor, points: torch.Tensor, patient_idx: torch.Tensor, level_idx: torch.Tensor
@@ -132,5 +140,5 @@ class ChannelBreach:
             depth_m=depth_m_worst,
             direction=direction.gather(-1, worst)[:, 0],
             weighted_mm=weighted.amax(-1),
-            grade=grade(depth_m_worst * 1000.0),
+            grade=grade(depth_m_worst * 1000.0, self.edges),
         )

@@ -148,3 +148,35 @@ class VertebraDistance:
         d = self.distance(shifted.reshape(n, s * 6, 3), patient_idx, level_idx).reshape(n, s, 6)
         grad = d[..., :3] - d[..., 3:]
         return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class StructureDistance:
+    """Signed distance (m, negative inside) to the union of the structures `names` present in each
+    patient (e.g. the spinal canal and cord), cropped to them plus margin_m; a patient with none of
+    them is an InputError naming it."""
+
+    def __init__(
+        self,
+        patients: Sequence[Patient],
+        names: Sequence[str],
+        device: torch.device | str = "cpu",
+        margin_m: float = 0.02,
+    ) -> None:
+        require_number(margin_m, "margin_m", 0.0, 0.2, low_open=True)
+        crops, lacking = [], []
+        for patient in patients:
+            ids = [patient.structure_names[n] for n in names if n in patient.structure_names]
+            mask = np.isin(patient.structures, ids) if ids else np.zeros(patient.shape, bool)
+            box = bounding_box(mask, np.ceil(margin_m / patient.spacing).astype(np.int64))
+            if box is None:
+                lacking.append(patient.name)
+                continue
+            crops.append((signed_distance(mask[box[0]], patient.spacing), box[1]))
+        if lacking:
+            raise InputError(f"patients {lacking}: expected labels of any of {list(names)}")
+        far = float(max(np.max(v) for v, _ in crops))
+        self.volumes = CropVolumes(crops, [p.affine for p in patients], far, device, np.float32)
+
+    def distance(self, points: torch.Tensor, patient_idx: torch.Tensor) -> torch.Tensor:
+        """(N, S) signed distance (m) of points (N, S, 3), patient frame, of patients patient_idx (N,). Sync-free."""
+        return self.volumes.sample(points, patient_idx)
