@@ -1,4 +1,4 @@
-"""The probe-holding arm drawn from its URDF's visual primitives, posed by forward kinematics.
+"""An arm drawn from its URDF's visual primitives, posed by forward kinematics.
 
 Each `<visual>` (cylinder, box or sphere, with its origin and material colour) becomes one mesh
 in its link's frame, added to a plotter once; `ArmDrawing.pose` then moves every actor through
@@ -55,7 +55,8 @@ def material_rgb(visual: urdf.Visual, materials: dict[str, tuple[float, ...]]) -
 
 
 class ArmDrawing:
-    """Actors for every link visual of `arm`'s URDF on `plotter`.
+    """Actors for every link visual of `arm`'s URDF on `plotter`, on the links from its root to the
+    arm's tool frame.
 
     `pose(q, base)` places them: q (dof,) joint angles in radians, base (4, 4) transform of the
     robot base in the scene frame (for the torch backend: anchor offset @ `arm.base_pose`).
@@ -73,9 +74,14 @@ class ArmDrawing:
                 f"to be the arm's {arm.joint_names} (a serial arm with no other movable joints)"
             )
         materials = {m.name: tuple(m.color.rgba[:3]) for m in robot.materials if m.color is not None}
+        # Only the links from the root to the arm's tool frame: a URDF may carry other tools at its
+        # flange (the Panda's probe housing beside its drill frame) that this arm does not hold.
+        held = set(robot.get_chain(robot.get_root(), arm.tool_frame, joints=False, links=True))
         self.links: list[str] = []
         self.actors: list[pv.Actor] = []
         for link in robot.links:
+            if link.name not in held:
+                continue
             for visual in link.visuals:
                 mesh = visual_mesh(visual.geometry)
                 if mesh is None:

@@ -1,12 +1,13 @@
 """The scene of one playing environment: a 3-D view with the live ultrasound image beside it.
 
 One `pv.Plotter` with two viewports. Left, in the patient frame (metres): the translucent body,
-the bones, the arm with its probe (posed from the environment's joint angles), the ultrasound
-image as a textured plane at the probe, the task's own layer (its registered `drawing`, e.g.
-us_nav's goal plane), the probe's path in this episode (red) and a status line. Right: the same
-image flat. Images come from a full-size probe (`probe`), not the policy's small one. Everything
-drawn comes from the environment's `snapshot` (`sim.envs.snapshot.EnvSnapshot`). The interactive
-viewer (`sim.viz.viewer`) and play videos (`sim.viz.play_video`) both draw through `PlayScene`.
+the bones, every arm with its tool (posed from the environment's joint angles), the ultrasound
+image as a textured plane at the first tool (with the snapshot's `imaged_tools`, e.g. a drill,
+in it), the task's own layer (its registered `drawing`, e.g. us_nav's goal plane), the probe's
+path in this episode (red) and a status line. Right: the same image flat. Images come from a
+full-size probe (`probe`), not the policy's small one. Everything drawn comes from the
+environment's `snapshot` (`sim.envs.snapshot.EnvSnapshot`). The interactive viewer
+(`sim.viz.viewer`) and play videos (`sim.viz.play_video`) both draw through `PlayScene`.
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ class PlayScene:
         pose = snap.tool_poses[snap.tool][0].detach().cpu().double()
         self.image.user_matrix = pose_matrix(pose)
         task_text = self.task_layer(snap, 0)
+        # The task's metal tools (e.g. a drill; None for us_nav) show here as in the policy's image.
         with torch.inference_mode():
-            ultrasound = self.renderer.render(pose[None].float().to(env.device), snap.patient)[0]
+            at = pose[None].float().to(env.device)
+            ultrasound = self.renderer.render(at, snap.patient, tools=snap.imaged_tools)[0]
         texture = image_texture(self.probe, ultrasound.cpu().numpy())
         self.image.texture = self.panel.texture = texture
         step = int(snap.step[0])
