@@ -58,7 +58,7 @@ def test_the_distance_field_is_exact_at_planar_walls():
     points = torch.tensor([[[x * MM, 0.0, 0.0] for x in (1.0, 7.0, 8.0, 9.5, 10.0, 11.0, 13.0)]])
     d = field.distance(points, torch.tensor([0]), torch.tensor([L3]))[0] / MM
     torch.testing.assert_close(d, torch.tensor([-9.0, -3.0, -2.0, -0.5, 0.0, 1.0, 3.0]), atol=1e-4, rtol=0)
-    normals = field.normal(points[:, 2:3], torch.tensor([0]), torch.tensor([L3]))
+    _, normals = field.distance_and_normal(points[:, 2:3], torch.tensor([0]), torch.tensor([L3]))
     torch.testing.assert_close(normals[0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4, rtol=0)
 
 
@@ -122,3 +122,29 @@ def test_bad_input_names_the_input():
     unlabelled.structure_names = {"spinal_cord": 1}
     with pytest.raises(InputError, match="expected lumbar vertebra labels"):
         VertebraDistance([unlabelled])
+
+
+def test_the_interpolant_gradient_matches_finite_differences():
+    from sim.ultrasound.slicing import sample_trilinear, sample_trilinear_gradient
+
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.rand(6 * 7 * 8, generator=gen)
+    offsets, dims = torch.zeros(1, dtype=torch.long), torch.tensor([[6, 7, 8]])
+    coords = 0.5 + torch.rand(1, 50, 3, generator=gen) * torch.tensor([4.0, 5.0, 6.0])
+    value, grad = sample_trilinear_gradient(flat, offsets, dims, coords)
+    torch.testing.assert_close(value, sample_trilinear(flat, offsets, dims, coords))
+    h = 1e-3  # within a cell the interpolant is smooth: central differences are exact up to rounding
+    eye = torch.eye(3) * h
+    numeric = torch.stack(
+        [
+            (
+                sample_trilinear(flat, offsets, dims, coords + eye[a])
+                - sample_trilinear(flat, offsets, dims, coords - eye[a])
+            )
+            / (2 * h)
+            for a in range(3)
+        ],
+        -1,
+    )
+    near_face = ((coords - coords.round()).abs() < 2 * h).any(-1, keepdim=True)  # a cell boundary within reach
+    torch.testing.assert_close(torch.where(near_face, numeric, grad), numeric, atol=2e-3, rtol=0)

@@ -124,14 +124,13 @@ class ChannelBreach:
         (clamped to max_length_m), drill radius radius_m, in vertebra level_idx (N,) of patients
         patient_idx (N,) (pairs that exist: `field.check_levels`). Sync-free."""
         points = entry[:, None] + axis[:, None] * self.offsets[None, :, None]  # (N, S, 3)
-        d = self.field.distance(points, patient_idx, level_idx)  # (N, S)
+        d, normals = self.field.distance_and_normal(points, patient_idx, level_idx)  # (N, S), (N, S, 3)
         drilled = self.offsets[None] <= depth_m[:, None]
         touching = (d < radius_m) & drilled
         # Where the bit first touches bone; channels that never touch count from beyond their end.
         first = torch.where(touching, self.offsets[None], torch.inf).amin(-1, keepdim=True)
         counted = drilled & (self.offsets[None] >= first + 2 * radius_m + self.entry_zone_m)
         depth = torch.where(counted, (d + radius_m).clamp_min(0.0), 0.0)  # (N, S) metres
-        normals = self.field.normal(points, patient_idx, level_idx)
         direction = self.directions(normals, points, patient_idx, level_idx)
         weighted = depth * 1000.0 * self.weights[direction]
         worst = depth.argmax(-1, keepdim=True)

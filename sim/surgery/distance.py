@@ -25,7 +25,7 @@ from scipy import ndimage
 from sim.anatomy.landmarks import LUMBAR
 from sim.anatomy.patient import Patient
 from sim.errors import InputError, require_number
-from sim.ultrasound.slicing import sample_trilinear
+from sim.ultrasound.slicing import sample_trilinear, sample_trilinear_gradient
 
 
 def bounding_box(mask: np.ndarray, grow: np.ndarray | int = 1) -> tuple[tuple[slice, ...], np.ndarray] | None:
@@ -78,6 +78,14 @@ class CropVolumes:
         m = self.patient_to_voxel[idx]
         coords = points @ m[:, :, :3].transpose(-1, -2) + m[:, None, :, 3]
         return sample_trilinear(self.flat, self.offsets[idx], self.dims[idx], coords)
+
+    def sample_with_gradient(self, points: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, S) float32 trilinear values at points (N, S, 3), patient frame, of crops idx (N,), and their
+        gradient (N, S, 3) with respect to the points (per metre), from one gather."""
+        m = self.patient_to_voxel[idx]
+        coords = points @ m[:, :, :3].transpose(-1, -2) + m[:, None, :, 3]
+        value, grad = sample_trilinear_gradient(self.flat, self.offsets[idx], self.dims[idx], coords)
+        return value, grad @ m[:, :, :3]  # chain rule: d value / d point = (d coords / d point)^T grad
 
     def nbytes(self) -> int:
         return self.flat.numel() * self.flat.element_size()
@@ -137,17 +145,13 @@ class VertebraDistance:
         (`check_levels`; unchecked here, sync-free)."""
         return self.volumes.sample(points, self.crop[patient_idx, level_idx])
 
-    def normal(
-        self, points: torch.Tensor, patient_idx: torch.Tensor, level_idx: torch.Tensor, step_m: float = 5e-4
-    ) -> torch.Tensor:
-        """(N, S, 3) unit outward surface normals at points (N, S, 3): the central-difference
-        gradient of the distance field over +-step_m (zero where the field is flat)."""
-        eye = torch.eye(3, device=points.device, dtype=points.dtype) * step_m
-        shifted = torch.cat([points[:, :, None] + eye, points[:, :, None] - eye], 2)  # (N, S, 6, 3)
-        n, s = points.shape[:2]
-        d = self.distance(shifted.reshape(n, s * 6, 3), patient_idx, level_idx).reshape(n, s, 6)
-        grad = d[..., :3] - d[..., 3:]
-        return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    def distance_and_normal(
+        self, points: torch.Tensor, patient_idx: torch.Tensor, level_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, S) signed distance (m) as `distance` and (N, S, 3) unit outward surface normals at points
+        (N, S, 3): the gradient of the field's trilinear interpolant (zero where the field is flat)."""
+        d, grad = self.volumes.sample_with_gradient(points, self.crop[patient_idx, level_idx])
+        return d, grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 class StructureDistance:

@@ -93,6 +93,30 @@ def sample_trilinear(
     return out
 
 
+def sample_trilinear_gradient(
+    flat: torch.Tensor, offsets: torch.Tensor, dims: torch.Tensor, coords: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear float32 values (N, P) at voxel coordinates (N, P, 3) and the interpolant's gradient
+    (N, P, 3) per voxel step, from the same eight corners (one gather, not six more samples); see
+    `sample_nearest`. Along an axis clamped at a volume's border the gradient is that of its edge cell."""
+    hi = (dims - 1).to(coords.dtype) - 1e-4
+    pos = [coords[..., a].clamp_min(0).minimum(hi[:, a, None]) for a in range(3)]
+    lo = [p.floor() for p in pos]
+    f = [p - floor for p, floor in zip(pos, lo)]
+    i, j, k = (floor.long() for floor in lo)
+    value = torch.zeros_like(coords[..., 0])
+    grad = torch.zeros_like(coords)
+    for di in (0, 1):
+        for dj in (0, 1):
+            for dk in (0, 1):
+                c = flat[_flat_index(offsets, dims, i + di, j + dj, k + dk)].float()
+                wi, wj, wk = (f[0] if di else 1 - f[0]), (f[1] if dj else 1 - f[1]), (f[2] if dk else 1 - f[2])
+                si, sj, sk = (1.0 if di else -1.0), (1.0 if dj else -1.0), (1.0 if dk else -1.0)
+                value += wi * wj * wk * c
+                grad += torch.stack([si * wj * wk, sj * wi * wk, sk * wi * wj], -1) * c[..., None]
+    return value, grad
+
+
 class PlaneSlicer:
     """The CT or tissue-label slice in each environment's image plane, at the probe's pixels.
 
