@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks import registry
+
 
 @dataclass
 class Trajectory:
     """Per control step t: the policy inputs {name: (...)}, the action (A,), the measured pose
-    (7,) of the (primary) tool and the joint angles (dof,) of the robot holding it at which the
-    inputs were taken. status: how it ended."""
+    (7,) of the robot's tool and the joint angles (dof,) of the robot at which the inputs were
+    taken (us_nav: the probe and its arm; us_surgery: the drill and the drill arm). status: how
+    it ended."""
 
     inputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     actions: list[np.ndarray] = field(default_factory=list)
@@ -60,10 +63,13 @@ def load_trajectory(path: str | Path) -> dict[str, np.ndarray]:
 class Env0Recorder:
     """Records environment 0's first episode while `evaluate` runs: wrap the policy with it and
     pass `on_step` to evaluate. names: the observation groups the policy reads. The pose and
-    joint angles are the primary tool's and robot's of the environment's snapshot."""
+    joint angles are those the task's simulated robot reports (`tasks.registry.load_sim_robot`:
+    the primary tool's and robot's of the snapshot, or the task's robot's, us_surgery's drill), as
+    the deploy runtime records them."""
 
     def __init__(self, env, policy, names: list[str]) -> None:
         self.env, self.policy, self.names = env, policy, names
+        self.reading = registry.load_sim_robot(env.cfg.name).reading
         self.trajectory = Trajectory()
         self.finished = False
         self.first = torch.zeros(1, dtype=torch.long, device=env.device)
@@ -71,10 +77,9 @@ class Env0Recorder:
     def __call__(self, obs):
         actions = self.policy(obs)
         if not self.finished:
-            snapshot = self.env.snapshot(self.first)
+            state = self.reading(self.env.snapshot(self.first))
             inputs = {n: obs[n][0].cpu().numpy() for n in self.names}
-            pose, q = snapshot.tool_poses[snapshot.tool][0], snapshot.joint_positions[snapshot.robot][0]
-            self.trajectory.append(inputs, actions[0].cpu().numpy(), pose.cpu().numpy(), q.cpu().numpy())
+            self.trajectory.append(inputs, actions[0].cpu().numpy(), state.probe_pose, state.q)
         return actions
 
     def on_step(self, env) -> None:

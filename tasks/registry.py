@@ -42,6 +42,9 @@ class TaskSpec:
     what) -> the control and action parts deploy.json must have; sim_session: "module:function"
     (env) -> the `policies.deploy.robot.Session` of environment 0 (the simulated robot). A task
     without these four (None) cannot be exported to or deployed on a robot (`deployment_part`).
+    sim_robot: "module:Class" of the simulated robot, built as Class(env) (`load_sim_robot`);
+    the default drives the snapshot's primary tool, a task whose robot holds another tool or
+    reports more (tracked tools, signals) names its own subclass.
     """
 
     name: str
@@ -57,6 +60,7 @@ class TaskSpec:
     deployment_spec: str | None = None
     deploy_contract: str | None = None
     sim_session: str | None = None
+    sim_robot: str = "policies.deploy.sim_robot:SimRobot"
     variant: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -134,6 +138,11 @@ def deployment_part(name: str, part: str) -> Any:
             f"export and deploy work for {able}"
         )
     return load(path, f"task {name!r} {part}")
+
+
+def load_sim_robot(name: str) -> type:
+    """The simulated robot class of task `name` (its spec's sim_robot)."""
+    return load(spec(name).sim_robot, f"task {name!r} sim_robot")
 
 
 def load(path: str, what: str) -> Any:

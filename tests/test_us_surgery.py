@@ -137,3 +137,20 @@ def test_an_external_controller_drills_no_faster_than_the_tissue_allows(patients
     # Through the 12 mm of soft tissue at 6 mm/s of free feed (0.2 s steps), then cortex at a tenth of it.
     assert (travelled <= steps * env.cfg.drill.max_feed_m_s * env.dt + 1e-6).all(), (travelled, steps)
     assert (env.depth < 0.005).all()  # the bit is in bone, not at the far target
+
+
+def test_the_entry_hole_holds_the_bit(patients):
+    env = state_env(patients, 4, start={"standoff_m": 0.012, "offset_m": 0.0, "tilt_rad": 0.0})
+    entry, _, axis = env.plan()
+    env.tip[:] = entry - axis * 1e-3
+    feed = torch.zeros(env.num_envs, env.num_actions)
+    feed[:, 5] = 1.0
+    while not bool((env.entered & (env.depth > 1e-3)).all()):
+        env.step(feed * ~(env.entered & (env.depth > 1e-3))[:, None])
+    before = quat_to_matrix(env.quat)[:, :, 2]
+    push = torch.zeros(env.num_envs, env.num_actions)
+    push[:, 0] = 1.0  # a full push across the bit, 1-3 mm into bone
+    env.step(push)
+    turned = torch.acos((quat_to_matrix(env.quat)[:, :, 2] * before).sum(-1).clamp(max=1.0))
+    assert (turned <= env.cfg.actions.tilt_rad * 1.001).all(), turned
+    assert (turned > 0).all()  # the bone yields a little

@@ -31,12 +31,14 @@ from omegaconf import DictConfig, ListConfig
 from policies.deploy.frames import check_secret
 from policies.deploy.network import NetworkRobot, is_loopback, serve_robot
 from policies.deploy.policy import ENGINES, read_spec
+from policies.deploy.robot import Reports
 from policies.deploy.runtime import Runtime
 from policies.export import EXPORT_DIR
 from policies.workflow import build_env, trained_run
 from sim.errors import InputError, require
 from sim.resources import conf_dir
 from sim.robot.safety import SafetyLimits
+from tasks import registry
 from tasks.schemas import register_schemas
 
 ROBOTS = ("sim", "network", "ros2")
@@ -44,11 +46,11 @@ ROLES = ("runtime", "robot_pc")
 
 
 def simulator(cfg: DictConfig):
-    """Environment 0 of a one-environment run of the trained task (cfg after `trained_run`)."""
-    from policies.deploy.sim_robot import SimRobot
-
+    """Environment 0 of a one-environment run of the trained task (cfg after `trained_run`), as
+    the task's simulated robot (`tasks.registry.load_sim_robot`)."""
+    robot = registry.load_sim_robot(cfg.task.name)
     torch.manual_seed(int(cfg.seed))
-    return SimRobot(build_env(cfg, str(cfg.split), num_envs=1))
+    return robot(build_env(cfg, str(cfg.split), num_envs=1))
 
 
 def _number(d: DictConfig, key: str, low: float, high: float) -> float:
@@ -123,15 +125,18 @@ def deploy(cfg: DictConfig) -> dict:
         print(f"[sonolab] waiting for a robot PC on {d.host}:{robot.port}", flush=True)
         robot.accept()
     else:
-        from policies.deploy.ros2 import Ros2Robot
+        from policies.deploy.ros2 import Ros2Robot, check_reports
 
+        reports = Reports.from_spec(runtime.spec["robot"])
+        check_reports(reports)  # before asking for a session file the adapter could not use
         if d.session is None:
             raise InputError(
-                "deploy.session: expected the .npz session file a ROS 2 robot needs (skin surface, anchor, goal)"
+                "deploy.session: expected the .npz session file a ROS 2 robot needs "
+                "(skin surface, anchor, goal or plan)"
             )
         joints = [j["name"] for j in runtime.spec["robot"]["joints"]]
         images = any(i["name"] == "image" for i in runtime.spec["observation"]["inputs"])
-        robot = Ros2Robot(str(d.session), joints, frame_id=str(d.frame_id), images=images)
+        robot = Ros2Robot(str(d.session), joints, frame_id=str(d.frame_id), images=images, reports=reports)
     episodes, stamp = [], datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # each run its own files
     try:
         for i in range(int(d.episodes)):

@@ -11,9 +11,10 @@ with); patients, split, num_envs, seed and device from the command line. video=t
 rendered off screen). The last line printed is one JSON object: success_rate,
 pos_err_mm_mean, ang_err_deg_mean, episodes and more. viewer=true instead opens an interactive
 3-D window (needs a display; keys in sim/viz/viewer.py) and prints viewer_steps when closed.
-trajectory=true writes environment 0's first episode (policy inputs, actions, probe poses, joint
-angles per step) to <run>/trajectories/play_<split>.npz; sonolab-deploy on the simulator
-reproduces it.
+trajectory=true writes environment 0's first episode (policy inputs, actions, the robot's tool poses
+and joint angles per step) to <run>/trajectories/play_<split>.npz; sonolab-deploy on the simulator
+reproduces it where the task's tool targets move its tool as its actions do (us_nav; us_surgery
+until the bit is in bone, `tasks.us_surgery.deploy.SimDrillRobot`).
 
 The `sonolab-play` command (installed sonolab, any folder) and scripts/play.py run `main`.
 """

@@ -9,7 +9,9 @@ sequenced, HMAC-authenticated with a shared secret). After the hellos:
     robot PC -> runtime: session (`Session.to_arrays`) then state after start; state after each
                          target; stop {reason} when the robot PC stops on its own limits
     state: fields {force_n (N, in [0, 1000]), done (bool), ack (seq of the start or target it
-           answers)}, arrays q (dof,), probe_pose (7,) and, for image policies, frame (H, W)
+           answers)}, arrays q (dof,), probe_pose (7,) and, for image policies, frame (H, W);
+           a robot that reports more (deploy.json robot.reports) adds the field signals
+           {name: number} and an array tool/<name> (7,) per other tracked tool
 
 Either side stops its robot and ends the connection on any protocol error, timeout or
 disconnect. Loopback (127.0.0.0/8, ::1) is the default; any other address needs a shared secret
@@ -35,9 +37,12 @@ from sim.robot.safety import SafetyLimits, SafetyMonitor
 
 MAX_REASON_CHARS = 500
 STATE_FIELDS = {"force_n": float, "done": bool, "ack": int}
+SIGNALS_FIELD = "signals"  # present only when the robot reports signals: a probe robot's frames are unchanged
+TOOL_PREFIX = "tool/"  # the arrays of other tracked tools' poses
 SPEED_TOLERANCE = 1.05  # the runtime clamps targets to the speed limits in float64 and sends float32
 POSITION_TOLERANCE_M = 1e-4
 MAX_PENETRATION_M = 0.01
+FEED_TOLERANCE_M = 1e-5  # float32 targets: a feed at the limit may read a few micrometres over it
 
 
 def is_loopback(host: str) -> bool:
@@ -142,12 +147,14 @@ class NetworkRobot:
 
     def _read(self) -> RobotState:
         _, fields, arrays = self._receive("state")
+        expected = {**STATE_FIELDS, SIGNALS_FIELD: dict} if SIGNALS_FIELD in fields else STATE_FIELDS
+        tools = sorted(k for k in arrays if k.startswith(TOOL_PREFIX))
         require_fields(
             "state",
             fields,
             arrays,
-            STATE_FIELDS,
-            ("q", "probe_pose", "frame") if "frame" in arrays else ("q", "probe_pose"),
+            expected,
+            ("q", "probe_pose", *(("frame",) if "frame" in arrays else ()), *tools),
         )
         if fields["ack"] != self.channel.last_sent:
             raise ProtocolError(
@@ -155,8 +162,11 @@ class NetworkRobot:
             )
         try:
             return check_state(
-                RobotState(arrays["q"], arrays["probe_pose"], fields["force_n"], arrays.get("frame"), fields["done"])
-            )
+                RobotState(
+                    arrays["q"], arrays["probe_pose"], fields["force_n"], arrays.get("frame"), fields["done"],
+                    {k[len(TOOL_PREFIX) :]: arrays[k] for k in tools}, dict(fields.get(SIGNALS_FIELD, {})),
+                )
+            )  # fmt: skip
         except InputError as err:
             raise ProtocolError(f"state from the robot PC: {err}") from None
 
@@ -193,7 +203,9 @@ class RobotGuard:
     """The robot PC's own limits, independent of the runtime: every target must be finite with a
     unit quaternion, inside the workspace box around the session's anchor, within max speed * dt
     (x SPEED_TOLERANCE) of the previous target and at most max_penetration_m below the skin along
-    its normal; every measured state must pass `SafetyMonitor.check` (force, box, speed)."""
+    its normal; every measured state must pass `SafetyMonitor.check` (force, thrust, box, speed).
+    A robot with a feed limit (a drill) goes below the skin by design: for it the advance along the
+    previous target's z axis (the bit) is bounded instead, by max_feed_m_s * dt (x SPEED_TOLERANCE)."""
 
     limits: SafetyLimits
     dt_s: float
@@ -228,25 +240,48 @@ class RobotGuard:
                 pose,
                 f"target turns {turn:.3f} rad from the previous one: above {lim.max_angular_speed_rad_s:.3f} rad/s",
             )
-        skin, normal = skin_point(self.skin, position[0], position[2])
-        if not np.isfinite(skin).all():
-            return pose, "target is not above the skin surface of the session"
-        depth = float(np.dot(skin - position, normal))  # outward normal: positive below the skin
-        if depth > self.max_penetration_m:
-            return pose, f"target {depth * 1000:.1f} mm below the skin (at most {self.max_penetration_m * 1000:.0f} mm)"
+        why = self._feed(position) if lim.max_feed_m_s is not None else self._depth(position)
+        if why is not None:
+            return pose, why
         self.previous = pose
         return pose, None
 
+    def _depth(self, position: np.ndarray) -> str | None:
+        """Why a target at `position` (3,) is too deep below the session's skin, or None."""
+        skin, normal = skin_point(self.skin, position[0], position[2])
+        if not np.isfinite(skin).all():
+            return "target is not above the skin surface of the session"
+        depth = float(np.dot(skin - position, normal))  # outward normal: positive below the skin
+        if depth > self.max_penetration_m:
+            return f"target {depth * 1000:.1f} mm below the skin (at most {self.max_penetration_m * 1000:.0f} mm)"
+        return None
+
+    def _feed(self, position: np.ndarray) -> str | None:
+        """Why a target at `position` (3,) advances along the bit faster than the feed limit, or None."""
+        w, x, y, z = self.previous[3:] / np.linalg.norm(self.previous[3:])
+        bit = np.array([2 * (x * z + y * w), 2 * (y * z - x * w), 1 - 2 * (x * x + y * y)])  # the rotation's z column
+        advance = float(np.dot(position - self.previous[:3], bit))
+        feed = self.limits.max_feed_m_s
+        if advance > feed * self.dt_s * SPEED_TOLERANCE + FEED_TOLERANCE_M:
+            return f"target advances {advance * 1000:.2f} mm along the bit: above {feed * 1000:.1f} mm/s"
+        return None
+
     def state(self, state: RobotState) -> str | None:
         """Why the robot must stop in its measured `state`, or None."""
-        return self.monitor.check(np.asarray(state.q), np.asarray(state.probe_pose), float(state.force_n))
+        return self.monitor.check(
+            np.asarray(state.q), np.asarray(state.probe_pose), float(state.force_n), state.signals
+        )
 
 
 def _send_state(channel: Channel, state: RobotState, ack: int) -> None:
     arrays = {"q": state.q, "probe_pose": state.probe_pose}
     if state.frame is not None:
         arrays["frame"] = state.frame
-    channel.send("state", {"force_n": float(state.force_n), "done": bool(state.done), "ack": ack}, arrays)
+    arrays.update({f"{TOOL_PREFIX}{name}": pose for name, pose in state.tools.items()})
+    fields = {"force_n": float(state.force_n), "done": bool(state.done), "ack": ack}
+    if state.signals:
+        fields[SIGNALS_FIELD] = {name: float(v) for name, v in state.signals.items()}
+    channel.send("state", fields, arrays)
 
 
 def serve_robot(robot: RobotInterface, host: str, port: int, limits: SafetyLimits, dt_s: float, timeout_s: float = 10.0,

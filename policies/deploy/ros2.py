@@ -4,7 +4,12 @@ In: the ultrasound image (sensor_msgs/Image), the probe pose in the task frame
 (geometry_msgs/PoseStamped), joint states (sensor_msgs/JointState) and the probe's wrench
 (geometry_msgs/WrenchStamped). Out: the probe target (geometry_msgs/PoseStamped) for a Cartesian
 impedance controller, which keeps the probe compliant along its beam. The session (skin surface,
-anchor, goal) comes from an .npz file written with `Session.to_arrays` (numpy.savez).
+anchor, goal, task arrays) comes from an .npz file written with `Session.to_arrays` (numpy.savez).
+
+Not supported: a robot that reports more than these (deploy.json robot.reports: other tracked
+tools' poses, named signals such as us_surgery's drill thrust, drilled depth and in-bone state)
+has no standard ROS 2 messages here; `Ros2Robot` refuses such a policy by name before it starts
+(run it over the network bridge, whose robot PC sends them).
 
     python scripts/deploy.py checkpoint=last deploy.robot=ros2 deploy.session=session.npz
 """
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.deploy.robot import RobotState, Session
+from policies.deploy.robot import Reports, RobotState, Session
 from sim.errors import InputError
 
 TOPICS = {
@@ -62,9 +67,20 @@ def contact_force(msg) -> float:
     return float(np.linalg.norm([f.x, f.y, f.z]))
 
 
+def check_reports(reports: Reports | None) -> None:
+    """InputError unless the robot reports nothing beyond what these topics carry (None: nothing)."""
+    if reports is not None and (reports.tools or reports.signals):
+        raise InputError(
+            f"deploy.robot=ros2: this policy's robot reports {reports.describe()} (deploy.json robot.reports), "
+            "which the ROS 2 adapter has no topics for; expected a policy whose robot reports joints, its tool's "
+            "pose and wrench and the ultrasound image only (use deploy.robot=network, whose robot PC sends them)"
+        )
+
+
 class Ros2Robot:
     """`RobotInterface` over ROS 2 topics (see TOPICS; override any). read() waits until every
-    input topic has a message newer than the last read, at most timeout_s."""
+    input topic has a message newer than the last read, at most timeout_s. reports: what
+    deploy.json says the robot reports beyond those topics; anything is refused (InputError)."""
 
     def __init__(
         self,
@@ -74,7 +90,9 @@ class Ros2Robot:
         frame_id: str = "patient",
         images: bool = True,
         timeout_s: float = 1.0,
+        reports: Reports | None = None,
     ) -> None:
+        check_reports(reports)
         try:
             import rclpy
             from geometry_msgs.msg import PoseStamped, WrenchStamped

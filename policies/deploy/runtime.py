@@ -1,9 +1,11 @@
 """The reference runtime: an exported policy drives a robot at its control rate, safely.
 
-Each control step: read the robot's state, stop if it breaks a safety limit, build the policy's
-inputs (the task's robot-side controller), run the policy, turn the action into a probe target,
-clamp the target to the safety limits and send it; in real time the loop keeps the period. A
-policy that returns an action chunk (1, H, A) is run again only once its H actions are sent.
+Each control step: read the robot's state (checked against deploy.json's joints and
+robot.reports), stop if it breaks a safety limit, build the policy's inputs (the task's
+robot-side controller), run the policy, turn the action into a target of the robot's tool, clamp
+the target to the safety limits and send it; in real time the loop keeps the period. A policy
+that returns an action chunk (1, H, A) is run again only once its H actions are sent. The task's
+controller checks the episode's session (its goal, plan) when the episode starts.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from policies.deploy.policy import ExportedPolicy
-from policies.deploy.robot import RobotInterface, Session, check_state
+from policies.deploy.robot import Reports, RobotInterface, check_state
 from policies.learners.base import ActionChunks
 from policies.trajectory import Trajectory
-from sim.errors import InputError, require
+from sim.errors import InputError
 from sim.robot.safety import SafetyLimits, SafetyMonitor
 from tasks import registry
 
@@ -39,6 +41,7 @@ class Runtime:
         self.spec = self.policy.spec
         self.limits = SafetyLimits.from_dict(self.spec["safety"])
         self.dt = float(self.spec["control"]["dt_s"])
+        self.reports = Reports.from_spec(self.spec["robot"])
 
     def run_episode(self, robot: RobotInterface, realtime: bool = False, max_steps: int | None = None) -> Trajectory:
         """One episode on `robot`; returns what the policy saw and did, with its end in `status`
@@ -62,20 +65,20 @@ class Runtime:
     def _drive(self, robot: RobotInterface, log: Trajectory, steps: int, realtime: bool) -> str | None:
         """The control loop of `run_episode`: fills `log` (and its status on a normal end);
         returns why the robot must stop, or None."""
-        dof = len(self.spec["robot"]["joints"])
+        dof, reports = len(self.spec["robot"]["joints"]), self.reports
         controller = make_controller(self.spec)
         session = robot.start()
-        self._check_session(session)
-        state = check_state(robot.read(), dof)
-        controller.start(session, state)
+        state = check_state(robot.read(), dof, reports)
+        controller.start(session, state)  # InputError where the session lacks what the policy needs
         safety = SafetyMonitor(self.limits, session.anchor_m, self.dt)
         policy = ActionChunks(self.policy)  # a chunk (1, H, A) is kept and executed one action per control step
         previous, tick = np.asarray(state.probe_pose, np.float32), time.monotonic()
         for step in range(steps + 1):
             if step:
-                state = check_state(robot.read(), dof)
+                state = check_state(robot.read(), dof, reports)
                 controller.observe(state)
-            reason = safety.check(np.asarray(state.q), np.asarray(state.probe_pose), float(state.force_n))
+            pose = np.asarray(state.probe_pose)
+            reason = safety.check(np.asarray(state.q), pose, float(state.force_n), state.signals)
             if reason is not None:
                 return reason
             if state.done or step == steps:
@@ -92,16 +95,6 @@ class Runtime:
             if realtime:
                 tick += self.dt
                 time.sleep(max(0.0, tick - time.monotonic()))
-
-    def _check_session(self, session: Session) -> None:
-        """Raise `InputError` unless the session has the goal this policy needs (a pose, or an image of its size)."""
-        image = next((i for i in self.spec["observation"]["inputs"] if i["name"] == "image"), None)
-        if image is None:
-            require(session.goal_pose is not None, "session goal_pose", "a goal pose (7,) for a state policy", None)
-        else:
-            size = tuple(image["shape"][-2:])
-            got = None if session.goal_image is None else session.goal_image.shape
-            require(got == size, "session goal_image", f"an image of shape {size} for this image policy", got)
 
 
 def _stop_quietly(robot: RobotInterface, reason: str) -> None:

@@ -5,8 +5,10 @@ files belong together, not that they are safe: whoever can edit deploy.json can 
 hash too. What makes a hand-edited deploy.json harmless is this schema: every safety limit lies
 within the hard bounds of `sim.robot.safety`, the action scale and control period must be the
 ones the task config implies (the robot-side controller moves the probe by task.config), the
-scale itself is bounded, the speed limits must agree with the scale, and the observation and
-action shapes must match the ONNX graph.
+scale itself is bounded, the speed limits must agree with the scale, a task whose robot drills
+must have its drill limits (feed and thrust, no looser than its config allows), what the robot
+reports beyond every robot's state (robot.reports) must be what the task says, and the
+observation and action shapes must match the ONNX graph.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def validate_spec(spec: object, folder: Path) -> None:
     dim = check_action(spec["action"], contract["action"], f"{what} action")
     limits = SafetyLimits.from_dict(spec["safety"], f"{what} safety")
     check_speeds(limits, spec["action"], spec["control"]["rate_hz"], f"{what} safety")
-    check_robot(spec["robot"], f"{what} robot")
+    check_task_limits(limits, contract.get("safety", {}), f"{what} safety")
+    check_robot(spec["robot"], f"{what} robot", contract.get("reports"))
     check_verification(spec["verification"], f"{what} verification")
     check_graph(Path(folder) / "policy.onnx", spec["observation"]["inputs"], names, dim)
 
@@ -178,10 +181,31 @@ def check_speeds(limits: SafetyLimits, action: Mapping, rate_hz: float, what: st
         require(getattr(limits, key) <= most, f"{what}.{key}", expected, getattr(limits, key))
 
 
-def check_robot(robot: object, what: str) -> None:
+def check_task_limits(limits: SafetyLimits, most: Mapping[str, float], what: str) -> None:
+    """Every optional limit the task's contract names (its "safety": {key: at most}) is set and at
+    most that value: a drilling robot's file without its feed or thrust limit, or with a looser
+    one than its task allows, is refused."""
+    for key, high in most.items():
+        value = getattr(limits, key)
+        require(
+            value is not None and value <= high,
+            f"{what}.{key}",
+            f"a limit of at most {high:g} (this task's robot drills)",
+            "none" if value is None else value,
+        )
+
+
+def check_robot(robot: object, what: str, reports: Mapping | None = None) -> None:
     """name, urdf, tool_frame strings; base pose 7 finite numbers with a unit quaternion; joints:
-    a name, finite lower < upper and a positive finite velocity each."""
+    a name, finite lower < upper and a positive finite velocity each; reports (what the robot
+    reports beyond every robot's state) exactly the task contract's `reports` (absent for none)."""
     require(isinstance(robot, Mapping), what, "an object", type(robot).__name__)
+    require(
+        robot.get("reports") == reports,
+        f"{what}.reports",
+        f"{reports} (from task.config)" if reports is not None else "no reports key (this task's robot reports none)",
+        robot.get("reports"),
+    )
     for key in ("name", "urdf", "tool_frame"):
         require(isinstance(robot.get(key), str) and robot[key], f"{what}.{key}", "a non-empty string", robot.get(key))
     base = robot.get("base_pose_in_anchor_frame")

@@ -19,11 +19,12 @@ import cv2
 import numpy as np
 import torch
 
+from policies.deploy.robot import robot_description, task_frame
 from sim.anatomy.patient import SkinSurface
 from sim.config import build
 from sim.errors import require
 from sim.robot.contact import SkinBank
-from sim.robot.safety import ANGULAR_SPEED_RAD_S, SPEED_M_S, ExportSettings, SafetyLimits
+from sim.robot.safety import ExportSettings, SafetyLimits, limits_for_steps
 from sim.transforms import clamp_norm
 from sim.ultrasound.placement import skin_state_from_pose
 from tasks.us_nav.config import UsNavCfg
@@ -111,23 +112,9 @@ def safety_limits(env, settings: ExportSettings) -> SafetyLimits:
     workspace_margin_m. InputError naming export.speed_margin if the speeds leave their bounds."""
     cfg = env.cfg
     a = cfg.actions
-    max_speed = settings.speed_margin * math.hypot(a.translation_m, a.translation_m) * cfg.control_hz
-    max_turn = settings.speed_margin * math.hypot(a.yaw_rad, a.tilt_rad, a.tilt_rad) * cfg.control_hz
-    require(
-        max_speed <= SPEED_M_S.high and max_turn <= ANGULAR_SPEED_RAD_S.high, "export.speed_margin",
-        f"a margin that keeps the target speeds within {SPEED_M_S} and {ANGULAR_SPEED_RAD_S}",
-        f"{settings.speed_margin} (max_speed_m_s {max_speed:.3f} m/s, max_angular_speed_rad_s {max_turn:.3f} rad/s)",
-    )  # fmt: skip
-    low, high = workspace_box(env, settings.workspace_margin_m)
-    return SafetyLimits(
-        workspace_low_m=tuple(low),
-        workspace_high_m=tuple(high),
-        max_speed_m_s=max_speed,
-        max_angular_speed_rad_s=max_turn,
-        stop_speed_m_s=min(2 * max_speed, SPEED_M_S.high),
-        max_force_n=settings.max_force_n,
-        stop_margin_m=settings.stop_margin_m,
-    )
+    step_m, step_rad = math.hypot(a.translation_m, a.translation_m), math.hypot(a.yaw_rad, a.tilt_rad, a.tilt_rad)
+    box = workspace_box(env, settings.workspace_margin_m)
+    return limits_for_steps(settings, step_m, step_rad, cfg.control_hz, box)
 
 
 def deployment_spec(env, settings: ExportSettings) -> dict:
@@ -156,22 +143,10 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
     return {
         "task": {"name": cfg.name, "config": task_config},
         "control": contract["control"],
-        "task_frame": (
-            "patient frame (x left-right, y anterior-posterior, z head-foot; metres); "
-            f"the anchor point is the centre of {cfg.anchor}"
-        ),
+        "task_frame": task_frame(cfg.anchor),
         "observation": {"inputs": inputs},
         "action": contract["action"],
-        "robot": {
-            "name": arm.name,
-            "urdf": arm.urdf_path.name,
-            "tool_frame": arm.tool_frame,
-            "base_pose_in_anchor_frame": [*cfg.robot.base_position_m, *cfg.robot.base_quat_wxyz],
-            "joints": [
-                {"name": n, "lower_rad": lo, "upper_rad": hi, "velocity_rad_s": v}
-                for n, lo, hi, v in zip(arm.joint_names, arm.lower.tolist(), arm.upper.tolist(), arm.velocity.tolist())
-            ],
-        },
+        "robot": robot_description(arm, cfg.robot.base_position_m, cfg.robot.base_quat_wxyz),
         "safety": safety_limits(env, settings).to_dict(),
     }
 
@@ -213,8 +188,15 @@ class Controller:
 
     def start(self, session, state) -> None:
         """A new episode: the skin surface, anchor and goal from `session` (`policies.deploy.robot.Session`),
-        the commanded probe state from the session or, when it has none, from the measured pose."""
+        the commanded probe state from the session or, when it has none, from the measured pose.
+        InputError unless the session has the goal this policy needs (a pose, or an image of its size)."""
         cfg = self.cfg
+        if cfg.observation.images:
+            size = (cfg.observation.image_size,) * 2
+            got = None if session.goal_image is None else session.goal_image.shape
+            require(got == size, "session goal_image", f"an image of shape {size} for this image policy", got)
+        else:
+            require(session.goal_pose is not None, "session goal_pose", "a goal pose (7,) for a state policy", None)
         surface = SkinSurface(*(session.surface[k] for k in ("x0", "z0", "dx", "dz", "y", "normal")))
         self.skin = SkinBank.from_surfaces([surface])
         self.patient = torch.zeros(1, dtype=torch.long)

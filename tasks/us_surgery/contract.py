@@ -1,11 +1,14 @@
-"""us_surgery's side of the generic tools: how its episodes are summarised (`policies.evaluation`)."""
+"""us_surgery's side of the generic tools: how its episodes are summarised (`policies.evaluation`)
+and what the simulated robot tells the deploy runtime at an episode's start (`policies.deploy.sim_robot`)."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
 import torch
 
+from policies.deploy.robot import Session
 from sim.surgery.breach import GRADES
 
 # What `summary` reports, with units ("1": a fraction); evaluation also reports "episodes".
@@ -46,3 +49,22 @@ def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
         "ep_cost_mean": mean("Cost/breach_mm"),
         "time_s_mean": (episodes["steps"].float() * dt).mean().item(),
     }
+
+
+def sim_session(env) -> Session:
+    """Environment 0's episode as the runtime's `Session`: its patient's skin and anchor point and
+    its screw plan as task arrays (plan_entry_m, plan_target_m (3,), task frame; plan_radius_m),
+    the plan as planned (the simulated navigation registers it exactly)."""
+    p, g = int(env.patient_idx[0]), int(env.goal_idx[0])
+    skin = env.patients[p].skin
+    surface = {"x0": skin.x0, "z0": skin.z0, "dx": skin.dx, "dz": skin.dz, "y": skin.y, "normal": skin.normal}
+    plans = env.plans
+    return Session(
+        anchor_m=env.scene.anchor[p].cpu().numpy(),
+        surface=surface,
+        task={
+            "plan_entry_m": plans.entry[p, g].cpu().numpy(),
+            "plan_target_m": plans.target[p, g].cpu().numpy(),
+            "plan_radius_m": np.asarray(plans.radius_m[p, g].cpu().numpy()),
+        },
+    )

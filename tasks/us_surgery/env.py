@@ -397,22 +397,10 @@ class UsSurgeryEnv(BatchedEnv):
         true = self._frames()
         seen = observations.tracked(observations.in_probe_frame(self.probe_pose, true), self.registration, self.noise)
         lower, upper = self.drill_arm.lower.float(), self.drill_arm.upper.float()
-        drilling = torch.cat(
-            [
-                (self.depth / o.position_scale_m)[:, None],
-                (self.thrust / o.force_scale_n)[:, None],
-                self.entered.float()[:, None],
-                observations.unit_joints(self.q_drill, lower, upper),
-                self.last_action,
-            ],
-            -1,
+        drilling = observations.drilling_state(
+            self.depth, self.thrust, self.entered, self.q_drill, lower, upper, self.last_action, o
         )
-        policy = [
-            observations.plan_in_drill(seen, o.position_scale_m),
-            observations.drill_in_probe(seen, o.position_scale_m),
-            drilling,
-        ]
-        groups = {"policy": torch.cat(policy, -1)}
+        groups = {"policy": observations.policy_vector(seen, drilling, o.position_scale_m)}
         if self.renderer is not None:
             groups["image"] = self.history.clone()  # a copy: loading a state rewrites the history in place
         privileged = torch.stack(

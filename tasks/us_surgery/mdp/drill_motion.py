@@ -27,6 +27,22 @@ def align(rot: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return rotation_exp(axis * angle[:, None]) @ rot
 
 
+def commanded_motion(actions: torch.Tensor, cfg: ActionCfg, rot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the motion part of actions (N, 6) in [-1, 1] asks of drills with orientations rot (N, 3, 3):
+    the tip's translation (N, 3) in the task frame (the drill-frame vector clipped to translation_m)
+    and the tilt (N, 3), a rotation vector in the drill frame (about x and y, at most tilt_rad each)."""
+    step = clamp_norm(actions[:, :3] * cfg.translation_m, cfg.translation_m)
+    world = (rot @ step[:, :, None])[:, :, 0]
+    tilt = torch.cat([actions[:, 3:5] * cfg.tilt_rad, torch.zeros_like(actions[:, :1])], -1)
+    return world, tilt
+
+
+def across_bit(world: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Translations world (N, 3) without their part along unit bit axes z (N, 3): what is left of a
+    translation in bone (only drilling advances the bit)."""
+    return world - (world * z).sum(-1, keepdim=True) * z
+
+
 def move(
     actions: torch.Tensor,
     cfg: ActionCfg,
@@ -43,11 +59,10 @@ def move(
     Outside bone the tip translates by the clipped translation and the drill tilts about its tip; a
     translation into bone (`blocked(points (N, 3)) -> (N,) bool`) is not taken. In bone (entered) the
     axial translation is dropped, the rest and the tilt scaled by lateral (N,) in (0, 1], the tilt
-    pivoting about the channel's entry; the channel is then re-aimed from entry through the new tip.
+    pivoting about the channel's entry; the channel is then re-aimed from entry through the new tip,
+    a push turning it by at most lateral x tilt_rad.
     """
-    step = clamp_norm(actions[:, :3] * cfg.translation_m, cfg.translation_m)
-    world = (rot @ step[:, :, None])[:, :, 0]
-    tilt = torch.cat([actions[:, 3:5] * cfg.tilt_rad, torch.zeros_like(actions[:, :1])], -1)
+    world, tilt = commanded_motion(actions, cfg, rot)
     # Outside bone: free motion, never into bone.
     free_tip = tip + world
     free_tip = torch.where(blocked(free_tip)[:, None], tip, free_tip)
@@ -55,8 +70,12 @@ def move(
     # In bone: the bone holds the shaft.
     held_rot = rot @ rotation_exp(tilt * lateral[:, None])
     z = rot[:, :, 2]
-    across = world - (world * z).sum(-1, keepdim=True) * z
-    pushed = entry + held_rot[:, :, 2] * depth[:, None] + across * lateral[:, None]
+    # The entry hole holds the shaft: a push across the bit turns the channel about its entry by at
+    # most what a tilt may (lateral x tilt_rad per step), however shallow the bit is in.
+    push = across_bit(world, z) * lateral[:, None]
+    reach = depth * torch.tan(lateral * cfg.tilt_rad)
+    push = push * (reach / push.norm(dim=-1).clamp_min(1e-12)).clamp(max=1.0)[:, None]
+    pushed = entry + held_rot[:, :, 2] * depth[:, None] + push
     channel = pushed - entry
     length = channel.norm(dim=-1)
     aimed = length > _MIN_CHANNEL_M

@@ -3,7 +3,8 @@
 A navigated spine system tracks the probe and the drill and registers the plan (made on the
 patient's images) to the probe's image: the policy sees the plan and the drill in the probe frame
 with a per-episode registration error and per-step tracking noise (`TrackingCfg`); the critic sees
-the true poses.
+the true poses. `policy_vector` assembles the policy's input from these terms and `drilling_state`,
+for the environment and for the robot-side controller (`tasks.us_surgery.deploy`) alike.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sim.transforms import quat_to_matrix, rotation_exp
+from tasks.us_surgery.config import ObservationCfg
 
 
 @dataclass
@@ -81,3 +83,34 @@ def drill_in_probe(frames: Frames, position_scale_m: float) -> torch.Tensor:
 def unit_joints(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """Joint angles q (N, dof) mapped to [-1, 1] by their limits (dof,)."""
     return 2 * (q - lower) / (upper - lower) - 1
+
+
+def drilling_state(
+    depth_m: torch.Tensor,
+    thrust_n: torch.Tensor,
+    in_bone: torch.Tensor,
+    q: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    last_action: torch.Tensor,
+    cfg: ObservationCfg,
+) -> torch.Tensor:
+    """(N, 3 + dof + A): the drilled depth (N,) m and thrust (N,) N by their scales, in bone (N,)
+    (bool or 0/1), the drill arm's joint angles q (N, dof) mapped to [-1, 1] by their limits
+    (dof,), and the last action (N, A)."""
+    return torch.cat(
+        [
+            (depth_m / cfg.position_scale_m)[:, None],
+            (thrust_n / cfg.force_scale_n)[:, None],
+            in_bone.float()[:, None],
+            unit_joints(q, lower, upper),
+            last_action,
+        ],
+        -1,
+    )
+
+
+def policy_vector(seen: Frames, drilling: torch.Tensor, position_scale_m: float) -> torch.Tensor:
+    """(N, D): the policy's input (`tasks.us_surgery.spaces`): the plan in the drill frame, the drill
+    in the probe frame (both from the tracked `seen`, probe frame) and the `drilling_state`."""
+    return torch.cat([plan_in_drill(seen, position_scale_m), drill_in_probe(seen, position_scale_m), drilling], -1)
