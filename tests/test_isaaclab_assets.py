@@ -217,3 +217,16 @@ def test_body_bad_input(tmp_path):
     with pytest.raises(InputError, match="indexing"):
         body_usd(trimesh.Trimesh(np.eye(3), [[0, 1, 3]], process=False), tmp_path, "body")
     assert not os.listdir(tmp_path)
+
+
+def test_an_arm_is_written_with_the_links_to_its_tool_only(tmp_path):
+    panda = ROBOTS / "panda.urdf"
+    held_stage = Usd.Stage.Open(str(robot_usd(panda, tmp_path, "drill_tip")))
+    full_stage = Usd.Stage.Open(str(robot_usd(panda, tmp_path)))
+    held = {p.GetName() for p in held_stage.Traverse()}
+    full = {p.GetName() for p in full_stage.Traverse()}
+    # The Panda's URDF also carries a probe housing at its flange; the arm holding the drill has none.
+    assert {"panda_link7", "drill_tip"} <= held and "panda_probe" not in held and "probe_tip" not in held
+    assert {"panda_probe", "drill_tip"} <= full
+    with pytest.raises(InputError, match="tool_frame"):
+        robot_usd(panda, tmp_path, "no_such_link")

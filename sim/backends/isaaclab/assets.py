@@ -38,7 +38,7 @@ import torch
 import trimesh
 from pxr import Gf, Sdf, Usd, UsdGeom, UsdPhysics, Vt
 
-from sim.errors import InputError
+from sim.errors import InputError, require
 from sim.transforms import matrix_to_quat, rpy_to_matrix
 
 WRITER_VERSION = "1"  # bump when the written USD changes, so cached files are rewritten
@@ -509,7 +509,21 @@ def _write_robot(robot: _Robot, path: Path) -> None:
     _save_atomically(stage, path)
 
 
-def robot_usd(urdf_path: Path, cache_dir: Path) -> Path:
+def _held_chain(robot: _Robot, tool_frame: str, what: str) -> _Robot:
+    """`robot` with only the links and joints on the path from its root to `tool_frame`: a URDF may
+    carry other tools at its flange (the Panda's probe housing beside its drill frame) that an arm
+    holding this tool does not have, and whose shapes would collide in a physics scene."""
+    require(tool_frame in robot.links, f"{what} tool_frame", f"one of its links {sorted(robot.links)}", tool_frame)
+    parent_joint = {j.child: j for j in robot.joints}
+    keep, link = {tool_frame}, tool_frame
+    while link in parent_joint:
+        link = parent_joint[link].parent
+        keep.add(link)
+    links = {name: value for name, value in robot.links.items() if name in keep}
+    return _Robot(robot.name, links, [j for j in robot.joints if j.child in keep], robot.root)
+
+
+def robot_usd(urdf_path: Path, cache_dir: Path, tool_frame: str | None = None) -> Path:
     """Write (or reuse) the USD articulation of a URDF robot; returns the .usda path.
 
     Supports revolute and fixed joints, links with <inertial> and cylinder/box/sphere shapes.
@@ -522,11 +536,15 @@ def robot_usd(urdf_path: Path, cache_dir: Path) -> Path:
 
     Args:
         urdf_path: the robot's URDF file.
-        cache_dir: folder for `<robot>-<hash>/<robot>.usda`; the hash covers the URDF text and
-            the writer version, so an edited URDF gets a new file.
+        cache_dir: folder for `<robot>-<hash>/<robot>.usda`; the hash covers the URDF text, the
+            tool frame and the writer version, so an edited URDF gets a new file.
+        tool_frame: the link the arm holds its tool at; only the links from the root to it are
+            written (None: every link).
     """
     robot, text = _parse_urdf(Path(urdf_path))
-    digest = hashlib.sha256(f"{WRITER_VERSION}\n{text}".encode()).hexdigest()
+    if tool_frame is not None:
+        robot = _held_chain(robot, tool_frame, f"URDF {urdf_path}")
+    digest = hashlib.sha256(f"{WRITER_VERSION}\n{tool_frame}\n{text}".encode()).hexdigest()
     path = _cache_path(cache_dir, robot.name, digest)
     if not path.is_file():
         _write_robot(robot, path)

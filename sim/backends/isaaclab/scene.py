@@ -103,7 +103,9 @@ def _robot_cfg(robot: SceneRobotCfg, arm: Arm, origin: np.ndarray, cfg: IsaacLab
     base_position = LOCAL_FROM_PATIENT @ np.asarray(robot.base_position_m) + origin
     return ArticulationCfg(
         prim_path=f"{{ENV_REGEX_NS}}/Robot_{robot.name}",
-        spawn=sim_utils.UsdFileCfg(usd_path=str(assets.robot_usd(arm.urdf_path, cache)), activate_contact_sensors=True),
+        spawn=sim_utils.UsdFileCfg(
+            usd_path=str(assets.robot_usd(arm.urdf_path, cache, robot.tool_frame)), activate_contact_sensors=True
+        ),
         init_state=ArticulationCfg.InitialStateCfg(
             pos=tuple(base_position),
             rot=tuple(_quat_xyzw(rot)),
