@@ -53,6 +53,12 @@ def _resolve_urdf(robot: str | Path) -> tuple[str, Path]:
     return path.stem, path
 
 
+def unit_joints(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Joint angles q (N, dof) mapped to [-1, 1] by their limits lower, upper (dof,): the
+    proprioception the tasks' policies see."""
+    return 2 * (q - lower) / (upper - lower) - 1
+
+
 class Arm:
     """A serial arm from a URDF with a tool frame, placed in the world by a base pose.
 

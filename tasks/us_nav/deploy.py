@@ -15,10 +15,10 @@ import math
 from dataclasses import asdict
 from typing import Mapping
 
-import cv2
 import numpy as np
 import torch
 
+from policies.deploy.inputs import batch_row, policy_frame
 from policies.deploy.robot import robot_description, task_frame
 from sim.anatomy.patient import SkinSurface
 from sim.config import build
@@ -200,14 +200,14 @@ class Controller:
         surface = SkinSurface(*(session.surface[k] for k in ("x0", "z0", "dx", "dz", "y", "normal")))
         self.skin = SkinBank.from_surfaces([surface])
         self.patient = torch.zeros(1, dtype=torch.long)
-        self.anchor = _row(session.anchor_m)
+        self.anchor = batch_row(session.anchor_m)
         anchor_xz = self.anchor[:, [0, 2]]
         extent = torch.tensor(cfg.workspace_half_extent_m)
         self.box_low, self.box_high = anchor_xz - extent, anchor_xz + extent
-        pose = _row(state.probe_pose)
+        pose = batch_row(state.probe_pose)
         if session.start_command is not None:
             xz, yaw, tilt = session.start_command
-            self.command = (_row(xz), torch.as_tensor(np.float32(yaw)).reshape(1), _row(tilt))
+            self.command = (batch_row(xz), torch.as_tensor(np.float32(yaw)).reshape(1), batch_row(tilt))
         else:
             _, normal = self.skin.query(self.patient, pose[:, 0], pose[:, 2])
             yaw, tilt = skin_state_from_pose(pose, normal)
@@ -216,39 +216,35 @@ class Controller:
                 yaw.clamp(*cfg.actions.yaw_range_rad),
                 clamp_norm(tilt, cfg.actions.max_tilt_rad),
             )
-        self.goal_pose = None if session.goal_pose is None else _row(session.goal_pose)
-        self.goal_image = None if session.goal_image is None else _row(session.goal_image)
+        self.goal_pose = None if session.goal_pose is None else batch_row(session.goal_pose)
+        self.goal_image = None if session.goal_image is None else batch_row(session.goal_image)
         self.last_action = torch.zeros(1, len(ACTION_NAMES))
         self.pending: tuple | None = None
         if cfg.observation.images:
-            self.history = self._frame(state).expand(-1, cfg.observation.history, -1, -1).clone()
-
-    def _frame(self, state) -> torch.Tensor:
-        """(1, 1, S, S): the robot's ultrasound frame at the policy's image size."""
-        size = self.cfg.observation.image_size
-        frame = np.asarray(state.frame, np.float32)
-        if frame.shape != (size, size):
-            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(np.ascontiguousarray(frame))[None, None]
+            self.history = (
+                policy_frame(state, self.cfg.observation.image_size).expand(-1, cfg.observation.history, -1, -1).clone()
+            )
 
     def observe(self, state) -> None:
         """After a control step: keep the commanded state only if the arm kept up with the last
         target (as the environment does), and take the new ultrasound frame."""
         if self.pending is not None:
             old, new, target = self.pending
-            self.command = actions.settle(actions.lagging(target, _row(state.probe_pose), self.cfg.actions), old, new)
+            self.command = actions.settle(
+                actions.lagging(target, batch_row(state.probe_pose), self.cfg.actions), old, new
+            )
             self.pending = None
         if self.cfg.observation.images:
-            self.history = torch.cat([self._frame(state), self.history[:, :-1]], 1)
+            self.history = torch.cat([policy_frame(state, self.cfg.observation.image_size), self.history[:, :-1]], 1)
 
     def inputs(self, state) -> dict[str, np.ndarray]:
         """The policy's inputs {name: (1, ...) float32} for the robot's state now."""
         cfg, o = self.cfg, self.cfg.observation
-        pose = _row(state.probe_pose)
+        pose = batch_row(state.probe_pose)
         _, yaw, tilt = self.command
         force = torch.tensor([float(state.force_n)], dtype=torch.float32)
         proprio = observations.proprioception(
-            cfg, _row(state.q), self.lower, self.upper, pose, self.anchor, yaw, tilt, force, self.last_action
+            cfg, batch_row(state.q), self.lower, self.upper, pose, self.anchor, yaw, tilt, force, self.last_action
         )
         relative = None
         if not o.images:
@@ -266,8 +262,3 @@ class Controller:
         self.pending = (old, new, target)
         self.last_action = act
         return target[0].numpy()
-
-
-def _row(x) -> torch.Tensor:
-    """A float32 tensor (a copy) with a leading batch dimension of one."""
-    return torch.from_numpy(np.array(x, np.float32))[None]

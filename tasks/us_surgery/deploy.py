@@ -28,10 +28,10 @@ import math
 from dataclasses import asdict
 from typing import Mapping
 
-import cv2
 import numpy as np
 import torch
 
+from policies.deploy.inputs import batch_row, policy_frame
 from policies.deploy.robot import MAX_FORCE_N, RobotState, robot_description, task_frame
 from policies.deploy.sim_robot import SimRobot
 from sim.config import build
@@ -211,7 +211,10 @@ class Controller:
             value = session.task.get(name)
             got = None if value is None else np.shape(value)
             require(got == shape, f"session task array {name!r}", f"shape {shape} (the screw plan)", got)
-        self.plan_entry, self.plan_target = _row(session.task["plan_entry_m"]), _row(session.task["plan_target_m"])
+        self.plan_entry, self.plan_target = (
+            batch_row(session.task["plan_entry_m"]),
+            batch_row(session.task["plan_target_m"]),
+        )
         radius = float(session.task["plan_radius_m"])
         require(
             0 < radius <= MAX_PLAN_RADIUS_M, "session plan_radius_m", f"a radius in (0, {MAX_PLAN_RADIUS_M}] m", radius
@@ -226,35 +229,30 @@ class Controller:
         self.last_action = torch.zeros(1, len(ACTION_NAMES))
         self.reading: tuple | None = None  # the drill's tip, axes and in-bone state of the last inputs
         if self.cfg.observation.images:
-            self.history = self._frame(state).expand(-1, self.cfg.observation.history, -1, -1).clone()
-
-    def _frame(self, state: RobotState) -> torch.Tensor:
-        """(1, 1, S, S): the robot's ultrasound frame at the policy's image size."""
-        size = self.cfg.observation.image_size
-        require(state.frame is not None, "robot state frame", "an ultrasound frame for this image policy", None)
-        frame = np.asarray(state.frame, np.float32)
-        if frame.shape != (size, size):
-            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(np.ascontiguousarray(frame))[None, None]
+            self.history = (
+                policy_frame(state, self.cfg.observation.image_size)
+                .expand(-1, self.cfg.observation.history, -1, -1)
+                .clone()
+            )
 
     def observe(self, state: RobotState) -> None:
         """After a control step: take the new ultrasound frame."""
         if self.cfg.observation.images:
-            self.history = torch.cat([self._frame(state), self.history[:, :-1]], 1)
+            self.history = torch.cat([policy_frame(state, self.cfg.observation.image_size), self.history[:, :-1]], 1)
 
     def inputs(self, state: RobotState) -> dict[str, np.ndarray]:
         """The policy's inputs {name: (1, ...) float32} for the robot's state now (its readings are
         the tracked poses: the tracker's noise is in them, none is added here)."""
         o = self.cfg.observation
         require(PROBE in state.tools, "robot state tools", f"the tracked {PROBE!r} pose", sorted(state.tools))
-        pose = _row(state.probe_pose)
+        pose = batch_row(state.probe_pose)
         rot = quat_to_matrix(pose[:, 3:])
         true = observations.Frames(pose[:, :3], rot, self.plan_entry, self.plan_target, self.plan_axis)
-        seen = observations.in_probe_frame(_row(state.tools[PROBE]), true)
+        seen = observations.in_probe_frame(batch_row(state.tools[PROBE]), true)
         signal = lambda name: torch.tensor([state.signals[name]], dtype=torch.float32)  # noqa: E731
         depth, in_bone = signal(DEPTH_SIGNAL), signal(IN_BONE_SIGNAL)
         drilling = observations.drilling_state(
-            depth, signal(THRUST_SIGNAL), in_bone, _row(state.q), self.lower, self.upper, self.last_action, o
+            depth, signal(THRUST_SIGNAL), in_bone, batch_row(state.q), self.lower, self.upper, self.last_action, o
         )
         self.reading = (pose[:, :3], rot, in_bone > 0.5)
         groups = {"policy": observations.policy_vector(seen, drilling, o.position_scale_m)}
@@ -313,8 +311,3 @@ class SimDrillRobot(SimRobot):
             {PROBE: snapshot.tool_poses[PROBE][0].cpu().numpy()},
             signals,
         )
-
-
-def _row(x) -> torch.Tensor:
-    """A float32 tensor (a copy) with a leading batch dimension of one."""
-    return torch.from_numpy(np.array(x, np.float32))[None]

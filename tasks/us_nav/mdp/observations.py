@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sim.robot.arm import unit_joints
 from sim.transforms import quat_to_matrix, rotation_log
 
 
@@ -35,11 +36,10 @@ def proprioception(
     position relative to the anchor point (N, 3) over cfg.observation.workspace_scale_m, sin and
     cos of the commanded yaw (N,), tilt (N, 2) / max tilt, contact force (N,) / max force, and
     the last action (N, A). cfg: the task's `UsNavCfg`; poses (N, 7) and anchor (N, 3) share a frame."""
-    q_unit = 2 * (q - lower) / (upper - lower) - 1
     probe_position = (poses[:, :3] - anchor) / cfg.observation.workspace_scale_m
     return torch.cat(
         [
-            q_unit,
+            unit_joints(q, lower, upper),
             probe_position,
             yaw.sin()[:, None],
             yaw.cos()[:, None],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sim.robot.arm import unit_joints
 from sim.transforms import quat_to_matrix, rotation_exp
 from tasks.us_surgery.config import ObservationCfg
 
@@ -78,11 +79,6 @@ def plan_in_drill(frames: Frames, position_scale_m: float) -> torch.Tensor:
 def drill_in_probe(frames: Frames, position_scale_m: float) -> torch.Tensor:
     """(N, 6): the drill tip (divided by position_scale_m) and its axis in the frame of `frames`."""
     return torch.cat([frames.tip / position_scale_m, frames.rot[:, :, 2]], -1)
-
-
-def unit_joints(q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """Joint angles q (N, dof) mapped to [-1, 1] by their limits (dof,)."""
-    return 2 * (q - lower) / (upper - lower) - 1
 
 
 def drilling_state(
