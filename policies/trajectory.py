@@ -27,6 +27,7 @@ class Trajectory:
     poses: list[np.ndarray] = field(default_factory=list)
     q: list[np.ndarray] = field(default_factory=list)
     status: str = ""
+    report: dict = field(default_factory=dict)  # the runtime's: what the task's controller counted (not saved)
 
     def append(self, inputs: dict[str, np.ndarray], action: np.ndarray, pose: np.ndarray, q: np.ndarray) -> None:
         """One step, unbatched arrays."""

@@ -9,9 +9,11 @@ The policy is <run>/exported (sonolab-export). With deploy.robot=sim (or role=ro
 simulator is environment 0 of a one-environment run over `patient`/`split`/`seed`, so a sim run
 reproduces `play.py num_envs=1 trajectory=true`. Each episode's trajectory goes to
 <run>/trajectories/deploy_<robot>_<timestamp>_<episode>.npz; the last line printed is a JSON
-summary with each episode's status ("stopped: <reason>" when the robot was stopped). Over the
-network the robot PC (role=robot_pc) enforces its own limits from deploy.json; off loopback both
-sides need deploy.secret (or deploy.secret_file) and the runtime deploy.allow.
+summary with each episode's status ("stopped: <reason>" when the robot was stopped) and what the
+task's controller counted (us_surgery: shield_interventions; deploy.shield=true/false turns the
+task's shield on or off, null keeps it as exported). Over the network the robot PC
+(role=robot_pc) enforces its own limits from deploy.json; off loopback both sides need
+deploy.secret (or deploy.secret_file) and the runtime deploy.allow.
 
 The `sonolab-deploy` command (installed sonolab, any folder) and scripts/deploy.py run `main`.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
@@ -83,6 +86,20 @@ def check_settings(d: DictConfig) -> None:
     _number(d, "timeout_s", 1e-3, 3600.0)
     _number(d, "connect_timeout_s", 1e-3, 86400.0)
     _number(d, "max_penetration_m", 0.0, 0.05)
+    require(d.shield is None or type(d.shield) is bool, "deploy.shield", "null, true or false", repr(d.shield))
+
+
+def set_shield(spec: dict, shield: bool | None) -> None:
+    """deploy.shield: the exported task's shield (task.config.shield) as exported (None), or turned
+    on or off; InputError naming deploy.shield if the task has none."""
+    if shield is None:
+        return
+    task = spec["task"]
+    has = any(f.name == "shield" for f in fields(registry.spec(task["name"]).config_class))
+    require(
+        has, "deploy.shield", "null for a task without a shield (us_surgery has one)", f"{shield} for {task['name']}"
+    )
+    task["config"]["shield"] = {**task["config"].get("shield", {}), "enabled": shield}
 
 
 def read_secret(d: DictConfig) -> bytes | None:
@@ -117,6 +134,7 @@ def deploy(cfg: DictConfig) -> dict:
     if d.role == "robot_pc":
         return serve(cfg, run_dir, secret)
     runtime = Runtime(run_dir / EXPORT_DIR, str(d.engine))
+    set_shield(runtime.spec, d.shield)
     if d.robot == "sim":
         robot = simulator(cfg)
     elif d.robot == "network":
@@ -143,7 +161,12 @@ def deploy(cfg: DictConfig) -> dict:
             log = runtime.run_episode(robot, realtime=bool(d.realtime))
             path = log.save(run_dir / "trajectories" / f"deploy_{d.robot}_{stamp}_{i}.npz") if len(log) else None
             episodes.append(
-                {"status": log.status, "steps": len(log), "trajectory": None if path is None else str(path)}
+                {
+                    "status": log.status,
+                    "steps": len(log),
+                    "trajectory": None if path is None else str(path),
+                    **log.report,
+                }
             )
     finally:
         if hasattr(robot, "close"):

@@ -45,10 +45,11 @@ class Runtime:
 
     def run_episode(self, robot: RobotInterface, realtime: bool = False, max_steps: int | None = None) -> Trajectory:
         """One episode on `robot`; returns what the policy saw and did, with its end in `status`
-        ("done", "max_steps" or "stopped: <reason>"). realtime: keep the control period (a real
-        robot); otherwise step as fast as the robot answers (the simulator). A failed robot link
-        (protocol error, timeout, disconnect) or an invalid robot state stops the robot and the
-        episode with its reason; any other error stops the robot before it propagates."""
+        ("done", "max_steps" or "stopped: <reason>") and the controller's counts in `report`.
+        realtime: keep the control period (a real robot); otherwise step as fast as the robot
+        answers (the simulator). A failed robot link (protocol error, timeout, disconnect) or an
+        invalid robot state stops the robot and the episode with its reason; any other error stops
+        the robot before it propagates."""
         log = Trajectory()
         try:
             reason = self._drive(robot, log, int(max_steps or self.spec["control"]["episode_steps"]), realtime)
@@ -67,6 +68,7 @@ class Runtime:
         returns why the robot must stop, or None."""
         dof, reports = len(self.spec["robot"]["joints"]), self.reports
         controller = make_controller(self.spec)
+        log.report = getattr(controller, "report", {})  # the controller's own counts, kept up to date
         session = robot.start()
         state = check_state(robot.read(), dof, reports)
         controller.start(session, state)  # InputError where the session lacks what the policy needs

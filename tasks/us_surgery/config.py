@@ -122,6 +122,38 @@ class SuccessCfg:
 
 
 @dataclass
+class ShieldCfg:
+    """An optional geometric shield (a virtual fixture, as shared-control spine robots hold their
+    guide on the plan, REFERENCE §7): each action is projected so the commanded drill stays inside
+    the plan's corridor (`tasks.us_surgery.mdp.shield`), never merely zeroed. Off by default; on in
+    training and evaluation with task.shield.enabled=true, in deployment as exported or by deploy.shield.
+
+    The corridor, about the plan's line from its entry point along its axis (s: the tip's distance
+    along the axis past the entry, r: its distance from the line):
+    - margin_m: r at most this once the tip is at or past the entry (s >= 0). 2 mm: the
+      Gertzbein-Robbins grade A/B bound (a breach under 2 mm is clinically acceptable) and about a
+      robot's tip deviation (ExcelsiusGPS 2.1 mm, REFERENCE §7); a tip 2 mm off the plan puts the
+      3.5 mm pilot bit's edge 3.75 mm off it, within a 7.5 mm screw's planned envelope.
+    - funnel_rad: before the entry (s < 0) r may grow by (-s) tan(funnel_rad): a funnel leading the
+      approach in. 15 deg: every default start (`StartCfg`: 3 mm off the axis 12 mm before the entry)
+      lies inside with room (5.2 mm allowed there), narrow enough to bring the tip onto the entry
+      (engineering choice).
+    - depth_margin_m: s at most the plan's length plus this, a depth stop past the planned target.
+      2 mm: the success test's tip tolerance (`SuccessCfg.tip_m`); beyond it the far (anterior) cortex
+      and the vessels before the body lie.
+    - angle_rad: the drill's axis within this of the plan's. 5 deg: the success test's angle and the
+      start's largest tilt; about a robot's angular deviation (3.6 deg, REFERENCE §7).
+    Every episode start must lie in the corridor (checked with the task's settings).
+    """
+
+    enabled: bool = False
+    margin_m: float = 0.002
+    funnel_rad: float = math.radians(15.0)
+    depth_margin_m: float = 0.002
+    angle_rad: float = math.radians(5.0)
+
+
+@dataclass
 class ObservationCfg:
     """What the policy sees.
 
@@ -170,7 +202,7 @@ class UsSurgeryCfg:
 
     drill: `DrillCfg` settings (bit, feed by tissue, thrust, lateral resistance); the task's default
     feeds 6 mm/s at full command in soft tissue (2 mm/s in cancellous bone, 0.2 mm/s in cortex).
-    renderer: `RendererConfig` settings (compiled by default, as us_nav).
+    renderer: `RendererConfig` settings (compiled by default, as us_nav). shield: `ShieldCfg` (off).
     """
 
     name: str = "us_surgery"
@@ -189,4 +221,5 @@ class UsSurgeryCfg:
     reward: RewardCfg = field(default_factory=RewardCfg)
     success: SuccessCfg = field(default_factory=SuccessCfg)
     observation: ObservationCfg = field(default_factory=ObservationCfg)
+    shield: ShieldCfg = field(default_factory=ShieldCfg)
     renderer: RendererConfig = field(default_factory=lambda: RendererConfig(compile=True))

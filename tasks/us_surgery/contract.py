@@ -25,14 +25,17 @@ METRICS = {
     "breach_mm_mean": "mm",
     "ep_cost_mean": "mm",
     "time_s_mean": "s",
+    "interventions_per_episode": "1",
 }
 
 
 def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
     """The metrics of one episode per environment: episodes holds the task's per-episode log (success,
     failure, grade (index into GRADES), breach_mm, medial_breach, in_canal, tip_err_mm, angle_err_deg,
-    depth_err_mm, steps: (N,) each) and the breach cost's episode sum "Cost/breach_mm"; dt: the control
-    period, s. grade_fractions: {"A".."E": fraction}; breach_rate: grade B or worse."""
+    depth_err_mm, steps, shield_interventions: (N,) each) and the breach cost's episode sum
+    "Cost/breach_mm"; dt: the control period, s. grade_fractions: {"A".."E": fraction}; breach_rate:
+    grade B or worse; interventions_per_episode: the mean count of steps whose action the shield
+    changed (`ShieldCfg`; 0 without it)."""
     grades = episodes["grade"].round().long()
     mean = lambda name: episodes[name].float().mean().item()  # noqa: E731
     return {
@@ -48,6 +51,7 @@ def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
         "breach_mm_mean": mean("breach_mm"),
         "ep_cost_mean": mean("Cost/breach_mm"),
         "time_s_mean": (episodes["steps"].float() * dt).mean().item(),
+        "interventions_per_episode": mean("shield_interventions"),
     }
 
 

@@ -20,6 +20,10 @@ tissue model, so the bone, not the controller, slows the bit and holds the shaft
 robot drills by the task's physics, `UsSurgeryEnv.drive_tools`, which turns the target back into
 the action), and the safety limits bound the feed (max_feed_m_s) and stop the robot on thrust
 (max_thrust_n).
+
+Where deploy.json's task.config.shield is enabled (as trained, or as deploy.shield sets it), the
+controller projects each action into the plan's corridor first, by the environment's own shield
+(`tasks.us_surgery.mdp.shield`), and counts the actions it changed (report["shield_interventions"]).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from sim.robot.safety import THRUST_N, THRUST_SIGNAL, ExportSettings, SafetyLimi
 from sim.transforms import matrix_to_quat, quat_to_matrix, rotation_exp
 from tasks.us_surgery.config import UsSurgeryCfg
 from tasks.us_surgery.env import DRILL, DRILL_ARM, PROBE
-from tasks.us_surgery.mdp import drill_motion, observations
+from tasks.us_surgery.mdp import drill_motion, observations, shield
 from tasks.us_surgery.spaces import ACTION_NAMES, observation_spaces
 
 DEPTH_SIGNAL, IN_BONE_SIGNAL = "drilled_depth_m", "in_bone"
@@ -195,10 +199,14 @@ class Controller:
 
     spec: deploy.json. Per episode `start(session, state)`; per control step `observe(state)`
     (after the first), `inputs(state)` for the policy and `target(action)` for the drill arm.
+    report: the episode's counts, updated in place: shield_interventions, the actions the shield
+    changed (0 without it).
     """
 
     def __init__(self, spec: Mapping) -> None:
         self.cfg = build(UsSurgeryCfg, spec["task"]["config"], "deploy.json task.config")
+        shield.check_cfg(self.cfg.shield, self.cfg.start, "deploy.json task.config.shield")
+        self.report = {"shield_interventions": 0}
         joints = spec["robot"]["joints"]
         self.lower = torch.tensor([j["lower_rad"] for j in joints], dtype=torch.float64).float()
         self.upper = torch.tensor([j["upper_rad"] for j in joints], dtype=torch.float64).float()
@@ -227,7 +235,8 @@ class Controller:
         )  # fmt: skip
         self.plan_axis = axis / length[..., None]
         self.last_action = torch.zeros(1, len(ACTION_NAMES))
-        self.reading: tuple | None = None  # the drill's tip, axes and in-bone state of the last inputs
+        self.report["shield_interventions"] = 0
+        self.reading: tuple | None = None  # the drill's tip, axes, in-bone state and depth of the last inputs
         if self.cfg.observation.images:
             self.history = (
                 policy_frame(state, self.cfg.observation.image_size)
@@ -254,7 +263,7 @@ class Controller:
         drilling = observations.drilling_state(
             depth, signal(THRUST_SIGNAL), in_bone, batch_row(state.q), self.lower, self.upper, self.last_action, o
         )
-        self.reading = (pose[:, :3], rot, in_bone > 0.5)
+        self.reading = (pose[:, :3], rot, in_bone > 0.5, depth)
         groups = {"policy": observations.policy_vector(seen, drilling, o.position_scale_m)}
         if o.images:
             groups["image"] = self.history.clone()
@@ -267,11 +276,19 @@ class Controller:
         tilted about it, then the commanded feed along the tilted bit. How much of that the bone
         lets happen (its hold on the shaft, which turns a push into a pivot about the channel's
         entry, and the feed it allows) is the bone's: in the simulator the task's own physics
-        (`UsSurgeryEnv.drive_tools`), which moves the drill toward this target as the action would."""
+        (`UsSurgeryEnv.drive_tools`), which moves the drill toward this target as the action would.
+        With the shield on, the action is first projected into the plan's corridor (as the
+        environment's) and the last action is the projected one."""
         require(self.reading is not None, "drill controller", "inputs(state) before target(action)", "no reading")
         cfg = self.cfg
         act = torch.as_tensor(np.asarray(action, np.float32)).reshape(1, -1).clamp(-1.0, 1.0)
-        tip, rot, in_bone = self.reading
+        tip, rot, in_bone, depth = self.reading
+        if cfg.shield.enabled:
+            act, intervened = shield.project(
+                act, tip, rot, in_bone, depth, self.plan_entry, self.plan_target, self.plan_axis,
+                cfg.actions, cfg.drill.max_feed_m_s / cfg.control_hz, cfg.shield,
+            )  # fmt: skip
+            self.report["shield_interventions"] += int(intervened[0])
         world, tilt = drill_motion.commanded_motion(act, cfg.actions, rot)
         world = torch.where(in_bone[:, None], drill_motion.across_bit(world, rot[:, :, 2]), world)
         rot = rot @ rotation_exp(tilt)

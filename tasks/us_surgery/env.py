@@ -35,7 +35,7 @@ from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import RendererConfig, step_and_reset_renderers
 from sim.ultrasound.tools import ToolSegments
 from tasks.us_surgery.config import ArmCfg, UsSurgeryCfg
-from tasks.us_surgery.mdp import drill_motion, goals, observations, rewards, terminations
+from tasks.us_surgery.mdp import drill_motion, goals, observations, rewards, shield, terminations
 from tasks.us_surgery.mdp.probe_hold import hold_pose
 from tasks.us_surgery.spaces import action_space, observation_spaces
 
@@ -58,7 +58,8 @@ class UsSurgeryEnv(BatchedEnv):
     Observation groups: "policy" (N, D) the tracked plan and drill (probe frame, with registration and
     tracking noise) and the drill's state, "image" (N, history, S, S) the ultrasound history when images
     are on, "critic" (N, Dc) the true plan errors and breach state. Actions (N, 6) in [-1, 1]
-    (`ActionCfg`). Reward terms: `RewardCfg`; costs: {"breach_mm": mm}; spaces: `tasks.us_surgery.spaces`.
+    (`ActionCfg`), projected into the plan's corridor where the shield is on (`ShieldCfg`). Reward terms:
+    `RewardCfg`; costs: {"breach_mm": mm}; spaces: `tasks.us_surgery.spaces`.
     """
 
     num_actions = 6
@@ -115,11 +116,14 @@ class UsSurgeryEnv(BatchedEnv):
         self.registration, self.noise = zeros(6), zeros(6)
         self.action, self.last_action = zeros(self.num_actions), zeros(self.num_actions)
         self.new_breach_mm = zeros()
+        self.shield_interventions = torch.zeros(n, dtype=torch.long, device=dev)  # this episode's, `ShieldCfg`
         names = [
             "patient_idx", "goal_idx", "q_probe", "q_drill", "probe_target", "probe_pose", "drill_pose", "force",
             "tip", "quat", "entered", "entry", "depth", "lateral", "thrust", "tip_err", "ang_err", "depth_err",
             "worst_mm", "worst_depth_m", "worst_dir", "in_canal", "registration", "noise", "action", "last_action",
         ]  # fmt: skip
+        if cfg.shield.enabled:
+            names.append("shield_interventions")
         self.probe = ProbeSpec.policy_probe(probe, cfg.observation.image_size)
         self.renderer = None
         if cfg.observation.images:
@@ -176,6 +180,7 @@ class UsSurgeryEnv(BatchedEnv):
             "8..512 pixels",
             cfg.observation.image_size,
         )
+        shield.check_cfg(cfg.shield, cfg.start)
 
     def _check_drill(self, cfg: UsSurgeryCfg) -> None:
         """InputError unless the drill can drill every plan from its start and the drill arm reaches it."""
@@ -246,6 +251,21 @@ class UsSurgeryEnv(BatchedEnv):
     # -- hooks
 
     def _apply_action(self, action: torch.Tensor) -> None:
+        """The policy's action, projected into the plan's corridor where the shield is on (`ShieldCfg`,
+        its interventions counted), moves the drill."""
+        cfg = self.cfg
+        if cfg.shield.enabled:
+            entry, target, axis = self.plan()
+            action, intervened = shield.project(
+                action, self.tip, quat_to_matrix(self.quat), self.entered, self.depth, entry, target, axis,
+                cfg.actions, cfg.drill.max_feed_m_s * self.dt, cfg.shield,
+            )  # fmt: skip
+            self.shield_interventions = self.shield_interventions + intervened
+        self._move_drill(action)
+
+    def _move_drill(self, action: torch.Tensor) -> None:
+        """The drill moved by action (N, 6) (`drill_motion`, `sim.surgery.drilling`), both arms following;
+        self.action becomes it."""
         cfg = self.cfg
         rot = quat_to_matrix(self.quat)
         tip, rot, depth = drill_motion.move(
@@ -327,6 +347,7 @@ class UsSurgeryEnv(BatchedEnv):
             "angle_err_deg": torch.rad2deg(ang_err),
             "depth_err_mm": depth_err.abs() * 1000.0,
             "steps": self.episode_length_buf.clone(),
+            "shield_interventions": self.shield_interventions.float(),
         }
         return reward, success | failure, metrics
 
@@ -384,6 +405,7 @@ class UsSurgeryEnv(BatchedEnv):
         self.registration[ids] = torch.randn(m, 6, generator=gen, device=dev) * self._registration_std
         self.noise[ids] = 0.0
         self.action[ids], self.last_action[ids] = 0.0, 0.0
+        self.shield_interventions[ids] = 0
         if self.renderer is not None:
             image = self.reset_renderer.render(poses[PROBE], patient, None, check=False, tools=self.tools(tip, quat))
             self.history[ids] = image[:, None].expand(-1, cfg.observation.history, -1, -1)
@@ -466,7 +488,8 @@ class UsSurgeryEnv(BatchedEnv):
         `BatchedEnv.drive_tools`; a missing tool holds its current target). The probe arm takes its
         target as its hold; the drill is moved by the task's own physics toward its target, as the
         action `toward` it would move it (the bone holds the bit, the tissue sets the feed), so an
-        external controller drills no faster than a policy; the task's success and failure tests are
+        external controller drills no faster than a policy (and no shield holds it: that is the
+        controller's, `tasks.us_surgery.deploy.Controller`); the task's success and failure tests are
         its own."""
         got = {k: tuple(v.shape) for k, v in targets.items()}
         ok = set(targets) <= {PROBE, DRILL} and all(tuple(v.shape) == (self.num_envs, 7) for v in targets.values())
@@ -479,7 +502,7 @@ class UsSurgeryEnv(BatchedEnv):
         action = torch.zeros(self.num_envs, self.num_actions, device=self.device)
         if drill is not None:
             action = self.toward(drill.to(self.device, torch.float32))
-        self._apply_action(action)
+        self._move_drill(action)
         self.episode_length_buf += 1
         _, terminated, _ = self._evaluate()
         return terminated | (self.episode_length_buf >= self.max_episode_length)
