@@ -75,6 +75,7 @@ class RunLogger(Logger):
     ) -> None:
         super().__init__(**logger_args)
         self.rank_state = rank_state
+        self.algorithm: object = None  # the runner's algorithm, whose constraint statistics are logged if it has any
         self.end_of_iteration = end_of_iteration  # every process, after each iteration's log (Runner.end_of_iteration)
         self.ended = self._no_episodes()  # {statistic: values of the episodes ended since the last log}
         self._gathered: tuple[int, list | None] = (-1, None)  # (iteration, every process's rank_state())
@@ -121,8 +122,20 @@ class RunLogger(Logger):
         if self.gpu_world_size > 1 and (it % self.cfg["save_interval"] == 0 or it == total_it - 1):
             self.collect_rank_states(it)  # rank 0 saves after this log (OnPolicyRunner.learn)
         super().log(it, start_it, total_it, *args, **kwargs)
+        self.write_constraints(it)
         self.ep_extras.clear()  # rsl-rl clears it only where it writes
         self.end_of_iteration()
+
+    def write_constraints(self, it: int) -> None:
+        """Write a constrained algorithm's statistics of iteration `it` (its `constraint_log()`:
+        {"Constraint/<statistic>/<cost>": value}) where this process writes, and print them."""
+        constraint_log = getattr(self.algorithm, "constraint_log", None)
+        if constraint_log is None or self.writer is None:
+            return
+        stats = constraint_log()
+        for key, value in stats.items():
+            self.writer.add_scalar(key, value, it)
+        print("  ".join(f"{key.removeprefix('Constraint/')}: {value:.4g}" for key, value in stats.items()))
 
     def collect_rank_states(self, it: int) -> None:
         """Gather every process's `rank_state()` to rank 0 for the checkpoint of iteration `it`; a
@@ -166,6 +179,7 @@ class Runner(OnPolicyRunner):
             gpu_global_rank=self.gpu_global_rank,
             device=self.device,
         )
+        self.logger.algorithm = self.alg
         self.preemption = PreemptionGuard()  # the cluster's preemption / time-limit signal (policies.preemption)
 
     def learn(self, num_learning_iterations: int, init_at_random_ep_len: bool = False) -> None:

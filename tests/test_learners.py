@@ -106,16 +106,18 @@ def test_the_default_learner_is_ppo_with_each_tasks_settings():
 
 
 def test_an_unknown_learner_is_refused_listing_the_registered_ones(tmp_path):
-    with pytest.raises(InputError, match=r"learner: expected one of \['ppo'\], got 'diffusion'"):
+    with pytest.raises(InputError, match=r"learner: expected one of \['ppo', 'ppo_lag'\], got 'diffusion'"):
         learners.get("diffusion")
     cfg = compose_config(["task=us_nav_state"])
     with open_dict(cfg):
         cfg.learner = (
             "diffusion"  # e.g. a config that did not come from conf/ (no conf/learner/diffusion.yaml to refuse it)
         )
-    with pytest.raises(InputError, match=r"^learner: expected one of \['ppo'\], got 'diffusion'"):
+    with pytest.raises(InputError, match=r"^learner: expected one of \['ppo', 'ppo_lag'\], got 'diffusion'"):
         check_settings(cfg)
-    with pytest.raises(InputError, match=r"Could not find 'learner/diffusion' Available options in 'learner': ppo"):
+    with pytest.raises(
+        InputError, match=r"Could not find 'learner/diffusion' Available options in 'learner': ppo ppo_lag"
+    ):
         compose_config(["learner=diffusion"])
     out = run([*TRAIN, "learner=diffusion", f"log_root={tmp_path}"])
     assert (

@@ -9,8 +9,10 @@ The task, learner, agent and probe settings come from the run's config.yaml (wha
 with); patients, split, num_envs, seed and device from the command line. video=true writes
 <run>/videos/play_<split>.mp4 (the 3-D scene of environment 0 beside its ultrasound image,
 rendered off screen). The last line printed is one JSON object: success_rate,
-pos_err_mm_mean, ang_err_deg_mean, episodes and more. viewer=true instead opens an interactive
-3-D window (needs a display; keys in sim/viz/viewer.py) and prints viewer_steps when closed.
+pos_err_mm_mean, ang_err_deg_mean, episodes and more; for a policy trained under cost limits
+(learner=ppo_lag) also ep_cost_mean, cost_rate and constraint_satisfied (`policies.evaluation`).
+viewer=true instead opens an interactive 3-D window (needs a display; keys in sim/viz/viewer.py)
+and prints viewer_steps when closed.
 trajectory=true writes environment 0's first episode (policy inputs, actions, the robot's tool poses
 and joint angles per step) to <run>/trajectories/play_<split>.npz; sonolab-deploy on the simulator
 reproduces it where the task's tool targets move its tool as its actions do (us_nav; us_surgery
@@ -64,6 +66,7 @@ def play(cfg: DictConfig) -> dict:
         recorder or policy,
         on_step=lambda e: [hook(e) for hook in hooks],
         min_steps=int(cfg.video_steps) if video else 0,
+        cost_limits=trained.cost_limits,
     )
     metrics.update(
         task=cfg.task.name, split=str(cfg.split), patients=[p.name for p in env.patients], checkpoint=str(checkpoint)

@@ -16,7 +16,10 @@ from sim.errors import require
 __all__ = ["LEARNERS", "ActionChunks", "Learner", "Policy", "TrainedPolicy", "get", "names", "register"]
 
 # name -> "module:Class" of its Learner subclass
-LEARNERS: dict[str, str] = {"ppo": "policies.learners.ppo:PpoLearner"}
+LEARNERS: dict[str, str] = {
+    "ppo": "policies.learners.ppo:PpoLearner",
+    "ppo_lag": "policies.learners.ppo_lag:PpoLagLearner",
+}
 
 
 def register(name: str, target: str) -> None:

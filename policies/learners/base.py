@@ -9,7 +9,7 @@ H control steps' actions, which `ActionChunks` executes one per step.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
@@ -28,11 +28,13 @@ Policy = Callable[[Any], Any]
 class TrainedPolicy:
     """A learner's deterministic policy loaded from a checkpoint: `act` (observations -> actions
     (N, A) or chunks (N, H, A)), the observation groups it reads, in its exported graph's input
-    order, and the training iteration of its checkpoint."""
+    order, the training iteration of its checkpoint, and the episode-cost limits it was trained
+    under ({cost name: limit per episode}; empty for an unconstrained learner)."""
 
     act: Policy
     inputs: list[str]
     iteration: int
+    cost_limits: dict[str, float] = field(default_factory=dict)
 
     def __call__(self, obs: Any) -> Any:
         return self.act(obs)

@@ -17,7 +17,8 @@ from sim.envs.base import BatchedEnv
 
 class RslRlVecEnv(VecEnv):
     """`env` as an rsl-rl VecEnv, sized by the env's declared spaces (`observation_spaces`:
-    {group: `Space`}). cfg: what the runner's logger stores as the env config."""
+    {group: `Space`}) and reporting its costs' units (`cost_units`, for constrained algorithms). cfg:
+    what the runner's logger stores as the env config."""
 
     def __init__(self, env: BatchedEnv, cfg: dict | None = None) -> None:
         self.env = env
@@ -25,6 +26,7 @@ class RslRlVecEnv(VecEnv):
         self.num_actions = env.action_space.shape[0]
         self.observation_spaces = env.observation_spaces
         self.max_episode_length = env.max_episode_length
+        self.cost_units = dict(env.cost_units)
         self.device = env.device
         self.cfg = cfg or {}
 
