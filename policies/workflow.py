@@ -135,9 +135,14 @@ def find_run(spec: str | bool, cfg: DictConfig, what: str = "checkpoint") -> tup
     raise InputError(f"{what} {spec!r}: expected last, a run folder or a checkpoint file")
 
 
-def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
+_MISSING = object()  # what OmegaConf.select returns for a key a config lacks
+
+
+def trained_run(cfg: DictConfig, task_overrides: Sequence[str] = ()) -> tuple[Path, Path]:
     """(run folder, checkpoint) of `cfg.checkpoint`, with the run's task, learner, agent and probe
-    settings (what the policy was trained with) put into cfg in place.
+    settings (what the policy was trained with) put into cfg in place, and then the command line's
+    overrides of single task settings among task_overrides ("task.<key>=<value>", e.g.
+    task.shield.enabled=true to evaluate with the shield on; "task=<name>" picks the task only).
 
     The checkpoint is read (as data only) before anything is built, so a crafted, foreign or
     broken file, or one trained for another task, fails here in a second."""
@@ -146,6 +151,17 @@ def trained_run(cfg: DictConfig) -> tuple[Path, Path]:
     if saved is not None:
         with open_dict(cfg):
             cfg.task, cfg.learner, cfg.agent, cfg.probe = saved.task, saved.learner, saved.agent, saved.probe
+            settings = [o.removeprefix("+") for o in task_overrides if o.removeprefix("+").startswith("task.")]
+            for setting in settings:
+                key = setting.split("=", 1)[0]
+                require(
+                    OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING,
+                    f"override {setting}",
+                    f"a setting of the run's task {saved.task.name}",
+                    "no such setting",
+                )
+            if settings:
+                cfg.task = OmegaConf.merge(cfg.task, OmegaConf.from_dotlist(settings).task)
     recorded = checkpoints.load_checkpoint(checkpoint).get("layout")
     if isinstance(recorded, dict) and recorded.get("task") != cfg.task.name:
         source = run_dir / RUN_CONFIG if saved is not None else f"the command line; {run_dir} has no {RUN_CONFIG}"

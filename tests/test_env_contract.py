@@ -94,12 +94,16 @@ def test_episode_logs_sum_terms_and_costs_to_the_episode_return(patients):
     assert done.all(), "every episode ends at the time limit (no success in 6 steps from the start box)"
     log = extras["log"]
     terms = [f"Reward/{t.name}" for t in env.reward_terms]
-    metrics = [f"Episode/{k}" for k in ("success", "position_error_mm", "angle_error_deg", "steps", "force_n")]
+    metrics = [
+        f"Episode/{k}" for k in ("success", "position_error_mm", "angle_error_deg", "steps", "force_n", "peak_force_n")
+    ]
     assert set(log) == {*metrics, *terms, "Cost/contact_force"}
     assert all(log[k].shape == (n,) for k in terms)
     torch.testing.assert_close(sum(log[k] for k in terms), returns, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log["Cost/contact_force"], cost_sums)
     assert (cost_sums > 0).all()
+    # Every episode's force exceeded its 2 N limit (it cost), so its peak did; the peak bounds the last force.
+    assert (log["Episode/peak_force_n"] > 2.0).all() and (log["Episode/peak_force_n"] >= log["Episode/force_n"]).all()
     assert torch.equal(env.episode_sums, torch.zeros(n, len(terms) + 1))  # the new episodes start from 0
 
 

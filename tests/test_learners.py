@@ -215,3 +215,14 @@ def test_action_chunks_run_one_action_per_step_on_the_runtime_simulator(trained,
         inputs = {name: np.asarray(values[start])[None] for name, values in log.inputs.items()}
         np.testing.assert_allclose(log.actions[t], exported(inputs)[0] * DECAY ** (t % CHUNK), rtol=0, atol=1e-6)
     assert not np.allclose(log.actions[1], log.actions[0])  # not the first action repeated
+
+
+def test_play_takes_the_runs_task_settings_with_the_command_lines_task_settings_on_top(trained):
+    overrides = ["task.success.hold_steps=7", "task=us_nav_state"]
+    cfg = compose_config([f"checkpoint={trained}", "num_envs=4", *SMALL_RUN, "task.episode_steps=3"])
+    saved_steps = run_config(trained).task.episode_steps
+    trained_run(cfg, overrides)  # what play.py passes: the command line's overrides
+    assert cfg.task.success.hold_steps == 7  # given on the command line
+    assert cfg.task.episode_steps == saved_steps != 3  # composed, not given: the run's own
+    with pytest.raises(InputError, match="override task.no_such_setting=1: expected a setting of the run's task"):
+        trained_run(compose_config([f"checkpoint={trained}", *SMALL_RUN]), ["task.no_such_setting=1"])

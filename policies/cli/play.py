@@ -6,7 +6,8 @@
     sonolab-play task=us_nav_state checkpoint=last viewer=true           # interactive
 
 The task, learner, agent and probe settings come from the run's config.yaml (what the policy was trained
-with); patients, split, num_envs, seed and device from the command line. video=true writes
+with), single task settings given on the command line on top (task.shield.enabled=true evaluates
+us_surgery with its shield on); patients, split, num_envs, seed and device from the command line. video=true writes
 <run>/videos/play_<split>.mp4 (the 3-D scene of environment 0 beside its ultrasound image,
 rendered off screen). The last line printed is one JSON object: success_rate,
 pos_err_mm_mean, ang_err_deg_mean, episodes and more; for a policy trained under cost limits
@@ -28,6 +29,7 @@ import sys
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from policies import learners
@@ -40,10 +42,10 @@ from sim.ultrasound.probe import ProbeSpec
 from tasks.schemas import register_schemas
 
 
-def play(cfg: DictConfig) -> dict:
+def play(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     if cfg.viewer and (cfg.video or cfg.trajectory):
         raise InputError("viewer=true: expected video=false and trajectory=false (the viewer runs no evaluation)")
-    run_dir, checkpoint = trained_run(cfg)
+    run_dir, checkpoint = trained_run(cfg, overrides)
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, str(cfg.split))
     trained = learners.get(cfg.learner).load_policy(cfg, env, checkpoint)
@@ -84,7 +86,7 @@ register_schemas()  # conf/ starts from the config dataclasses (tasks/schemas.py
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        print(json.dumps(play(cfg)))
+        print(json.dumps(play(cfg, list(HydraConfig.get().overrides.task))))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -17,13 +17,19 @@ METRICS = {
     "ang_err_deg_mean": "deg",
     "ang_err_deg_median": "deg",
     "time_to_success_s_mean": "s",
+    "peak_force_n_median": "N",
+    "peak_force_n_p95": "N",
+    "force_violation_rate": "1",
 }
 
 
 def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
     """The metrics of one episode per environment: episodes holds the task's per-episode log
-    (success, position_error_mm, angle_error_deg, steps: (N,) each); dt: the control period, s.
-    time_to_success_s_mean is over the successful episodes (None without any)."""
+    (success, position_error_mm, angle_error_deg, steps, peak_force_n: (N,) each) and the contact-force
+    cost's episode sum "Cost/contact_force"; dt: the control period, s. time_to_success_s_mean is over
+    the successful episodes (None without any); peak_force_n_*: the distribution of the episodes'
+    highest contact force; force_violation_rate: the fraction of episodes whose force ever exceeded
+    task.reward.max_force_n."""
     success = episodes["success"] > 0.5
     pos, ang = episodes["position_error_mm"], episodes["angle_error_deg"]
     return {
@@ -33,6 +39,9 @@ def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
         "ang_err_deg_mean": ang.mean().item(),
         "ang_err_deg_median": ang.median().item(),
         "time_to_success_s_mean": (episodes["steps"][success] * dt).mean().item() if bool(success.any()) else None,
+        "peak_force_n_median": episodes["peak_force_n"].median().item(),
+        "peak_force_n_p95": episodes["peak_force_n"].quantile(0.95).item(),
+        "force_violation_rate": (episodes["Cost/contact_force"] > 0).float().mean().item(),
     }
 
 

@@ -86,6 +86,7 @@ class UsNavEnv(BatchedEnv):
         self.q = self.scene.home(n)[ARM]
         self.poses = torch.zeros(n, 7, device=dev)
         self.force = torch.zeros(n, device=dev)
+        self.peak_force = torch.zeros(n, device=dev)  # this episode's highest contact force, N
         self.action = torch.zeros(n, self.num_actions, device=dev)
         self.last_action = torch.zeros(n, self.num_actions, device=dev)
         self.pos_err = torch.zeros(n, device=dev)
@@ -100,6 +101,7 @@ class UsNavEnv(BatchedEnv):
             "q",
             "poses",
             "force",
+            "peak_force",
             "action",
             "last_action",
             "pos_err",
@@ -223,12 +225,14 @@ class UsNavEnv(BatchedEnv):
         reward = weighted(self.reward_terms, outcome)
         self.pos_err, self.ang_err = pos_err, ang_err
         self.last_action = self.action
+        self.peak_force = torch.maximum(self.peak_force, self.force)
         metrics = {
             "success": success,
             "position_error_mm": pos_err * 1000.0,
             "angle_error_deg": torch.rad2deg(ang_err),
             "steps": self.episode_length_buf.clone(),
             "force_n": self.force,
+            "peak_force_n": self.peak_force,
         }
         return reward, success, metrics
 
@@ -254,6 +258,7 @@ class UsNavEnv(BatchedEnv):
         poses = self.scene.tool_poses({ARM: q}, patient)[PROBE]
         self.q[ids], self.poses[ids] = q, poses
         self.force[ids] = self.scene.contacts(patient, {PROBE: poses}, ids)[PROBE].force_n
+        self.peak_force[ids] = self.force[ids]
         pos_err, ang_err = terminations.pose_errors(poses, self.goal_poses[patient, self.goal_idx[ids]])
         self.pos_err[ids], self.ang_err[ids] = pos_err, ang_err
         self.hold[ids] = 0
