@@ -135,9 +135,6 @@ def find_run(spec: str | bool, cfg: DictConfig, what: str = "checkpoint") -> tup
     raise InputError(f"{what} {spec!r}: expected last, a run folder or a checkpoint file")
 
 
-_MISSING = object()  # what OmegaConf.select returns for a key a config lacks
-
-
 def trained_run(cfg: DictConfig, task_overrides: Sequence[str] = ()) -> tuple[Path, Path]:
     """(run folder, checkpoint) of `cfg.checkpoint`, with the run's task, learner, agent and probe
     settings (what the policy was trained with) put into cfg in place, and then the command line's
@@ -152,14 +149,6 @@ def trained_run(cfg: DictConfig, task_overrides: Sequence[str] = ()) -> tuple[Pa
         with open_dict(cfg):
             cfg.task, cfg.learner, cfg.agent, cfg.probe = saved.task, saved.learner, saved.agent, saved.probe
             settings = [o.removeprefix("+") for o in task_overrides if o.removeprefix("+").startswith("task.")]
-            for setting in settings:
-                key = setting.split("=", 1)[0]
-                require(
-                    OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING,
-                    f"override {setting}",
-                    f"a setting of the run's task {saved.task.name}",
-                    "no such setting",
-                )
             if settings:
                 cfg.task = OmegaConf.merge(cfg.task, OmegaConf.from_dotlist(settings).task)
     recorded = checkpoints.load_checkpoint(checkpoint).get("layout")
