@@ -46,9 +46,8 @@ def run_dir(tmp_path_factory) -> Path:
     """A two-iteration us_surgery_state training with its exported folder."""
     root = tmp_path_factory.mktemp("surgery")
     run = Path(last_line(script("train.py", "task=us_surgery_state", *QUICK, f"log_root={root}")))
-    exported = script(
-        "export.py", "task=us_surgery_state", "checkpoint=last", f"log_root={root}", "export.samples=16", *SMALL_RUN
-    )
+    # The run folder alone names the task (the command line's default task is us_nav's).
+    exported = script("export.py", f"checkpoint={run}", "export.samples=16", *SMALL_RUN)
     assert Path(last_line(exported)) == run / "exported"
     return run
 

@@ -36,8 +36,8 @@ def export(cfg: DictConfig) -> Path:
     """Export the run's checkpoint to <run>/exported; the `export.*` settings are checked against
     their hard bounds before anything else is done."""
     settings = ExportSettings.from_dict(OmegaConf.to_container(cfg.export, resolve=True), "export")
-    deployment_spec = registry.deployment_part(cfg.task.name, "deployment_spec")  # before any work
-    run_dir, checkpoint = trained_run(cfg)
+    run_dir, checkpoint = trained_run(cfg)  # the run's task: the command line's task= may be absent
+    deployment_spec = registry.deployment_part(cfg.task.name, "deployment_spec")  # before any environment is built
     torch.manual_seed(int(cfg.seed))
     env = build_env(cfg, "train", num_envs=SAMPLE_ENVS)
     learner = learners.get(cfg.learner)
