@@ -101,8 +101,7 @@ class PpoLagrangian(PPO):
             raise InputError(
                 f"agent.algorithm.cost_limits: expected costs the environment reports ({sorted(known)}), got {unknown}"
             )
-        critic_class, critic_cfg = resolve_class(cfg["critic"])
-        critic_cfg.pop("cnns", None)
+        critic_class, critic_cfg = resolve_class(cfg["critic"])  # a fresh copy of the reward critic's settings
         alg.attach_cost_critic(critic_class(obs, cfg["obs_groups"], "critic", len(alg.cost_names), **critic_cfg))
         return alg
 
