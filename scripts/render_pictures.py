@@ -7,6 +7,9 @@ Writes into --out:
     us_convex_transverse_L3.png     convex probe, same view
     us_linear_parasagittal_L3.png   linear probe along the spine through L3's left lamina
     scene_3d.png                    body, bones, the linear probe and its image (pyvista, off screen)
+    realism_side_by_side.png        the realism reference image (a real 5 MHz convex scan) beside the
+                                    phantom imaged as it was (sim.ultrasound.reference_view); only
+                                    when pydicom-data, which holds the reference, is installed
 Prints each file with its size and the time taken. Exit code 2 on bad input.
 """
 
@@ -20,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import pyvista as pv
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sim.anatomy.bank import PatientBank
 from sim.anatomy.derive import derive
 from sim.anatomy.phantom import make_phantom
 from sim.errors import InputError
+from sim.ultrasound import realism, reference_view
 from sim.ultrasound.placement import standard_plane_pose
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer
@@ -76,6 +80,24 @@ def render_scene(bank: PatientBank, probe: ProbeSpec, pose: np.ndarray, image: n
     return shot
 
 
+def side_by_side(patient) -> np.ndarray:
+    """(H, W) uint8: the realism reference image beside the phantom imaged as it was, both at the
+    reference's pixel size, top-aligned at the probe face and labelled."""
+    ref = realism.load_reference()
+    view = reference_view.render_reference_view(patient)
+    real = ref.gray[max(0, round(ref.depth0_row)) :]
+    simulated = view.image[max(0, round(view.depth0_row)) :]
+    height = max(len(real), len(simulated))
+    pad = lambda a: np.pad(a, ((0, height - len(a)), (0, 0)))  # noqa: E731
+    gap = np.zeros((height, 12))
+    pixels = np.concatenate([pad(real), gap, pad(simulated)], axis=1).clip(0, 255).round().astype(np.uint8)
+    img = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(img)
+    draw.text((8, height - 16), "real: ALOKA SSD-4000, 5 MHz convex", fill=255)
+    draw.text((real.shape[1] + 20, height - 16), "sonolab: phantom, convex_reference preset", fill=255)
+    return np.asarray(img)
+
+
 def save_png(path: Path, pixels: np.ndarray, colours: int | None = None) -> None:
     """Write uint8 pixels (H, W) or (H, W, 3); `colours` quantises to a palette to keep files small."""
     img = Image.fromarray(pixels)
@@ -102,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         save_png(written[-1], (image * 255).round().astype(np.uint8))
     written.append(args.out / "scene_3d.png")
     save_png(written[-1], render_scene(bank, *views["us_linear_transverse_L3"]), SCENE_COLOURS)
+    if realism.reference_available():
+        written.append(args.out / "realism_side_by_side.png")
+        save_png(written[-1], side_by_side(patient))
     for path in written:
         print(f"{path}  {path.stat().st_size / 1024:.0f} KB")
     print(f"done in {time.perf_counter() - start:.1f} s")

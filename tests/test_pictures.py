@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sim.ultrasound import realism, reference_view
 from sim.ultrasound.probe import ProbeSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,3 +74,13 @@ def test_scene_picture_is_a_rendered_view(pictures):
     colours, counts = np.unique(scene.reshape(-1, 3), axis=0, return_counts=True)
     assert len(colours) > 50, "too few colours for shaded meshes and an ultrasound texture"
     assert counts.max() < 0.8 * counts.sum(), "the view is mostly one colour"
+
+
+@pytest.mark.skipif(not realism.reference_available(), reason="needs pydicom-data (pip install pydicom-data)")
+def test_realism_picture_puts_the_reference_beside_the_simulation(pictures):
+    side = load(pictures / "realism_side_by_side.png")
+    real_width = realism.load_reference().gray.shape[1]
+    real, simulated = side[:-20, :real_width], side[:-20, real_width + 12 :]
+    assert simulated.shape[1] == ProbeSpec.preset(reference_view.PRESET).image_width
+    for half in (real, simulated):
+        assert 20 < half[half > 0].mean() < 120  # soft-tissue gray, as a scanner shows it

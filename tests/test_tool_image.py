@@ -70,14 +70,17 @@ def test_in_plane_shaft_is_a_bright_line_at_its_depth_with_a_shadow_behind(rende
     assert (peak_samples(renderer, pose, tools)[0, cols] == row).all()  # ... at the predicted row of every column
     behind = slice(row + 12, None)  # past the 2 mm shaft and the PSF
     assert drawn[behind, cols].mean() < 0.3 * plain[behind, cols].mean()  # the shadow
-    outside = [c for c in range(81) if abs(-0.02 + c * COLUMN_M) > 0.0115]
-    assert torch.equal(drawn[:, outside], plain[:, outside])  # lines that miss it are untouched
+    # lines beyond the lateral PSF's reach of the lines that meet it are untouched
+    beam = renderer.lateral_half * COLUMN_M
+    outside = [c for c in range(81) if abs(-0.02 + c * COLUMN_M) > 0.0115 + beam]
+    assert torch.equal(drawn[:, outside], plain[:, outside])
     assert torch.equal(drawn[: row - 3], plain[: row - 3])  # and so is the tissue in front of it
 
     # In dB (before compression) the shadow is exactly the two walls' transmission loss, past the
-    # reflector's own PSF tail (2 samples).
-    level_plain = renderer.render_lines(pose, zeros())[0][row + 3 :, cols]
-    level_drawn = renderer.render_lines(pose, zeros(), tools=tools)[0][row + 3 :, cols]
+    # reflector's own PSF tail (2 samples), where the whole lateral PSF lies in the shadow.
+    inner = slice(cols.start + renderer.lateral_half, cols.stop - renderer.lateral_half)
+    level_plain = renderer.render_lines(pose, zeros())[0][row + 3 :, inner]
+    level_drawn = renderer.render_lines(pose, zeros(), tools=tools)[0][row + 3 :, inner]
     loss_db = DB_PER_NEPER * TOOL_LOG_TRANSMISSION
     assert -40 < loss_db < -30  # stronger than bone's 4 dB per wall
     torch.testing.assert_close(level_drawn - level_plain, torch.full_like(level_plain, loss_db), atol=2e-3, rtol=0)
@@ -129,7 +132,7 @@ def test_oblique_shaft_shows_only_near_its_crossing(renderer):
     pose = poses_at(FACE)
     plain, drawn = renderer.render(pose, zeros())[0], renderer.render(pose, zeros(), tools=tools)[0]
     x = -0.02 + torch.arange(81) * COLUMN_M
-    reach = (h + radius / math.cos(angle)) / math.tan(angle)
+    reach = (h + radius / math.cos(angle)) / math.tan(angle) + renderer.lateral_half * COLUMN_M  # and the PSF's
     far = (x.abs() > reach + 1e-4).nonzero()[:, 0]
     assert torch.equal(drawn[:, far], plain[:, far])
     # Where the axis itself lies in the slab (|x| tan 30 <= h) the lines meet its front at 24.5 mm.

@@ -15,8 +15,8 @@ temporary folder, times the iterations after --warmup from its TensorBoard log a
 environment steps per second over all processes with what each process communicates per
 iteration: the model's parameters x 4 bytes per gradient all-reduce, the normaliser statistics,
 the episode statistics, and the environment state gathered for a checkpoint. `realism` compares a
-real 5 MHz convex B-mode image (pydicom-data) with the convex preset at its frequency and depth on
-the default phantom, by sim.ultrasound.realism's statistics, against issue 17's targets.
+real 5 MHz convex B-mode image (pydicom-data) with the default phantom rendered by the probe preset
+matched to it (`convex_reference`), by sim.ultrasound.realism's statistics, against issue 17's targets.
 
 The `sonolab-benchmark` command (installed sonolab, any folder) and scripts/benchmark.py run `main`.
 """
@@ -361,34 +361,24 @@ def realism_targets(real: dict, sim: dict) -> dict:
 
 
 def bench_realism(args: argparse.Namespace) -> dict:
-    """The real reference image against one rendering of the default phantom (1 mm) by the convex
-    preset at the reference's frequency, 15 cm deep, pixels as fine as the reference's (0.383 mm),
-    from a pose over the lumbar back; both measured by sim.ultrasound.realism.measure over the
-    central half of their sector."""
-    from sim.ultrasound import realism
+    """The real reference image against the default phantom (1 mm) imaged as the reference was
+    (sim.ultrasound.reference_view: the `convex_reference` preset, the reference's display, the
+    flank); both measured by sim.ultrasound.realism.measure over the central half of their sector."""
+    from sim.ultrasound import realism, reference_view
 
     ref = realism.load_reference()  # first: InputError naming pip install pydicom-data when it is missing
     real = realism.measure(ref.gray, ref.pixel_mm, realism.central_roi(ref.valid), ref.valid, ref.depth0_row)
-    # 15 cm deep, 70 deg: the sector is 229 x 159 mm, so 600 x 416 px give the reference's pixel size
-    probe = ProbeSpec.preset("convex", frequency_mhz=ref.frequency_mhz, depth_m=0.15, image_width=600, image_height=416)
     patient = prepare_patient({"source": "phantom", "seed": 0, "spacing_mm": 1.0}, progress=False)
-    bank = PatientBank([patient], device="cpu")
-    renderer = Renderer(bank, probe, config=RendererConfig(compile=False))
-    pose = lumbar_poses(patient, 1, seed=args.seed)
-    image = 255 * renderer.render(pose, torch.zeros(1, dtype=torch.long))[0].numpy()
-    _, inside = probe.scan_coordinates()
-    valid = inside.numpy()
-    z = probe.pixel_positions()[:, 0, 1].numpy()
-    depth0_row = float(np.interp(0.0, z, np.arange(len(z))))
-    pixel_mm = 1000 * probe.pixel_spacing_m()[0]
-    sim = realism.measure(image, pixel_mm, realism.central_roi(valid), valid, depth0_row)
+    view = reference_view.render_reference_view(patient)
+    sim = realism.measure(view.image, view.pixel_mm, realism.central_roi(view.valid), view.valid, view.depth0_row)
     real_d, sim_d = real.to_dict(), sim.to_dict()
     keys = ("axial_grain_mm", "lateral_grain_mm", "lateral_over_axial", "local_contrast", "soft_tissue_mean")
     return {
         "benchmark": "realism",
         "reference": f"pydicom-data {realism.REFERENCE_FILE}",
-        "probe": {"preset": "convex", **{k: v for k, v in probe.to_dict().items() if k != "kind"}},
-        "pixel_mm": {"real": round(ref.pixel_mm, 4), "simulated": round(pixel_mm, 4)},
+        "probe": {"preset": reference_view.PRESET, **{k: v for k, v in view.probe.to_dict().items() if k != "kind"}},
+        "display": reference_view.DISPLAY,
+        "pixel_mm": {"real": round(ref.pixel_mm, 4), "simulated": round(view.pixel_mm, 4)},
         "real": real_d,
         "simulated": sim_d,
         "ratio_simulated_over_real": {k: round(sim_d[k] / real_d[k], 3) for k in keys},

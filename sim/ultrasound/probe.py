@@ -23,6 +23,32 @@ KINDS = ("linear", "convex", "phased")
 SPEED_OF_SOUND_M_S = 1540.0
 
 
+# One-way beam width at the focus of a Hann-apodized aperture, in lambda F / D: scanners taper
+# their apertures to keep side lobes down, which widens the main lobe from 1.21 (no taper) to 2.0.
+HANN_BEAM_WIDTH = 2.0
+FWHM_PER_E_RADIUS = 2 * math.sqrt(math.log(2))  # a Gaussian beam's amplitude FWHM over its 1/e radius
+
+
+def beam_fwhm_m(
+    depth_m: torch.Tensor, wavelength_m: float | torch.Tensor, focus_m: float, aperture_m: float
+) -> torch.Tensor:
+    """Two-way lateral beam width (amplitude FWHM, m) of a Hann-apodized array with a fixed transmit
+    focus and dynamic receive focusing, at `depth_m`; shapes broadcast.
+
+    Transmit: a Gaussian beam whose waist at the focus F is w0 = 2 lambda F / D (`HANN_BEAM_WIDTH`),
+    widening as w_tx = w0 sqrt(1 + ((z - F) / z_R)^2) with the Rayleigh range z_R = pi W0^2 / lambda
+    of its 1/e radius W0. Receive: dynamic focusing at the transmit F-number until the aperture D
+    is full (at F), w_rx = 2 lambda max(z, F) / D. Two-way, the product of the two Gaussian
+    profiles: w = (w_tx^-2 + w_rx^-2)^-1/2, so sqrt(2) lambda F / D at the focus (the narrowest),
+    about 2 lambda F / D in the near field, and growing in proportion to the depth far beyond.
+    """
+    waist = HANN_BEAM_WIDTH * wavelength_m * focus_m / aperture_m
+    rayleigh = math.pi * (waist / FWHM_PER_E_RADIUS) ** 2 / wavelength_m
+    tx = waist * torch.sqrt(1 + ((depth_m - focus_m) / rayleigh) ** 2)
+    rx = HANN_BEAM_WIDTH * wavelength_m * torch.clamp(depth_m, min=focus_m) / aperture_m
+    return torch.rsqrt(tx**-2 + rx**-2)
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     """Transducer and image geometry.
@@ -32,8 +58,11 @@ class ProbeSpec:
     width_m: aperture width (linear). fov_deg: field of view (convex, phased).
     radius_m: face radius of curvature (convex). lines / samples: scan lines and samples per
     line (None: the output width / height). elevation_m: slice thickness; elevation_rays > 1
-    averages tissue properties over that many rays across it. pulse_cycles: pulse length,
-    setting the axial point-spread function. image_height / image_width: output pixels.
+    averages tissue properties over that many rays across it. pulse_cycles: pulse length (its
+    envelope's full width at half maximum, in cycles), setting the axial point-spread function.
+    aperture_m: the active aperture D across the lines; focus_m: the transmit focal depth F
+    (None: half the imaging depth); with the wavelength they set the lateral point-spread
+    function (`beam_fwhm_m`). image_height / image_width: output pixels.
     """
 
     kind: str = "linear"
@@ -47,6 +76,8 @@ class ProbeSpec:
     elevation_m: float = 0.002
     elevation_rays: int = 1
     pulse_cycles: float = 2.0
+    aperture_m: float = 0.02
+    focus_m: float | None = None
     image_height: int = 200
     image_width: int = 150
 
@@ -66,6 +97,8 @@ class ProbeSpec:
         need(0 <= self.elevation_m <= 0.02, "elevation_m", "a slice thickness in 0..0.02 m")
         need(1 <= self.elevation_rays <= 16, "elevation_rays", "1..16 rays")
         need(0.5 <= self.pulse_cycles <= 10, "pulse_cycles", "0.5..10 cycles")
+        need(0.001 <= self.aperture_m <= 0.1, "aperture_m", "an active aperture in 0.001..0.1 m")
+        need(self.focus_m is None or 0.001 <= self.focus_m <= 0.4, "focus_m", "None or a focal depth in 0.001..0.4 m")
         need(8 <= self.image_height <= 4096, "image_height", "8..4096 pixels")
         need(8 <= self.image_width <= 4096, "image_width", "8..4096 pixels")
 
@@ -119,6 +152,20 @@ class ProbeSpec:
     def wavelength_m(self) -> float:
         return SPEED_OF_SOUND_M_S / (self.frequency_mhz * 1e6)
 
+    @property
+    def focal_depth_m(self) -> float:
+        """The transmit focus F (m): focus_m, or half the imaging depth when it is None."""
+        return self.focus_m if self.focus_m is not None else self.depth_m / 2
+
+    def line_spacing_m(self, dist: torch.Tensor) -> torch.Tensor:
+        """Distance between neighbouring scan lines (m) at the distances `dist` (m) along them:
+        constant for a linear array, (radius + dist) x the angular step for a sector (at least
+        1 um, so the apex of a phased sector does not divide by zero)."""
+        if self.kind == "linear":
+            return torch.full_like(dist, self.width_m / (self.n_lines - 1))
+        step = math.radians(self.fov_deg) / (self.n_lines - 1)
+        return ((self.apex_radius_m + dist) * step).clamp_min(1e-6)
+
     def scan_lines(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scan-line origins (L, 3), unit directions (L, 3) and sample distances (S,), metres."""
         L, S = self.n_lines, self.n_samples
@@ -135,6 +182,12 @@ class ProbeSpec:
             origins = dirs * r + torch.tensor([0.0, 0.0, -r], dtype=phi.dtype)
         f32 = dict(dtype=torch.float32, device=device)
         return origins.to(**f32), dirs.contiguous().to(**f32), dist.to(**f32)
+
+    def lateral_fwhm_m(self, depth_m: torch.Tensor, frequency_mhz: float | torch.Tensor | None = None) -> torch.Tensor:
+        """The two-way lateral beam width (m, amplitude FWHM) at `depth_m` (see `beam_fwhm_m`), at
+        `frequency_mhz` (None: the probe's); shapes broadcast."""
+        f = self.frequency_mhz if frequency_mhz is None else frequency_mhz
+        return beam_fwhm_m(depth_m, SPEED_OF_SOUND_M_S / (f * 1e6), self.focal_depth_m, self.aperture_m)
 
     def elevation_offsets(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """(E,) elevation (+y) offsets of the rays averaged across the slice thickness, metres."""

@@ -9,20 +9,26 @@ patients or tissue classes):
    equals sampling float property volumes while storing one byte per voxel and letting each
    environment randomise its tissue parameters for free.
 2. Specular reflection at impedance jumps: amplitude r = (Z2 - Z1) / (Z2 + Z1) per sample step,
-   blurred by the axial point-spread function (a Gaussian set by the pulse length).
+   times cos(theta)^specular_power for an interface tilted by theta from the beam in the image
+   plane (a tilted surface sends its echo past the aperture).
 3. Transmission loss: the round-trip amplitude behind an interface is scaled by (1 - R), R = r^2,
    so bone and air cast shadows.
 4. Attenuation: round trip 2 * alpha * f * depth dB, alpha proportional to frequency.
-5. Speckle: a complex Gaussian field fixed in the patient frame (`speckle.py`), scaled by the
-   tissue's echogenicity, added coherently to the specular echo; the envelope is the magnitude.
+5. Speckle: a complex Gaussian scatterer field fixed in the patient frame (`speckle.py`), scaled
+   by the tissue's echogenicity, added coherently to the specular echo.
+   The point-spread function: the complex echo passes the axial PSF (a Gaussian set by the pulse
+   length) along each line and the lateral PSF across lines (a Gaussian of the two-way beam
+   width at each depth, `probe.beam_fwhm_m`: aperture, focus and each environment's
+   frequency), so speckle grains take the beam's size; the envelope is the magnitude.
 6. Coupling: the skin conforms to the pressed face, so within a short reach past the face air
    becomes gel; lines that meet no tissue within that reach (probe lifted off) go dark.
-7. Time-gain compensation, gain, log compression over a dynamic range to [0, 1], and scan
-   conversion of sector (convex, phased) images.
+7. Time-gain compensation (by default automatic: one gain per depth that levels the soft
+   tissue the lines pass, `stages.auto_tgc`), gain, log compression over a dynamic range to
+   [0, 1], and scan conversion of sector (convex, phased) images.
 
 Optionally a straight metal tool per environment (`tools.ToolSegments`, e.g. the drill): each
 line that meets its shaft within the imaged slab echoes from its front wall almost as from a
-mirror, and the tissue behind it lies in its shadow (`tools.py`, `stages.tool_echo_db`).
+mirror, and the tissue behind it lies in its shadow (`tools.py`, `stages.tool_echo_iq`).
 
 Steps 1-7 work in the log domain, so (1 - R) and attenuation become one cumulative sum. The
 stages are pure tensor functions in `stages.py`; `torch.compile` fuses each into a few loops on
@@ -46,15 +52,20 @@ from sim.transforms import check_poses
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.speckle import speckle_tile
 from sim.ultrasound.stages import (
+    FWHM_PER_SIGMA,
+    auto_tgc,
+    beam_level,
     compress,
     coupling,
-    echo_db,
+    echo_iq,
+    lateral_taps,
     line_geometry,
     reflection,
     sample_tissue,
     scan_convert,
+    slope_tgc,
     speckle,
-    tool_echo_db,
+    tool_echo_iq,
 )
 from sim.ultrasound.tissue import TissueTable
 from sim.ultrasound.tools import TOOL_LOG_TRANSMISSION, TOOL_REFLECTION, ToolSegments, shaft_depth
@@ -67,6 +78,8 @@ RANDOMIZATION_KEYS = (
     "attenuation_scale",
     "echogenicity_db",
 )
+ORIENTATION_MAX_TAPS = 16  # taps either side of the smoothing under which interface tilts are read
+MAX_LATERAL_HALF = 32  # the lateral PSF spans at most 65 lines
 QUATERNION_NORM_TOL = 1e-3  # poses whose quaternion norm is further than this from 1 are refused
 
 
@@ -74,14 +87,18 @@ QUATERNION_NORM_TOL = 1e-3  # poses whose quaternion norm is further than this f
 class RendererConfig:
     """Renderer settings (Hydra: `renderer.*`).
 
-    tgc_db_cm_mhz: time-gain compensation slope, compensating this attenuation round trip
-        (0 turns TGC off). gain_db, dynamic_range_db: display mapping; 0 dB is a perfect mirror.
+    tgc_db_cm_mhz: None (the default): automatic time-gain compensation, levelling at each
+        depth the mean soft-tissue attenuation of the lines (`stages.auto_tgc`); a number: a
+        fixed slope compensating that attenuation round trip (0 turns TGC off).
+        gain_db, dynamic_range_db: display mapping; 0 dB is a perfect mirror.
     tissue_min_mrayl: impedance above which a sample counts as tissue for coupling.
     conform_m: how far past its face a scan line may first meet tissue and still be coupled (the
         skin conforms to the pressed face; convex faces add their own curvature to it).
     speckle_cells, speckle_pitch_m, speckle_sigma_cells, speckle_seed: the scatterer tile, a
         power-of-two number of cells per axis (pitch None: the axial sample spacing); 64 cells
         of 8 bytes stay in cache.
+    specular_power: an interface echoes with cos(theta)^specular_power of its amplitude at normal
+        incidence, theta the angle between the beam and its normal (0: independent of angle).
     property_step_m: spacing of the tissue lookups along a line, rounded to whole samples
         (None: 1.25 times the finest voxel size in the bank); samples between are interpolated.
     randomization: per-environment ranges for `Renderer.sample_params` (uniform):
@@ -91,14 +108,15 @@ class RendererConfig:
     compile: fuse the pipeline with torch.compile (first call compiles, about a minute on CPU).
     """
 
-    tgc_db_cm_mhz: float = 0.8
+    tgc_db_cm_mhz: float | None = None
     gain_db: float = 6.0
     dynamic_range_db: float = 60.0
     tissue_min_mrayl: float = 0.5
     conform_m: float = 0.002
     speckle_cells: int = 64
     speckle_pitch_m: float | None = None
-    speckle_sigma_cells: float = 0.75
+    speckle_sigma_cells: float = 0.5
+    specular_power: float = 2.0
     speckle_seed: int = 0
     property_step_m: float | None = None
     randomization: dict = field(
@@ -116,12 +134,14 @@ class RendererConfig:
 
     def __post_init__(self) -> None:
         """Refuse settings that would turn every image into NaN or nonsense (InputError naming the setting)."""
-        require_number(self.tgc_db_cm_mhz, "renderer tgc_db_cm_mhz", 0.0)
+        if self.tgc_db_cm_mhz is not None:
+            require_number(self.tgc_db_cm_mhz, "renderer tgc_db_cm_mhz", 0.0)
         require_number(self.gain_db, "renderer gain_db", -math.inf)
         require_number(self.dynamic_range_db, "renderer dynamic_range_db", 0.0, low_open=True)
         require_number(self.tissue_min_mrayl, "renderer tissue_min_mrayl", 0.0)
         require_number(self.conform_m, "renderer conform_m", 0.0)
         require_number(self.speckle_sigma_cells, "renderer speckle_sigma_cells", 0.0, low_open=True)
+        require_number(self.specular_power, "renderer specular_power", 0.0)
         for key in ("speckle_pitch_m", "property_step_m"):
             if getattr(self, key) is not None:
                 require_number(getattr(self, key), f"renderer {key}", 0.0, low_open=True)
@@ -252,6 +272,10 @@ class Renderer:
         self.origins, self.dirs, self.dist = probe.scan_lines(dev)
         self.elevation = probe.elevation_offsets(dev)
         self.psf = self._axial_psf().to(dev)
+        self.speckle_gain = float(1 / self.psf.square().sum().sqrt())
+        self.line_spacing = probe.line_spacing_m(self.dist)
+        self.lateral_half = self._lateral_half()
+        self.orientation_taps = self._orientation_taps()
         cfg = self.config
         self.speckle_pitch_m = cfg.speckle_pitch_m or probe.sample_spacing_m
         if cfg.speckle_cells < 8 or cfg.speckle_cells & (cfg.speckle_cells - 1):
@@ -269,15 +293,16 @@ class Renderer:
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
         # scans (cumulative sums), reductions and the axial filter from recomputing the lookups.
         # The tool's stages are compiled (lazily, like the others) only once a render brings a tool.
-        stages = (line_geometry, sample_tissue, speckle, coupling, reflection, echo_db, compress, scan_convert,
-                  shaft_depth, tool_echo_db)  # fmt: skip
+        stages = (line_geometry, sample_tissue, speckle, coupling, reflection, lateral_taps, echo_iq, beam_level,
+                  auto_tgc, compress, scan_convert, shaft_depth, tool_echo_iq)  # fmt: skip
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             # A per-compile option, so inductor's process-wide config stays as it was.
             stages = tuple(torch.compile(f, dynamic=False, options={"assert_indirect_indexing": False}) for f in stages)
         (
-            self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._reflection, self._echo_db,
-            self._compress, self._scan_convert, self._shaft_depth, self._tool_echo_db,
+            self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._reflection,
+            self._lateral_taps, self._echo_iq, self._beam_level, self._auto_tgc, self._compress, self._scan_convert,
+            self._shaft_depth, self._tool_echo_iq,
         ) = stages  # fmt: skip
         keep_freed_memory()  # renders free and reallocate the same large blocks: glibc keeps them (sim.memory)
 
@@ -295,6 +320,36 @@ class Renderer:
         half = max(1, math.ceil(2 * sigma))  # taps beyond 2 sigma weigh about 1 %
         k = torch.arange(-half, half + 1, dtype=torch.float32)
         return torch.exp(-0.5 * (k / sigma) ** 2)
+
+    def _lateral_half(self) -> int:
+        """Taps either side of the lateral PSF: two standard deviations of the widest beam (in
+        lines) at the lowest randomised frequency, at most MAX_LATERAL_HALF. The first tenth of the
+        depth does not count: near a phased sector's apex the lines crowd together, and there they
+        share a beam of the largest width the kernel has."""
+        p = self.probe
+        low = self.config.randomization.get("frequency_scale", (1.0, 1.0))[0]
+        fwhm = p.lateral_fwhm_m(self.dist.double(), p.frequency_mhz * min(low, 1.0))
+        sigma = fwhm / (FWHM_PER_SIGMA * self.line_spacing.double())
+        return min(math.ceil(2 * float(sigma[self.dist >= 0.1 * p.depth_m].max())), MAX_LATERAL_HALF)
+
+    def _orientation_taps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian taps, along the lines (K, S) and across them (J, S), each depth's of unit sum:
+        the smoothing under which `stages.reflection` reads an interface's tilt. Its standard
+        deviation is 1.5 line spacings, so that an interface's shift from one line to the next
+        stays within its smoothed width (within 5 % of cos^2 at 40 degrees), and at least one voxel,
+        so that the steps of a voxelised oblique surface read as the surface's own tilt; at most
+        ORIENTATION_MAX_TAPS either side, and along the lines at least one sample."""
+        voxel = float(min(pt.spacing.min() for pt in self.bank.patients))
+        sigma = torch.clamp(1.5 * self.line_spacing, min=voxel)  # (S,) metres
+
+        def taps(sigma_units: torch.Tensor) -> torch.Tensor:
+            sigma_units = sigma_units.clamp(max=ORIENTATION_MAX_TAPS / 2)
+            half = math.ceil(2 * float(sigma_units.max()))
+            k = torch.arange(-half, half + 1, dtype=torch.float32, device=self.device)[:, None]
+            weights = torch.exp(-0.5 * (k / sigma_units[None].clamp_min(1e-3)) ** 2)
+            return (weights / weights.sum(0, keepdim=True)).contiguous()
+
+        return taps((sigma / self.probe.sample_spacing_m).clamp(min=1.0)), taps(sigma / self.line_spacing)
 
     def _property_samples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Distances (P,) where tissue is sampled, and the (S,) index and weight that
@@ -417,26 +472,39 @@ class Renderer:
             line_origin, line_dir, self.prop_dist, tissue.permute(2, 0, 1).contiguous(),
         )  # fmt: skip
         reflected = self._reflection(
-            *coarse, self.prop_index, self.prop_weight, self.dist, frequency_mhz, self.contact_reach
+            *coarse, self.prop_index, self.prop_weight, self.dist, frequency_mhz, self.contact_reach,
+            self.line_spacing, *self.orientation_taps, self.config.specular_power,
         )  # fmt: skip
         coupled = self._coupling(
             coarse[0], self.prop_index, self.prop_weight, self.dist, self.contact_reach, self.n_head,
             self.config.tissue_min_mrayl,
         )  # fmt: skip
         speckle_i, speckle_q = self._speckle(self.tile, tile_origin, tile_dir, self.dist)
-        if not tool:
-            return self._echo_db(*reflected, coupled, speckle_i, speckle_q, self.psf)
         p = self.probe
-        depth = self._shaft_depth(poses, *tool, self.origins, self.dirs, p.elevation_m / 2, p.depth_m)
-        return self._tool_echo_db(
-            *reflected, coupled, speckle_i, speckle_q, self.psf, (depth / p.sample_spacing_m)[:, None],
-            TOOL_REFLECTION, TOOL_LOG_TRANSMISSION,
-        )  # fmt: skip
+        taps, norm = self._lateral_taps(
+            frequency_mhz, self.dist, self.line_spacing, p.focal_depth_m, p.aperture_m, self.lateral_half
+        )
+        r, log_loss, echo_amplitude, soft_loss = reflected
+        echo = (r, log_loss, echo_amplitude, coupled, speckle_i, speckle_q, self.psf, self.speckle_gain, norm)
+        if not tool:
+            re, im = self._echo_iq(*echo)
+        else:
+            depth = self._shaft_depth(poses, *tool, self.origins, self.dirs, p.elevation_m / 2, p.depth_m)
+            re, im = self._tool_echo_iq(
+                *echo, (depth / p.sample_spacing_m)[:, None], TOOL_REFLECTION, TOOL_LOG_TRANSMISSION
+            )
+        level = self._beam_level(re, im, taps, norm, coupled)
+        slope = self.config.tgc_db_cm_mhz
+        tgc = self._auto_tgc(soft_loss, coupled) if slope is None else slope_tgc(self.dist, frequency_mhz, slope)
+        return level, tgc
+
+    def _level(self, *inputs) -> torch.Tensor:
+        return self._lines(*inputs)[0]
 
     def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db, *tool):
-        level = self._lines(poses, patient_idx, frequency_mhz, tissue, *tool)
+        level, tgc = self._lines(poses, patient_idx, frequency_mhz, tissue, *tool)
         hw = (self.probe.image_height, self.probe.image_width)
-        img = self._compress(level, self.dist, frequency_mhz, gain_db, dynamic_range_db, self.config.tgc_db_cm_mhz)
+        img = self._compress(level, tgc, gain_db, dynamic_range_db)
         if self.scan_tables is None:
             return img
         return self._scan_convert(img, *self.scan_tables, hw)
@@ -472,7 +540,7 @@ class Renderer:
 
         check, tools: see `render`."""
         poses, patient_idx, params, tool = self._inputs(poses, patient_idx, params, check, tools)
-        return self._chunked(self._lines, poses, patient_idx, params.frequency_mhz, params.tissue, *tool)
+        return self._chunked(self._level, poses, patient_idx, params.frequency_mhz, params.tissue, *tool)
 
     @torch.no_grad()
     def render(

@@ -12,10 +12,13 @@ import math
 import torch
 
 from sim.transforms import pose_to_matrix
+from sim.ultrasound.probe import SPEED_OF_SOUND_M_S, beam_fwhm_m
 
 DB_PER_NEPER = 20.0 / math.log(10.0)
+FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))  # a Gaussian's full width at half maximum over its std
 GEL_MRAYL = 1.48  # coupling gel (water-like) between the face and the skin
 GEL_FILL_MRAYL = 1.2  # near the face, samples below this (air, mostly-air voxels) hold gel
+SOFT_TISSUE_MAX_DB_CM_MHZ = 2.5  # automatic TGC compensates attenuation up to this (cartilage 2.0; bone 12)
 
 
 def probe_to_voxel(poses: torch.Tensor, patient_to_voxel: torch.Tensor) -> torch.Tensor:
@@ -160,14 +163,27 @@ def reflection(
     dist: torch.Tensor,
     frequency_mhz: torch.Tensor,
     contact_reach: torch.Tensor,
+    line_spacing: torch.Tensor,
+    along_taps: torch.Tensor,
+    across_taps: torch.Tensor,
+    specular_power: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reflection and loss per sample step, from the tissue along the lines.
 
     z/alpha/echo_coarse (N, P, L) from `sample_tissue`, interpolated to the S samples with
     prop_index and prop_weight (S,); dist (S,) metres; frequency_mhz (N,); contact_reach (L,)
-    metres, how far along each line the contact reaches.
+    metres, how far along each line the contact reaches; line_spacing (S,) metres between
+    neighbouring lines; specular_power: an interface at angle theta between the beam and its
+    normal echoes with cos(theta)^specular_power of its normal-incidence amplitude (0: at any
+    angle alike). Theta is the in-plane angle of the impedance gradient, along and across the
+    lines, after smoothing with along_taps (K, S) and across_taps (J, S) (each depth's taps sum
+    to 1; `Renderer._orientation_taps`): wider than a line spacing, so that an interface's shift
+    from one line to the next stays within its smoothed width, where a difference of sharp edges
+    would saturate, and than a voxel, so that a voxelised oblique surface's steps read as its tilt.
     Returns the amplitude reflection coefficient r, the log round-trip amplitude change
-    (transmission ln(1 - r^2) and attenuation) and the echo amplitude, all (N, S, L).
+    (transmission ln(1 - r^2) and attenuation), the echo amplitude and the part of the change
+    that is soft tissue's attenuation (what `auto_tgc` compensates; bone and lung, above
+    SOFT_TISSUE_MAX_DB_CM_MHZ, are not), all (N, S, L).
     """
     z_ac, alpha, echo = (along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse))
     # Near the face the skin conforms to the pressed probe and gel fills what air is left: within
@@ -177,15 +193,60 @@ def reflection(
     z_ac = z_ac * keep + GEL_MRAYL * (1.0 - keep)
     alpha = alpha * keep
     echo = echo * keep
+    n_s, n_l = z_ac.shape[1], z_ac.shape[2]
+    half = along_taps.shape[0] // 2
+    padded = torch.cat([z_ac[:, :1].expand(-1, half, -1), z_ac, z_ac[:, -1:].expand(-1, half, -1)], dim=1)
+    smooth = sum(along_taps[k][None, :, None] * padded[:, k : k + n_s] for k in range(2 * half + 1))
+    half = across_taps.shape[0] // 2
+    padded = torch.cat([smooth[..., :1].expand(-1, -1, half), smooth, smooth[..., -1:].expand(-1, -1, half)], dim=-1)
+    smooth = sum(across_taps[k][None, :, None] * padded[..., k : k + n_l] for k in range(2 * half + 1))
+    along = smooth[:, 1:] - smooth[:, :-1]  # per sample step
+    # Across the lines at the same depth, scaled to a sample step: the gradient's in-plane tilt.
+    mid = 0.5 * (smooth[:, 1:] + smooth[:, :-1])
+    sides = torch.cat([mid[..., :1], mid, mid[..., -1:]], dim=-1)
+    step = dist[1:] - dist[:-1]
+    across = 0.5 * (sides[..., 2:] - sides[..., :-2]) * (step / line_spacing[1:])[None, :, None]
+    cos2 = (along * along + 1e-12) / (along * along + across * across + 1e-12)
     r = torch.zeros_like(z_ac)
-    r[:, 1:] = (z_ac[:, 1:] - z_ac[:, :-1]) / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6)
+    jump = z_ac[:, 1:] - z_ac[:, :-1]
+    # cos^p as exp(p/2 ln cos^2): torch's pow rounds differently with the tensor's size, exp and ln do not,
+    # so an environment renders the same in any batch
+    r[:, 1:] = jump / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6) * torch.exp(specular_power / 2 * torch.log(cos2))
     step_cm = torch.zeros_like(dist)
-    step_cm[1:] = (dist[1:] - dist[:-1]) * 100.0
+    step_cm[1:] = step * 100.0
     attenuation = (2 / DB_PER_NEPER) * alpha * frequency_mhz[:, None, None] * step_cm[None, :, None]
-    return r, torch.log((1 - r * r).clamp_min(1e-12)) - attenuation, echo
+    soft = attenuation * (alpha <= SOFT_TISSUE_MAX_DB_CM_MHZ).to(alpha.dtype)
+    return r, torch.log((1 - r * r).clamp_min(1e-12)) - attenuation, echo, soft
 
 
-def echo_db(
+def lateral_taps(
+    frequency_mhz: torch.Tensor,
+    dist: torch.Tensor,
+    line_spacing: torch.Tensor,
+    focus_m: float,
+    aperture_m: float,
+    half: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lateral point-spread function across lines, per environment and depth.
+
+    frequency_mhz (N,); dist and line_spacing (S,) metres; focus_m, aperture_m the probe's
+    (`probe.beam_fwhm_m`); half: taps either side (the kernel spans 2 half + 1 lines, its
+    standard deviation at most half / 2 lines). Returns Gaussian taps (2 half + 1, N, S, 1) of
+    unit sum (a laterally extended reflector keeps its amplitude) and their L2 norm (N, S, 1), by
+    which speckle, uncorrelated from line to line, is divided to keep its mean power.
+    """
+    wavelength = SPEED_OF_SOUND_M_S / (frequency_mhz * 1e6)
+    fwhm = beam_fwhm_m(dist[None, :], wavelength[:, None], focus_m, aperture_m)  # (N, S)
+    sigma = (fwhm / (FWHM_PER_SIGMA * line_spacing[None, :])).clamp(1e-3, max(half, 1e-3) / 2)
+    k = torch.arange(-half, half + 1, dtype=dist.dtype, device=dist.device)[:, None, None]
+    taps = torch.exp(-0.5 * (k / sigma[None]) ** 2)
+    # Sums over the taps as a fixed sequence of adds: torch's reductions order their partial sums by
+    # the tensor's size, and an environment must render the same in any batch.
+    taps = taps / sum(taps[i] for i in range(2 * half + 1))
+    return taps[..., None], torch.sqrt(sum(taps[i] * taps[i] for i in range(2 * half + 1)))[..., None]
+
+
+def echo_iq(
     r: torch.Tensor,
     log_loss: torch.Tensor,
     echo: torch.Tensor,
@@ -193,25 +254,52 @@ def echo_db(
     speckle_i: torch.Tensor,
     speckle_q: torch.Tensor,
     psf: torch.Tensor,
-) -> torch.Tensor:
-    """Received echo level in dB re a perfect mirror at the face, before TGC and gain.
+    speckle_gain: float,
+    lateral_norm: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Received echo of every line, in-phase and quadrature (N, S, L), in amplitude re a perfect
+    mirror at the face: specular and speckle echoes through the axial PSF, dimmed by the path.
 
-    r, log_loss, echo (N, S, L) from `reflection`; coupled (N, 1, L) from `coupling`; speckle_i/q (N, S, L)
-    from `speckle`; psf (K,) axial point-spread taps (odd K, peak 1). Uncoupled lines are dark.
-    Returns (N, S, L).
+    r, log_loss, echo (N, S, L) from `reflection`; coupled (N, 1, L) from `coupling` (uncoupled
+    lines are 0); speckle_i/q (N, S, L) from `speckle`; psf (K,) axial taps (odd K, peak 1: an
+    interface echoes at its r); speckle_gain: 1 / the taps' L2 norm, so speckle keeps its power;
+    lateral_norm (N, S, 1) from `lateral_taps`: the specular part is scaled by it, which
+    `beam_level` divides out of the whole, so that only speckle is renormalised across lines.
     """
     half = psf.shape[0] // 2
-    padded = torch.nn.functional.pad(r, (0, 0, half, half))
-    blurred = sum(psf[k] * padded[:, k : k + r.shape[1]] for k in range(psf.shape[0]))
+
+    def axial(x: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(x, (0, 0, half, half))
+        return sum(psf[k] * padded[:, k : k + x.shape[1]] for k in range(psf.shape[0]))
+
+    re = axial(r * lateral_norm + speckle_gain * echo * speckle_i)
+    im = axial(speckle_gain * echo * speckle_q)
     # Exclusive: an echo is not dimmed by the interface it comes from (nor the last half step).
     path = torch.cumsum(log_loss, dim=1) - log_loss
-    re = blurred + echo * speckle_i
-    im = echo * speckle_q
-    power = torch.where(coupled, re * re + im * im, 0.0)
-    return (DB_PER_NEPER / 2) * torch.log(power.clamp_min(1e-30)) + DB_PER_NEPER * path
+    amplitude = torch.exp(path.clamp_min(-80.0)) * coupled.to(r.dtype)  # e^-80: 695 dB down, still a normal float
+    return re * amplitude, im * amplitude
 
 
-def tool_echo_db(
+def beam_level(
+    re: torch.Tensor, im: torch.Tensor, taps: torch.Tensor, lateral_norm: torch.Tensor, coupled: torch.Tensor
+) -> torch.Tensor:
+    """Echo level (N, S, L) in dB re a perfect mirror, before TGC and gain: the lines' echoes
+    `echo_iq` through the lateral point-spread function `lateral_taps` (taps (K, N, S, 1),
+    lateral_norm (N, S, 1)); the outermost lines are repeated beyond the edges. coupled (N, 1, L):
+    uncoupled lines stay dark."""
+    half = taps.shape[0] // 2
+    width = re.shape[-1]
+
+    def across(x: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([x[..., :1].expand(*x.shape[:-1], half), x, x[..., -1:].expand(*x.shape[:-1], half)], -1)
+        return sum(taps[k] * padded[..., k : k + width] for k in range(taps.shape[0]))
+
+    re_l, im_l = across(re), across(im)
+    power = torch.where(coupled, (re_l * re_l + im_l * im_l) / (lateral_norm * lateral_norm), 0.0)
+    return (DB_PER_NEPER / 2) * torch.log(power.clamp_min(1e-30))
+
+
+def tool_echo_iq(
     r: torch.Tensor,
     log_loss: torch.Tensor,
     echo: torch.Tensor,
@@ -219,18 +307,20 @@ def tool_echo_db(
     speckle_i: torch.Tensor,
     speckle_q: torch.Tensor,
     psf: torch.Tensor,
+    speckle_gain: float,
+    lateral_norm: torch.Tensor,
     hit_sample: torch.Tensor,
     tool_reflection: float,
     tool_log_transmission: float,
-) -> torch.Tensor:
-    """`echo_db` with a metal tool on the lines: a specular reflector where each line meets the
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`echo_iq` with a metal tool on the lines: a specular reflector where each line meets the
     tool's front wall, and a shadow behind it. Only renders with a tool take this path.
 
-    r, log_loss, echo, coupled, speckle_i/q and psf as in `echo_db`; hit_sample (N, 1, L) the
+    r ... lateral_norm as in `echo_iq`; hit_sample (N, 1, L) the
     fractional sample index of each line's hit (`tools.shaft_depth` over the sample spacing;
     inf where the line misses the tool); tool_reflection the wall's amplitude reflection
     coefficient; tool_log_transmission the log round-trip amplitude behind the tool (nepers).
-    Returns (N, S, L) dB re a perfect mirror.
+    Returns (N, S, L) in-phase and quadrature echoes.
     """
     samples = torch.arange(r.shape[1], dtype=r.dtype, device=r.device)[None, :, None]
     # The hit is shared by the two samples around it (weights summing to 1), so the reflector and
@@ -242,24 +332,36 @@ def tool_echo_db(
     # echo on the second of its two samples (the path to a sample includes the steps before it).
     behind = (1.0 - (samples - 1.0 - hit_sample).abs()).clamp_min(0.0)
     log_loss = log_loss + behind * tool_log_transmission
-    return echo_db(r, log_loss, echo, coupled, speckle_i, speckle_q, psf)
+    return echo_iq(r, log_loss, echo, coupled, speckle_i, speckle_q, psf, speckle_gain, lateral_norm)
+
+
+def auto_tgc(soft_loss: torch.Tensor, coupled: torch.Tensor) -> torch.Tensor:
+    """Automatic time-gain compensation (N, S, 1) in dB: at each depth, the soft-tissue attenuation
+    on the way there and back (soft_loss (N, S, L) from `reflection`, nepers lost per step), averaged
+    over the coupled lines (coupled (N, 1, L)). Like a sonographer's TGC sliders it is one gain
+    per depth, so homogeneous tissue of any attenuation comes out level while a structure that
+    attenuates more or less than its neighbours still shadows or enhances what lies behind it."""
+    path = torch.cumsum(soft_loss, dim=1) - soft_loss  # exclusive, as the echo's own path
+    weight = coupled.to(soft_loss.dtype)
+    mean = (path * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp_min(1.0)
+    return DB_PER_NEPER * mean
+
+
+def slope_tgc(dist: torch.Tensor, frequency_mhz: torch.Tensor, tgc_db_cm_mhz: float) -> torch.Tensor:
+    """Fixed time-gain compensation (N, S, 1) in dB: the round trip through tissue attenuating
+    tgc_db_cm_mhz, at each environment's frequency (frequency_mhz (N,)); dist (S,) metres."""
+    return 2 * tgc_db_cm_mhz * frequency_mhz[:, None, None] * (dist * 100.0)[None, :, None]
 
 
 def compress(
-    level_db: torch.Tensor,
-    dist: torch.Tensor,
-    frequency_mhz: torch.Tensor,
-    gain_db: torch.Tensor,
-    dynamic_range_db: torch.Tensor,
-    tgc_db_cm_mhz: float,
+    level_db: torch.Tensor, tgc_db: torch.Tensor, gain_db: torch.Tensor, dynamic_range_db: torch.Tensor
 ) -> torch.Tensor:
     """TGC, gain and log compression over the dynamic range to [0, 1].
 
-    level_db (N, S, L); dist (S,) metres; frequency_mhz, gain_db, dynamic_range_db (N,).
-    Returns (N, S, L).
+    level_db (N, S, L); tgc_db (N, S, 1) from `auto_tgc` or `slope_tgc`; gain_db, dynamic_range_db
+    (N,). Returns (N, S, L).
     """
-    tgc = 2 * tgc_db_cm_mhz * frequency_mhz[:, None, None] * (dist * 100.0)[None, :, None]
-    db = level_db + tgc + gain_db[:, None, None]
+    db = level_db + tgc_db + gain_db[:, None, None]
     return ((db + dynamic_range_db[:, None, None]) / dynamic_range_db[:, None, None]).clamp(0, 1)
 
 
