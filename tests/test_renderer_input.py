@@ -19,6 +19,7 @@ from sim.errors import InputError
 from sim.ultrasound.learned import LearnedRenderer
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import Renderer, RendererConfig
+from sim.ultrasound.tissue import TissueTable
 from tasks import make_env
 from tests.tasks_helpers import small_patient_set
 
@@ -43,6 +44,18 @@ def test_out_of_range_parameters_are_refused(renderer):
     params.dynamic_range_db = torch.tensor([60.0, 0.0])
     with pytest.raises(InputError, match="params.dynamic_range_db: expected values > 0 dB"):
         renderer.render(poses_at(0.004, 2), torch.zeros(2, dtype=torch.long), params)
+
+
+def test_scatterer_densities_outside_0_to_1_are_refused(renderer):
+    params = renderer.default_params(2)
+    params.tissue = params.tissue.clone()
+    params.tissue[1, 4, 3] = 0.0
+    named = r"params\.tissue\[\.\.\., 3\] \(scatterer density\): expected values in \(0, 1\]"
+    with pytest.raises(InputError, match=named):
+        renderer.render(poses_at(0.004, 2), torch.zeros(2, dtype=torch.long), params)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(InputError, match="fat: expected .*scatterer_density in \\(0, 1\\]"):
+            TissueTable.load().replace(fat={"scatterer_density": bad})
 
 
 @pytest.mark.parametrize(

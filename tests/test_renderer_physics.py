@@ -34,6 +34,25 @@ def test_homogeneous_speckle_is_rayleigh():
     assert abs(inner.std().item() - 5.57) < 0.5, inner.std().item()
 
 
+def test_sparse_scatterers_are_fewer_and_brighter_at_the_same_mean_power():
+    """Fully developed speckle has a Rayleigh envelope (mean / std 1.91); a tissue with one
+    scatterer in twenty cells (fat's septa) is spottier, with the same mean echo power."""
+    bank = PatientBank([slab_patient([("soft_tissue", 80)], 120, 0.001)])
+    probe = ProbeSpec(kind="linear", depth_m=0.06, width_m=0.06, image_height=160, image_width=128)
+    poses, idx = poses_at(0.002, 4, z=-0.02, z_step=0.013), torch.zeros(4, dtype=torch.long)
+    dense = TissueTable.load().replace(soft_tissue={"attenuation_db_cm_mhz": 0.0})
+    sparse = dense.replace(soft_tissue={"scatterer_density": 0.05})
+
+    def envelope_of(table: TissueTable) -> torch.Tensor:
+        r = Renderer(bank, probe, table, RendererConfig(tgc_db_cm_mhz=0.0))
+        return envelope(r.render_lines(poses, idx)[:, 10:, :])
+
+    full, spotty = envelope_of(dense), envelope_of(sparse)
+    assert (full.mean() / full.std()).item() == pytest.approx(1.913, abs=0.1)
+    assert (spotty.mean() / spotty.std()).item() < 1.4
+    assert (spotty.square().mean() / full.square().mean()).item() == pytest.approx(1.0, rel=0.25)
+
+
 def test_attenuation_slope_matches_table():
     alpha, f = TissueTable.load().rows["soft_tissue"].attenuation_db_cm_mhz, 5.0
     bank = PatientBank([slab_patient([("soft_tissue", 90)], 100, 0.001)])

@@ -76,7 +76,7 @@ class ProbeSpec:
     elevation_m: float = 0.002
     elevation_rays: int = 1
     pulse_cycles: float = 2.0
-    aperture_m: float = 0.02
+    aperture_m: float = 0.025
     focus_m: float | None = None
     image_height: int = 200
     image_width: int = 150

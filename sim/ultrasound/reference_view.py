@@ -20,7 +20,7 @@ from sim.ultrasound.renderer import Renderer, RendererConfig
 
 PRESET = "convex_reference"
 # The reference scanner's display settings: they give its soft-tissue mean and local contrast.
-DISPLAY = {"gain_db": -37.0, "dynamic_range_db": 90.0}
+DISPLAY = {"gain_db": -35.0, "dynamic_range_db": 90.0}
 
 
 @dataclass(frozen=True)

@@ -54,10 +54,11 @@ from sim.ultrasound.speckle import speckle_tile
 from sim.ultrasound.stages import (
     FWHM_PER_SIGMA,
     auto_tgc,
+    beam_image,
     beam_level,
-    compress,
     coupling,
     echo_iq,
+    incidence,
     lateral_taps,
     line_geometry,
     reflection,
@@ -95,8 +96,8 @@ class RendererConfig:
     conform_m: how far past its face a scan line may first meet tissue and still be coupled (the
         skin conforms to the pressed face; convex faces add their own curvature to it).
     speckle_cells, speckle_pitch_m, speckle_sigma_cells, speckle_seed: the scatterer tile, a
-        power-of-two number of cells per axis (pitch None: the axial sample spacing); 64 cells
-        of 8 bytes stay in cache.
+        power-of-two number of cells per axis (pitch None: the axial sample spacing; sigma 0: white
+        scatterers, whose grain the PSFs set); 64 cells of 8 bytes stay in cache.
     specular_power: an interface echoes with cos(theta)^specular_power of its amplitude at normal
         incidence, theta the angle between the beam and its normal (0: independent of angle).
     property_step_m: spacing of the tissue lookups along a line, rounded to whole samples
@@ -115,7 +116,7 @@ class RendererConfig:
     conform_m: float = 0.002
     speckle_cells: int = 64
     speckle_pitch_m: float | None = None
-    speckle_sigma_cells: float = 0.5
+    speckle_sigma_cells: float = 0.0
     specular_power: float = 2.0
     speckle_seed: int = 0
     property_step_m: float | None = None
@@ -140,8 +141,8 @@ class RendererConfig:
         require_number(self.dynamic_range_db, "renderer dynamic_range_db", 0.0, low_open=True)
         require_number(self.tissue_min_mrayl, "renderer tissue_min_mrayl", 0.0)
         require_number(self.conform_m, "renderer conform_m", 0.0)
-        require_number(self.speckle_sigma_cells, "renderer speckle_sigma_cells", 0.0, low_open=True)
         require_number(self.specular_power, "renderer specular_power", 0.0)
+        require_number(self.speckle_sigma_cells, "renderer speckle_sigma_cells", 0.0)
         for key in ("speckle_pitch_m", "property_step_m"):
             if getattr(self, key) is not None:
                 require_number(getattr(self, key), f"renderer {key}", 0.0, low_open=True)
@@ -169,8 +170,9 @@ class RendererConfig:
 class RenderParams:
     """Per-environment imaging parameters (N = environments).
 
-    gain_db, dynamic_range_db, frequency_mhz: (N,). tissue: (N, C, 3) rows of
-    `TissueTable.as_tensor()` (impedance MRayl, attenuation dB/cm/MHz, echo amplitude).
+    gain_db, dynamic_range_db, frequency_mhz: (N,). tissue: (N, C, 4) rows of
+    `TissueTable.as_tensor()` (impedance MRayl, attenuation dB/cm/MHz, echo amplitude, scatterer
+    density).
     """
 
     gain_db: torch.Tensor
@@ -182,7 +184,7 @@ class RenderParams:
         """InputError naming the first parameter that is not a finite tensor of its shape and range."""
         for name in ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue"):
             value = getattr(self, name)
-            shape = (n, classes, 3) if name == "tissue" else (n,)
+            shape = (n, classes, 4) if name == "tissue" else (n,)
             require(
                 isinstance(value, torch.Tensor) and value.shape == shape,
                 f"params.{name}",
@@ -209,10 +211,17 @@ class RenderParams:
             self.tissue[..., 0].min().item(),
         )
         require(
-            bool((self.tissue[..., 1:] >= 0).all()),
-            "params.tissue[..., 1:] (attenuation, echo)",
+            bool((self.tissue[..., 1:3] >= 0).all()),
+            "params.tissue[..., 1:3] (attenuation, echo)",
             "values >= 0",
-            self.tissue[..., 1:].min().item(),
+            self.tissue[..., 1:3].min().item(),
+        )
+        density = self.tissue[..., 3]
+        require(
+            bool(((density > 0) & (density <= 1)).all()),
+            "params.tissue[..., 3] (scatterer density)",
+            "values in (0, 1]",
+            density.min().item() if bool((density <= 0).any()) else density.max().item(),
         )
 
 
@@ -275,13 +284,13 @@ class Renderer:
         self.speckle_gain = float(1 / self.psf.square().sum().sqrt())
         self.line_spacing = probe.line_spacing_m(self.dist)
         self.lateral_half = self._lateral_half()
-        self.orientation_taps = self._orientation_taps()
         cfg = self.config
         self.speckle_pitch_m = cfg.speckle_pitch_m or probe.sample_spacing_m
         if cfg.speckle_cells < 8 or cfg.speckle_cells & (cfg.speckle_cells - 1):
             raise InputError(f"renderer speckle_cells: expected a power of two >= 8, got {cfg.speckle_cells}")
         self.tile = speckle_tile(cfg.speckle_cells, cfg.speckle_sigma_cells, cfg.speckle_seed, dev)
         self.prop_dist, self.prop_index, self.prop_weight = self._property_samples()
+        self.orientation = self._orientation()
         # Each patient sees the tile shifted by its own offset (cells), so patients differ.
         g = torch.Generator().manual_seed(cfg.speckle_seed + 1)
         self.patient_tile_offset = (torch.rand(len(bank), 3, generator=g) * cfg.speckle_cells).to(dev)
@@ -293,31 +302,33 @@ class Renderer:
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
         # scans (cumulative sums), reductions and the axial filter from recomputing the lookups.
         # The tool's stages are compiled (lazily, like the others) only once a render brings a tool.
-        stages = (line_geometry, sample_tissue, speckle, coupling, reflection, lateral_taps, echo_iq, beam_level,
-                  auto_tgc, compress, scan_convert, shaft_depth, tool_echo_iq)  # fmt: skip
+        stages = (line_geometry, sample_tissue, speckle, coupling, incidence, reflection, lateral_taps, echo_iq,
+                  beam_level, beam_image, scan_convert, shaft_depth, tool_echo_iq)  # fmt: skip
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             # A per-compile option, so inductor's process-wide config stays as it was.
             stages = tuple(torch.compile(f, dynamic=False, options={"assert_indirect_indexing": False}) for f in stages)
         (
-            self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._reflection,
-            self._lateral_taps, self._echo_iq, self._beam_level, self._auto_tgc, self._compress, self._scan_convert,
+            self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._incidence, self._reflection,
+            self._lateral_taps, self._echo_iq, self._beam_level, self._beam_image, self._scan_convert,
             self._shaft_depth, self._tool_echo_iq,
         ) = stages  # fmt: skip
         keep_freed_memory()  # renders free and reallocate the same large blocks: glibc keeps them (sim.memory)
 
     # -- set-up helpers
 
-    def _axial_psf(self) -> torch.Tensor:
-        """Gaussian axial PSF taps (peak 1): FWHM = half the pulse length.
-
-        Its standard deviation is at least one sample, so an interface that trilinear sampling
-        splits over two sample steps still echoes at nearly its full amplitude (within 12 %),
-        and its brightness does not flicker as the probe moves by sub-sample amounts.
-        """
+    def _axial_sigma_samples(self) -> float:
+        """The axial PSF's standard deviation in samples: FWHM = half the pulse length, at least one
+        sample, so that an interface which trilinear sampling splits over two sample steps still
+        echoes at nearly its full amplitude (within 12 %), and its brightness does not flicker as
+        the probe moves by sub-sample amounts."""
         fwhm = self.probe.pulse_cycles * self.probe.wavelength_m / 2
-        sigma = max(fwhm / 2.3548 / self.probe.sample_spacing_m, 1.0)
-        half = max(1, math.ceil(2 * sigma))  # taps beyond 2 sigma weigh about 1 %
+        return max(fwhm / FWHM_PER_SIGMA / self.probe.sample_spacing_m, 1.0)
+
+    def _axial_psf(self) -> torch.Tensor:
+        """Gaussian axial PSF taps (peak 1) of `_axial_sigma_samples`, to 2 sigma (about 1 % beyond)."""
+        sigma = self._axial_sigma_samples()
+        half = max(1, math.ceil(2 * sigma))
         k = torch.arange(-half, half + 1, dtype=torch.float32)
         return torch.exp(-0.5 * (k / sigma) ** 2)
 
@@ -332,15 +343,18 @@ class Renderer:
         sigma = fwhm / (FWHM_PER_SIGMA * self.line_spacing.double())
         return min(math.ceil(2 * float(sigma[self.dist >= 0.1 * p.depth_m].max())), MAX_LATERAL_HALF)
 
-    def _orientation_taps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gaussian taps, along the lines (K, S) and across them (J, S), each depth's of unit sum:
-        the smoothing under which `stages.reflection` reads an interface's tilt. Its standard
-        deviation is 1.5 line spacings, so that an interface's shift from one line to the next
-        stays within its smoothed width (within 5 % of cos^2 at 40 degrees), and at least one voxel,
-        so that the steps of a voxelised oblique surface read as the surface's own tilt; at most
-        ORIENTATION_MAX_TAPS either side, and along the lines at least one sample."""
+    def _orientation(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`stages.incidence`'s inputs at the tissue lookups: the lookup step over the line spacing
+        (P,), and Gaussian taps along the lines (K, P) and across them (J, P), each depth's of unit
+        sum: the smoothing under which it reads an interface's tilt. Its standard deviation is 1.5
+        line spacings, so that an interface's shift from one line to the next stays within its
+        smoothed width (within 5 % of cos^2 at 40 degrees), and at least one voxel, so that the
+        steps of a voxelised oblique surface read as the surface's own tilt; at most
+        ORIENTATION_MAX_TAPS either side, and along the lines at least one lookup step."""
         voxel = float(min(pt.spacing.min() for pt in self.bank.patients))
-        sigma = torch.clamp(1.5 * self.line_spacing, min=voxel)  # (S,) metres
+        spacing = self.probe.line_spacing_m(self.prop_dist)
+        step = float(self.prop_dist[1] - self.prop_dist[0]) if len(self.prop_dist) > 1 else self.probe.depth_m
+        sigma = torch.clamp(1.5 * spacing, min=voxel)  # (P,) metres
 
         def taps(sigma_units: torch.Tensor) -> torch.Tensor:
             sigma_units = sigma_units.clamp(max=ORIENTATION_MAX_TAPS / 2)
@@ -349,7 +363,7 @@ class Renderer:
             weights = torch.exp(-0.5 * (k / sigma_units[None].clamp_min(1e-3)) ** 2)
             return (weights / weights.sum(0, keepdim=True)).contiguous()
 
-        return taps((sigma / self.probe.sample_spacing_m).clamp(min=1.0)), taps(sigma / self.line_spacing)
+        return step / spacing, taps((sigma / step).clamp(min=1.0)), taps(sigma / spacing)
 
     def _property_samples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Distances (P,) where tissue is sampled, and the (S,) index and weight that
@@ -471,21 +485,20 @@ class Renderer:
             self.bank.tissue_flat, self.bank.offsets[patient_idx], self.bank.dims[patient_idx],
             line_origin, line_dir, self.prop_dist, tissue.permute(2, 0, 1).contiguous(),
         )  # fmt: skip
-        reflected = self._reflection(
-            *coarse, self.prop_index, self.prop_weight, self.dist, frequency_mhz, self.contact_reach,
-            self.line_spacing, *self.orientation_taps, self.config.specular_power,
-        )  # fmt: skip
         coupled = self._coupling(
             coarse[0], self.prop_index, self.prop_weight, self.dist, self.contact_reach, self.n_head,
             self.config.tissue_min_mrayl,
         )  # fmt: skip
         speckle_i, speckle_q = self._speckle(self.tile, tile_origin, tile_dir, self.dist)
+        r, log_loss, scatter, soft_loss = self._reflection(
+            *coarse, self.prop_index, self.prop_weight, self.dist, frequency_mhz, self.contact_reach,
+            self._incidence(coarse[0], *self.orientation, self.config.specular_power), coupled, speckle_i, speckle_q,
+        )  # fmt: skip
         p = self.probe
         taps, norm = self._lateral_taps(
             frequency_mhz, self.dist, self.line_spacing, p.focal_depth_m, p.aperture_m, self.lateral_half
         )
-        r, log_loss, echo_amplitude, soft_loss = reflected
-        echo = (r, log_loss, echo_amplitude, coupled, speckle_i, speckle_q, self.psf, self.speckle_gain, norm)
+        echo = (r, log_loss, scatter, coupled, speckle_i, speckle_q, self.psf, self.speckle_gain, norm)
         if not tool:
             re, im = self._echo_iq(*echo)
         else:
@@ -493,18 +506,17 @@ class Renderer:
             re, im = self._tool_echo_iq(
                 *echo, (depth / p.sample_spacing_m)[:, None], TOOL_REFLECTION, TOOL_LOG_TRANSMISSION
             )
-        level = self._beam_level(re, im, taps, norm, coupled)
         slope = self.config.tgc_db_cm_mhz
-        tgc = self._auto_tgc(soft_loss, coupled) if slope is None else slope_tgc(self.dist, frequency_mhz, slope)
-        return level, tgc
+        tgc = auto_tgc(soft_loss) if slope is None else slope_tgc(self.dist, frequency_mhz, slope)
+        return re, im, taps, norm, coupled, tgc
 
     def _level(self, *inputs) -> torch.Tensor:
-        return self._lines(*inputs)[0]
+        return self._beam_level(*self._lines(*inputs)[:5])
 
     def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db, *tool):
-        level, tgc = self._lines(poses, patient_idx, frequency_mhz, tissue, *tool)
+        lines = self._lines(poses, patient_idx, frequency_mhz, tissue, *tool)
         hw = (self.probe.image_height, self.probe.image_width)
-        img = self._compress(level, tgc, gain_db, dynamic_range_db)
+        img = self._beam_image(*lines, gain_db, dynamic_range_db)
         if self.scan_tables is None:
             return img
         return self._scan_convert(img, *self.scan_tables, hw)

@@ -13,6 +13,7 @@ import torch
 
 from sim.transforms import pose_to_matrix
 from sim.ultrasound.probe import SPEED_OF_SOUND_M_S, beam_fwhm_m
+from sim.ultrasound.speckle import sparse_scatterers
 
 DB_PER_NEPER = 20.0 / math.log(10.0)
 FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))  # a Gaussian's full width at half maximum over its std
@@ -81,10 +82,10 @@ def sample_tissue(
     tissue_flat (V,) uint8; block_offset (N,) and dims (N, 3) locate each environment's padded
     volume; line_origin (3, N, E, L) and line_dir (3, N, L) are scan lines in voxel units for E
     elevation rays, one contiguous block per axis (so fused loops vectorise over lines); dist
-    (P,) distances along the lines in metres; table (3, N, C) contiguous: impedance, attenuation
-    and echo amplitude per environment and class.
-    Returns impedance (MRayl), attenuation (dB/cm/MHz) and echo amplitude, each (N, P, L),
-    averaged over the elevation rays.
+    (P,) distances along the lines in metres; table (4, N, C) contiguous: impedance, attenuation,
+    echo amplitude and scatterer density per environment and class.
+    Returns impedance (MRayl), attenuation (dB/cm/MHz), echo amplitude and scatterer density,
+    each (N, P, L), averaged over the elevation rays.
     """
     n, n_classes = table.shape[1], table.shape[2]
     idx_t = torch.int32 if tissue_flat.numel() < 2**31 - 1 else torch.int64
@@ -102,8 +103,8 @@ def sample_tissue(
     s_j = dims[:, 2].to(idx_t)[:, None, None, None]
     base = block_offset.to(idx_t)[:, None, None, None] + x0.to(idx_t) * s_i + y0.to(idx_t) * s_j + z0.to(idx_t)
     row = (torch.arange(n, device=table.device, dtype=idx_t) * n_classes)[:, None, None, None]
-    columns = [table[c].reshape(-1) for c in range(3)]  # (N*C,) each
-    props = [0.0, 0.0, 0.0]
+    columns = [table[c].reshape(-1) for c in range(table.shape[0])]  # (N*C,) each
+    props = [0.0] * len(columns)
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
@@ -116,10 +117,11 @@ def sample_tissue(
 def speckle(
     tile: torch.Tensor, tile_origin: torch.Tensor, tile_dir: torch.Tensor, dist: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-phase and quadrature speckle (N, S, L) at the nearest cell of the periodic tile.
+    """In-phase and quadrature speckle (N, S, L) at each sample's nearest cell of the periodic tile.
 
-    tile (T^3, 2) with T a power of two; tile_origin (3, N, L) and tile_dir (3, N, L) are the
-    central ray of each line in tile-cell units, one block per axis; dist (S,) metres.
+    tile (T^3, 2) with T a power of two (`speckle.speckle_tile`); tile_origin (3, N, L) and
+    tile_dir (3, N, L) are the central ray of each line in tile-cell units, one block per axis;
+    dist (S,) metres.
     """
     cells = round(tile.shape[0] ** (1 / 3))
     mask = cells - 1  # power-of-two period: a bitwise and instead of an integer modulo
@@ -154,68 +156,89 @@ def coupling(
     return ((z_head > tissue_min_mrayl) & in_reach).any(dim=1, keepdim=True)
 
 
+def incidence(
+    z_coarse: torch.Tensor,
+    step_over_spacing: torch.Tensor,
+    along_taps: torch.Tensor,
+    across_taps: torch.Tensor,
+    specular_power: float,
+) -> torch.Tensor:
+    """How strongly an interface at each tissue lookup echoes back for its angle (N, P, L):
+    cos(theta)^specular_power, theta the in-plane angle between the beam and the impedance
+    gradient (0: every angle alike); a tilted surface sends its echo past the aperture.
+
+    z_coarse (N, P, L) impedance from `sample_tissue`; step_over_spacing (P,) the lookup step over
+    the line spacing at each lookup; along_taps (K, P) and across_taps (J, P) Gaussian smoothing
+    along and across the lines (each depth's taps sum to 1; `Renderer._orientation`): wider
+    than a line spacing, so that an interface's shift from one line to the next stays within its
+    smoothed width, where a difference of sharp edges would saturate, and than a voxel, so that a
+    voxelised oblique surface's steps read as its tilt. Where there is no gradient, 1.
+    """
+    n_p, n_l = z_coarse.shape[1], z_coarse.shape[2]
+    half = along_taps.shape[0] // 2
+    padded = torch.cat([z_coarse[:, :1].expand(-1, half, -1), z_coarse, z_coarse[:, -1:].expand(-1, half, -1)], 1)
+    smooth = sum(along_taps[k][None, :, None] * padded[:, k : k + n_p] for k in range(2 * half + 1))
+    half = across_taps.shape[0] // 2
+    padded = torch.cat([smooth[..., :1].expand(-1, -1, half), smooth, smooth[..., -1:].expand(-1, -1, half)], -1)
+    smooth = sum(across_taps[k][None, :, None] * padded[..., k : k + n_l] for k in range(2 * half + 1))
+    # central differences, in lookup steps along and (scaled to a lookup step) across the lines
+    ends = torch.cat([smooth[:, :1], smooth, smooth[:, -1:]], 1)
+    along = 0.5 * (ends[:, 2:] - ends[:, :-2])
+    sides = torch.cat([smooth[..., :1], smooth, smooth[..., -1:]], -1)
+    across = 0.5 * (sides[..., 2:] - sides[..., :-2]) * step_over_spacing[None, :, None]
+    cos2 = (along * along + 1e-12) / (along * along + across * across + 1e-12)
+    # cos^p as exp(p/2 ln cos^2): torch's pow rounds differently with the tensor's size, exp and ln
+    # do not, so an environment renders the same in any batch
+    return torch.exp(specular_power / 2 * torch.log(cos2))
+
+
 def reflection(
     z_coarse: torch.Tensor,
     alpha_coarse: torch.Tensor,
     echo_coarse: torch.Tensor,
+    density_coarse: torch.Tensor,
     prop_index: torch.Tensor,
     prop_weight: torch.Tensor,
     dist: torch.Tensor,
     frequency_mhz: torch.Tensor,
     contact_reach: torch.Tensor,
-    line_spacing: torch.Tensor,
-    along_taps: torch.Tensor,
-    across_taps: torch.Tensor,
-    specular_power: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    angle_coarse: torch.Tensor,
+    coupled: torch.Tensor,
+    speckle_i: torch.Tensor,
+    speckle_q: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reflection and loss per sample step, from the tissue along the lines.
 
-    z/alpha/echo_coarse (N, P, L) from `sample_tissue`, interpolated to the S samples with
+    z/alpha/echo/density_coarse (N, P, L) from `sample_tissue`, interpolated to the S samples with
     prop_index and prop_weight (S,); dist (S,) metres; frequency_mhz (N,); contact_reach (L,)
-    metres, how far along each line the contact reaches; line_spacing (S,) metres between
-    neighbouring lines; specular_power: an interface at angle theta between the beam and its
-    normal echoes with cos(theta)^specular_power of its normal-incidence amplitude (0: at any
-    angle alike). Theta is the in-plane angle of the impedance gradient, along and across the
-    lines, after smoothing with along_taps (K, S) and across_taps (J, S) (each depth's taps sum
-    to 1; `Renderer._orientation_taps`): wider than a line spacing, so that an interface's shift
-    from one line to the next stays within its smoothed width, where a difference of sharp edges
-    would saturate, and than a voxel, so that a voxelised oblique surface's steps read as its tilt.
-    Returns the amplitude reflection coefficient r, the log round-trip amplitude change
-    (transmission ln(1 - r^2) and attenuation), the echo amplitude and the part of the change
-    that is soft tissue's attenuation (what `auto_tgc` compensates; bone and lung, above
-    SOFT_TISSUE_MAX_DB_CM_MHZ, are not), all (N, S, L).
+    metres, how far along each line the contact reaches; angle_coarse (N, P, L) from `incidence`:
+    what part of its normal-incidence amplitude an interface there echoes; coupled (N, 1, L) from
+    `coupling`; speckle_i/q (N, S, L) from `speckle`: which cells scatter where the tissue's
+    scatterers are sparse (`speckle.sparse_scatterers`).
+    Returns, (N, S, L): the amplitude reflection coefficient r, the log round-trip amplitude change
+    (transmission ln(1 - r^2) and attenuation), the scatterer amplitude (the tissue's echo
+    amplitude, in sparse tissue only in the scattering cells, at the same mean power); and
+    (N, S, 1) the soft-tissue attenuation per step averaged over the coupled lines, what
+    `auto_tgc` compensates (bone and lung, above SOFT_TISSUE_MAX_DB_CM_MHZ, are not).
     """
-    z_ac, alpha, echo = (along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse))
+    z_ac, alpha, echo, density = (
+        along_lines(c, prop_index, prop_weight) for c in (z_coarse, alpha_coarse, echo_coarse, density_coarse)
+    )
     # Near the face the skin conforms to the pressed probe and gel fills what air is left: within
     # each line's contact reach, air and air-dominated partial voxels become gel.
     in_reach = (dist[None, :, None] <= contact_reach).to(z_ac.dtype)  # (1, S, L); float: cheaper masks
     keep = 1.0 - in_reach * (z_ac < GEL_FILL_MRAYL).to(z_ac.dtype)
     z_ac = z_ac * keep + GEL_MRAYL * (1.0 - keep)
     alpha = alpha * keep
-    echo = echo * keep
-    n_s, n_l = z_ac.shape[1], z_ac.shape[2]
-    half = along_taps.shape[0] // 2
-    padded = torch.cat([z_ac[:, :1].expand(-1, half, -1), z_ac, z_ac[:, -1:].expand(-1, half, -1)], dim=1)
-    smooth = sum(along_taps[k][None, :, None] * padded[:, k : k + n_s] for k in range(2 * half + 1))
-    half = across_taps.shape[0] // 2
-    padded = torch.cat([smooth[..., :1].expand(-1, -1, half), smooth, smooth[..., -1:].expand(-1, -1, half)], dim=-1)
-    smooth = sum(across_taps[k][None, :, None] * padded[..., k : k + n_l] for k in range(2 * half + 1))
-    along = smooth[:, 1:] - smooth[:, :-1]  # per sample step
-    # Across the lines at the same depth, scaled to a sample step: the gradient's in-plane tilt.
-    mid = 0.5 * (smooth[:, 1:] + smooth[:, :-1])
-    sides = torch.cat([mid[..., :1], mid, mid[..., -1:]], dim=-1)
-    step = dist[1:] - dist[:-1]
-    across = 0.5 * (sides[..., 2:] - sides[..., :-2]) * (step / line_spacing[1:])[None, :, None]
-    cos2 = (along * along + 1e-12) / (along * along + across * across + 1e-12)
+    echo = echo * keep * sparse_scatterers(speckle_i, speckle_q, density)
+    angle = along_lines(angle_coarse, prop_index, prop_weight)
     r = torch.zeros_like(z_ac)
-    jump = z_ac[:, 1:] - z_ac[:, :-1]
-    # cos^p as exp(p/2 ln cos^2): torch's pow rounds differently with the tensor's size, exp and ln do not,
-    # so an environment renders the same in any batch
-    r[:, 1:] = jump / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6) * torch.exp(specular_power / 2 * torch.log(cos2))
+    r[:, 1:] = (z_ac[:, 1:] - z_ac[:, :-1]) / (z_ac[:, 1:] + z_ac[:, :-1]).clamp_min(1e-6) * angle[:, 1:]
     step_cm = torch.zeros_like(dist)
-    step_cm[1:] = step * 100.0
+    step_cm[1:] = (dist[1:] - dist[:-1]) * 100.0
     attenuation = (2 / DB_PER_NEPER) * alpha * frequency_mhz[:, None, None] * step_cm[None, :, None]
-    soft = attenuation * (alpha <= SOFT_TISSUE_MAX_DB_CM_MHZ).to(alpha.dtype)
+    weight = coupled.to(alpha.dtype) * (alpha <= SOFT_TISSUE_MAX_DB_CM_MHZ).to(alpha.dtype)
+    soft = (attenuation * weight).sum(-1, keepdim=True) / coupled.to(alpha.dtype).sum(-1, keepdim=True).clamp_min(1.0)
     return r, torch.log((1 - r * r).clamp_min(1e-12)) - attenuation, echo, soft
 
 
@@ -335,16 +358,13 @@ def tool_echo_iq(
     return echo_iq(r, log_loss, echo, coupled, speckle_i, speckle_q, psf, speckle_gain, lateral_norm)
 
 
-def auto_tgc(soft_loss: torch.Tensor, coupled: torch.Tensor) -> torch.Tensor:
+def auto_tgc(soft_loss: torch.Tensor) -> torch.Tensor:
     """Automatic time-gain compensation (N, S, 1) in dB: at each depth, the soft-tissue attenuation
-    on the way there and back (soft_loss (N, S, L) from `reflection`, nepers lost per step), averaged
-    over the coupled lines (coupled (N, 1, L)). Like a sonographer's TGC sliders it is one gain
-    per depth, so homogeneous tissue of any attenuation comes out level while a structure that
+    on the way there and back, averaged over the coupled lines (soft_loss (N, S, 1) from
+    `reflection`, nepers lost per step). Like a sonographer's TGC sliders it is one gain per
+    depth, so homogeneous tissue of any attenuation comes out level while a structure that
     attenuates more or less than its neighbours still shadows or enhances what lies behind it."""
-    path = torch.cumsum(soft_loss, dim=1) - soft_loss  # exclusive, as the echo's own path
-    weight = coupled.to(soft_loss.dtype)
-    mean = (path * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp_min(1.0)
-    return DB_PER_NEPER * mean
+    return DB_PER_NEPER * (torch.cumsum(soft_loss, dim=1) - soft_loss)  # exclusive, as the echo's own path
 
 
 def slope_tgc(dist: torch.Tensor, frequency_mhz: torch.Tensor, tgc_db_cm_mhz: float) -> torch.Tensor:
@@ -363,6 +383,21 @@ def compress(
     """
     db = level_db + tgc_db + gain_db[:, None, None]
     return ((db + dynamic_range_db[:, None, None]) / dynamic_range_db[:, None, None]).clamp(0, 1)
+
+
+def beam_image(
+    re: torch.Tensor,
+    im: torch.Tensor,
+    taps: torch.Tensor,
+    lateral_norm: torch.Tensor,
+    coupled: torch.Tensor,
+    tgc_db: torch.Tensor,
+    gain_db: torch.Tensor,
+    dynamic_range_db: torch.Tensor,
+) -> torch.Tensor:
+    """`beam_level` then `compress`, in one stage (one pass less through memory): the (N, S, L)
+    image in [0, 1] on the (sample, line) grid."""
+    return compress(beam_level(re, im, taps, lateral_norm, coupled), tgc_db, gain_db, dynamic_range_db)
 
 
 def scan_convert(

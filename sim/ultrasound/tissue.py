@@ -15,16 +15,22 @@ from sim.errors import InputError
 from sim.resources import conf_dir
 
 DEFAULT_TISSUE_TABLE = conf_dir() / "tissue" / "default.yaml"
-FIELDS = ("impedance_mrayl", "attenuation_db_cm_mhz", "echogenicity_db")
+FIELDS = ("impedance_mrayl", "attenuation_db_cm_mhz", "echogenicity_db", "scatterer_density")
 
 
 @dataclass(frozen=True)
 class TissueProperties:
-    """Acoustic properties of one tissue class; units in the field names (see default.yaml)."""
+    """Acoustic properties of one tissue class; units in the field names (see default.yaml).
+
+    scatterer_density: the fraction of speckle cells (about a sample each) that hold a scatterer:
+    1 gives fully developed speckle (Rayleigh envelope); below 1 fewer, brighter scatterers at
+    the same mean echo power (`speckle.sparse_scatterers`).
+    """
 
     impedance_mrayl: float
     attenuation_db_cm_mhz: float
     echogenicity_db: float | None  # None: anechoic (no scatterers)
+    scatterer_density: float = 1.0
 
 
 class TissueTable:
@@ -42,9 +48,11 @@ class TissueTable:
         for name in TISSUE_CLASSES:
             row = dict(rows[name])
             props = build(TissueProperties, row, f"{source} {name}")  # every field, nothing else
-            if not (props.impedance_mrayl > 0 and props.attenuation_db_cm_mhz >= 0):
+            sane = props.impedance_mrayl > 0 and props.attenuation_db_cm_mhz >= 0
+            if not (sane and 0 < props.scatterer_density <= 1):
                 raise InputError(
-                    f"{source} {name}: expected impedance_mrayl > 0 and attenuation_db_cm_mhz >= 0, got {row}"
+                    f"{source} {name}: expected impedance_mrayl > 0, attenuation_db_cm_mhz >= 0 and "
+                    f"scatterer_density in (0, 1], got {row}"
                 )
             self.rows[name] = props
 
@@ -68,7 +76,8 @@ class TissueTable:
         return TissueTable(rows)
 
     def as_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(C, 3) float32: impedance (MRayl), attenuation (dB/cm/MHz), echo amplitude (linear).
+        """(C, 4) float32: impedance (MRayl), attenuation (dB/cm/MHz), echo amplitude (linear),
+        scatterer density (0..1].
 
         The echo amplitude is 10^(echogenicity_db / 20), or 0 for anechoic classes.
         """
@@ -77,6 +86,7 @@ class TissueTable:
                 p.impedance_mrayl,
                 p.attenuation_db_cm_mhz,
                 0.0 if p.echogenicity_db is None else 10 ** (p.echogenicity_db / 20),
+                p.scatterer_density,
             ]
             for p in self.rows.values()
         ]
