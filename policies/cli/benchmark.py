@@ -468,10 +468,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument(
         "--override", nargs="*", default=[], help="more Hydra overrides for train.py, e.g. agent.num_steps_per_env=8"
     )
-    q = sub.add_parser(
+    sub.add_parser(
         "realism", parents=[output], help="speckle, contrast and depth profile against a real image (pydicom-data)"
     )
-    q.add_argument("--seed", type=int, default=0, help="the probe pose over the lumbar back")
     args = parser.parse_args(argv)
     try:
         check_args(args)

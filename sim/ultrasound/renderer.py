@@ -30,9 +30,10 @@ Optionally a straight metal tool per environment (`tools.ToolSegments`, e.g. the
 line that meets its shaft within the imaged slab echoes from its front wall almost as from a
 mirror, and the tissue behind it lies in its shadow (`tools.py`, `stages.tool_echo_iq`).
 
-Steps 1-7 work in the log domain, so (1 - R) and attenuation become one cumulative sum. The
-stages are pure tensor functions in `stages.py`; `torch.compile` fuses each into a few loops on
-CPU and kernels on CUDA (`RendererConfig.compile`).
+The path loss (transmission and attenuation) accumulates in the log domain, one cumulative sum;
+the echoes pass the PSFs as complex amplitudes and are compressed from dB. The stages are pure
+tensor functions in `stages.py`; `torch.compile` fuses each into a few loops on CPU and kernels
+on CUDA (`RendererConfig.compile`).
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ class RendererConfig:
         skin conforms to the pressed face; convex faces add their own curvature to it).
     speckle_cells, speckle_pitch_m, speckle_sigma_cells, speckle_seed: the scatterer tile, a
         power-of-two number of cells per axis (pitch None: the axial sample spacing; sigma 0: white
-        scatterers, whose grain the PSFs set); 64 cells of 8 bytes stay in cache.
+        scatterers, whose grain the PSFs set and whose power their normalisation keeps; above 0
+        the cells correlate and speckle comes out brighter than its echogenicity); 64 cells of 8
+        bytes stay in cache.
     specular_power: an interface echoes with cos(theta)^specular_power of its amplitude at normal
         incidence, theta the angle between the beam and its normal (0: independent of angle).
     property_step_m: spacing of the tissue lookups along a line, rounded to whole samples
