@@ -62,6 +62,7 @@ from sim.ultrasound.stages import (
     incidence,
     lateral_taps,
     line_geometry,
+    lookup_cells,
     reflection,
     sample_tissue,
     scan_convert,
@@ -281,6 +282,7 @@ class Renderer:
         dev = bank.device
         self.device = dev
         self.base_table = self.tissue.as_tensor(dev)
+        self.index_dtype = torch.int32 if bank.tissue_flat.numel() < 2**31 - 1 else torch.int64
         self.origins, self.dirs, self.dist = probe.scan_lines(dev)
         self.elevation = probe.elevation_offsets(dev)
         self.psf = self._axial_psf().to(dev)
@@ -305,16 +307,16 @@ class Renderer:
         # Each stage is compiled on its own: its outputs are materialised, which keeps the
         # scans (cumulative sums), reductions and the axial filter from recomputing the lookups.
         # The tool's stages are compiled (lazily, like the others) only once a render brings a tool.
-        stages = (line_geometry, sample_tissue, speckle, coupling, incidence, reflection, lateral_taps, echo_iq,
-                  beam_level, beam_image, scan_convert, shaft_depth, tool_echo_iq)  # fmt: skip
+        stages = (line_geometry, lookup_cells, sample_tissue, speckle, coupling, incidence, reflection, lateral_taps,
+                  echo_iq, beam_level, beam_image, scan_convert, shaft_depth, tool_echo_iq)  # fmt: skip
         if cfg.compile:
             # Indices are clamped into the bank by construction; skip inductor's per-load checks.
             # A per-compile option, so inductor's process-wide config stays as it was.
             stages = tuple(torch.compile(f, dynamic=False, options={"assert_indirect_indexing": False}) for f in stages)
         (
-            self._line_geometry, self._sample_tissue, self._speckle, self._coupling, self._incidence, self._reflection,
-            self._lateral_taps, self._echo_iq, self._beam_level, self._beam_image, self._scan_convert,
-            self._shaft_depth, self._tool_echo_iq,
+            self._line_geometry, self._lookup_cells, self._sample_tissue, self._speckle, self._coupling,
+            self._incidence, self._reflection, self._lateral_taps, self._echo_iq, self._beam_level, self._beam_image,
+            self._scan_convert, self._shaft_depth, self._tool_echo_iq,
         ) = stages  # fmt: skip
         keep_freed_memory()  # renders free and reallocate the same large blocks: glibc keeps them (sim.memory)
 
@@ -484,10 +486,11 @@ class Renderer:
             self.elevation,
             self.speckle_pitch_m,
         )
-        coarse = self._sample_tissue(
-            self.bank.tissue_flat, self.bank.offsets[patient_idx], self.bank.dims[patient_idx],
-            line_origin, line_dir, self.prop_dist, tissue.permute(2, 0, 1).contiguous(),
-        )  # fmt: skip
+        dims = self.bank.dims[patient_idx]
+        cells = self._lookup_cells(
+            self.bank.offsets[patient_idx], dims, line_origin, line_dir, self.prop_dist, self.index_dtype
+        )
+        coarse = self._sample_tissue(self.bank.tissue_flat, dims, *cells, tissue.permute(2, 0, 1).contiguous())
         coupled = self._coupling(
             coarse[0], self.prop_index, self.prop_weight, self.dist, self.contact_reach, self.n_head,
             self.config.tissue_min_mrayl,

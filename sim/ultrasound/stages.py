@@ -68,27 +68,25 @@ def line_geometry(
     return tuple(t.movedim(-1, 0).contiguous() for t in (line_origin, line_dir, tile_origin, tile_dir))
 
 
-def sample_tissue(
-    tissue_flat: torch.Tensor,
+def lookup_cells(
     block_offset: torch.Tensor,
     dims: torch.Tensor,
     line_origin: torch.Tensor,
     line_dir: torch.Tensor,
     dist: torch.Tensor,
-    table: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Trilinear tissue properties along every scan line.
+    index_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where every tissue lookup falls in its environment's volume: the flat index of its voxel
+    cell's lowest corner and its fractional position in the cell.
 
-    tissue_flat (V,) uint8; block_offset (N,) and dims (N, 3) locate each environment's padded
-    volume; line_origin (3, N, E, L) and line_dir (3, N, L) are scan lines in voxel units for E
+    block_offset (N,) and dims (N, 3) locate each environment's padded volume in the bank's flat
+    array; line_origin (3, N, E, L) and line_dir (3, N, L) are scan lines in voxel units for E
     elevation rays, one contiguous block per axis (so fused loops vectorise over lines); dist
-    (P,) distances along the lines in metres; table (4, N, C) contiguous: impedance, attenuation,
-    echo amplitude and scatterer density per environment and class.
-    Returns impedance (MRayl), attenuation (dB/cm/MHz), echo amplitude and scatterer density,
-    each (N, P, L), averaged over the elevation rays.
+    (P,) distances along the lines in metres; index_dtype int32 or int64 (for banks over 2^31
+    voxels). Returns the corner index (N, E, P, L) and the fractions fx, fy, fz (N, E, P, L).
+    A stage of its own so that these four, and not the eight corner weights made from them,
+    are what is materialised for `sample_tissue`.
     """
-    n, n_classes = table.shape[1], table.shape[2]
-    idx_t = torch.int32 if tissue_flat.numel() < 2**31 - 1 else torch.int64
     d = dist[None, None, :, None]  # (1, 1, P, 1)
     hi = (dims - 1).to(dist.dtype) - 1e-3
     x, y, z = (  # (N, E, P, L) each
@@ -98,18 +96,46 @@ def sample_tissue(
         for a in range(3)
     )
     x0, y0, z0 = x.floor(), y.floor(), z.floor()
-    fx, fy, fz = x - x0, y - y0, z - z0
-    s_i = (dims[:, 1] * dims[:, 2]).to(idx_t)[:, None, None, None]
-    s_j = dims[:, 2].to(idx_t)[:, None, None, None]
-    base = block_offset.to(idx_t)[:, None, None, None] + x0.to(idx_t) * s_i + y0.to(idx_t) * s_j + z0.to(idx_t)
-    row = (torch.arange(n, device=table.device, dtype=idx_t) * n_classes)[:, None, None, None]
+    s_i, s_j = cell_strides(dims, index_dtype)
+    base = block_offset.to(index_dtype)[:, None, None, None] + x0.to(index_dtype) * s_i + y0.to(index_dtype) * s_j
+    return base + z0.to(index_dtype), x - x0, y - y0, z - z0
+
+
+def cell_strides(dims: torch.Tensor, index_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat-index strides (N, 1, 1, 1) of the first and second voxel axes; dims (N, 3)."""
+    return (
+        (dims[:, 1] * dims[:, 2]).to(index_dtype)[:, None, None, None],
+        dims[:, 2].to(index_dtype)[:, None, None, None],
+    )
+
+
+def sample_tissue(
+    tissue_flat: torch.Tensor,
+    dims: torch.Tensor,
+    corner: torch.Tensor,
+    fx: torch.Tensor,
+    fy: torch.Tensor,
+    fz: torch.Tensor,
+    table: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Trilinear tissue properties along every scan line.
+
+    tissue_flat (V,) uint8 class labels of the bank; dims (N, 3); corner, fx, fy, fz
+    (N, E, P, L) from `lookup_cells`; table (4, N, C) contiguous: impedance, attenuation, echo
+    amplitude and scatterer density per environment and class.
+    Returns impedance (MRayl), attenuation (dB/cm/MHz), echo amplitude and scatterer density,
+    each (N, P, L), averaged over the elevation rays.
+    """
+    n, n_classes = table.shape[1], table.shape[2]
+    s_i, s_j = cell_strides(dims, corner.dtype)
+    row = (torch.arange(n, device=table.device, dtype=corner.dtype) * n_classes)[:, None, None, None]
     columns = [table[c].reshape(-1) for c in range(table.shape[0])]  # (N*C,) each
     props = [0.0] * len(columns)
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
                 w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * (fz if dz else 1 - fz)
-                cls = tissue_flat[base + dx * s_i + dy * s_j + dz].to(idx_t) + row
+                cls = tissue_flat[corner + dx * s_i + dy * s_j + dz].to(corner.dtype) + row
                 props = [acc + col[cls] * w for acc, col in zip(props, columns)]
     return tuple(v.mean(1) for v in props)
 
