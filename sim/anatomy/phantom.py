@@ -43,6 +43,9 @@ class PhantomParams:
     organ_scale: size factor of liver and kidneys.
     ct_noise_hu: standard deviation of the Gaussian CT noise (HU).
     margin_mm: soft tissue/air margin around the torso and beyond T12 and S1.
+    fat_septa / muscle_septa: the fraction (0-0.3) of fat / muscle voxels that are fibrous septa
+        (class fascia, `_septa`): the connective-tissue walls between fat lobules, and the
+        perimysium between muscle fibre bundles, which ultrasound shows as bright lines.
     """
 
     torso_half_width_mm: Range = (140.0, 165.0)
@@ -57,6 +60,8 @@ class PhantomParams:
     organ_scale: Range = (0.9, 1.1)
     ct_noise_hu: float = 10.0
     margin_mm: float = 15.0
+    fat_septa: float = 0.15
+    muscle_septa: float = 0.08
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -75,6 +80,9 @@ class PhantomParams:
         _check_range(self, "torso_half_depth_mm", 90.0, 200.0)
         if self.vertebra_jitter > 0.2:
             raise InputError(f"phantom param vertebra_jitter: expected a fraction <= 0.2, got {self.vertebra_jitter}")
+        for name in ("fat_septa", "muscle_septa"):
+            if getattr(self, name) > 0.3:
+                raise InputError(f"phantom param {name}: expected a fraction <= 0.3, got {getattr(self, name)}")
         if self.rotation_deg > 15.0:
             raise InputError(f"phantom param rotation_deg: expected <= 15 degrees, got {self.rotation_deg}")
 
@@ -175,7 +183,13 @@ TISSUE_HU: dict[str, float] = {
     "cartilage": 90.0,
     "bone": 700.0,
     "lung": -800.0,
+    "fascia": 80.0,  # dense collagen, a little above muscle
 }
+# Fibrous septa (`_septa`): level sheets of Gaussian random fields with these standard deviations
+# (x, y, z mm). Fat lobules on the back are 5-15 mm across; muscle fibre bundles run along the body
+# axis (z; the erector spinae parallel to the spine), so their perimysium is elongated along it.
+FAT_SEPTA_SIGMA_MM = (3.5, 3.5, 3.5)
+MUSCLE_SEPTA_SIGMA_MM = (2.0, 2.0, 12.0)
 CANCELLOUS_HU = 250.0  # adult lumbar trabecular bone
 CORTICAL_HU = 1200.0  # lumbar cortical bone (1000-1800 HU)
 CORTEX_MM = 1.5  # the middle of the 1-2 mm lumbar cortex (the drill's label path uses the same, DrillCfg.cortex_m)
@@ -660,14 +674,36 @@ def _bone_hu(ct: np.ndarray, bone: np.ndarray, spacing_m: float) -> None:
     ct[box][sub] = np.where(depth_mm[sub] - 0.5 * spacing_m * 1e3 < CORTEX_MM, CORTICAL_HU, CANCELLOUS_HU)
 
 
+def _septa(tissue: np.ndarray, spacing_mm: float, septa: dict[str, tuple[float, tuple[float, ...]]], seed: int) -> None:
+    """Paint fibrous septa into `tissue` (I, J, K), in place: for each class name in `septa`, the
+    given fraction of its voxels becomes fascia, those where a smooth Gaussian random field (white
+    noise under a Gaussian of the given (x, y, z) standard deviations, mm) is nearest zero. Such
+    level sheets wall the class into lobules or, with a long z deviation, into bundles along z.
+    One noise draw serves every class: the classes do not overlap."""
+    fascia = TISSUE_CLASSES.index("fascia")
+    targets = [(TISSUE_CLASSES.index(n), f, s) for n, (f, s) in septa.items() if f > 0]
+    if not targets:
+        return
+    noise = np.random.default_rng([seed, 1]).standard_normal(tissue.shape, dtype=np.float32)
+    for cls, fraction, sigma_mm in targets:
+        mask = tissue == cls
+        if not mask.any():
+            continue
+        field = np.abs(ndimage.gaussian_filter(noise, np.asarray(sigma_mm) / spacing_mm, truncate=3.0)[mask])
+        tissue[mask] = np.where(field <= np.quantile(field, fraction), fascia, cls)
+
+
 def _ct_and_tissue(
     structures: np.ndarray,
     body: np.ndarray,
     spacing_m: float,
     noise_hu: float,
     rng: np.random.Generator,
+    septa: dict[str, tuple[float, tuple[float, ...]]],
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CT (HU, float32) and tissue classes (uint8) from the structure ids, both (I, J, K)."""
+    """CT (HU, float32) and tissue classes (uint8) from the structure ids, both (I, J, K); with the
+    fibrous `septa` of `_septa` (from `seed`), which no structure labels."""
     tmap = TissueMap.load()
     hu_of_tissue = np.array([TISSUE_HU[t] for t in TISSUE_CLASSES], np.float32)
     lut = tmap.structure_lut(STRUCTURE_NAMES)
@@ -676,6 +712,7 @@ def _ct_and_tissue(
     ct = structure_hu.astype(np.float32)[structures]
     ct[~body] = TISSUE_HU["air"]
     tissue = tmap.tissue_volume(structures, STRUCTURE_NAMES, body, np.full(3, spacing_m), ct)
+    _septa(tissue, spacing_m * 1e3, septa, seed)
     ct = hu_of_tissue[tissue]  # the skin shell and any reclassified voxels get their tissue's HU
     _bone_hu(ct, tissue == TISSUE_CLASSES.index("bone"), spacing_m)
     ct += rng.standard_normal(ct.shape, dtype=np.float32) * np.float32(noise_hu)
@@ -722,7 +759,8 @@ def make_phantom(
     body, structures = _torso(grid, spine, half_w, half_d, fat, muscle, back_y)
     _rasterise(grid, spine, structures, organ_scale, extend=params.margin_mm + 40.0)
     structures[~body] = 0
-    ct, tissue = _ct_and_tissue(structures, body, spacing * 1e-3, params.ct_noise_hu, rng)
+    septa = {"fat": (params.fat_septa, FAT_SEPTA_SIGMA_MM), "muscle": (params.muscle_septa, MUSCLE_SEPTA_SIGMA_MM)}
+    ct, tissue = _ct_and_tissue(structures, body, spacing * 1e-3, params.ct_noise_hu, rng, septa, int(seed))
 
     affine = np.diag([spacing * 1e-3] * 3 + [1.0])
     affine[:3, 3] = grid.origin * 1e-3

@@ -17,6 +17,7 @@ TISSUE_CLASSES: tuple[str, ...] = (
     "cartilage",  # intervertebral discs, costal cartilage
     "bone",  # cortical bone (vertebrae, pelvis, ribs)
     "lung",
+    "fascia",  # dense connective tissue: fascia, aponeuroses, fibrous septa in fat and muscle
 )
 
 TISSUE_ID: dict[str, int] = {name: i for i, name in enumerate(TISSUE_CLASSES)}
