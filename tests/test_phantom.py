@@ -7,6 +7,8 @@ import pytest
 import yaml
 from scipy import ndimage
 
+import sim.anatomy.phantom as phantom_module
+from sim.anatomy.meshes import mask_mesh
 from sim.anatomy.phantom import CANCELLOUS_HU, CORTICAL_HU, TISSUE_HU, PhantomParams, make_phantom
 from sim.anatomy.tissues import TISSUE_ID
 from sim.errors import InputError
@@ -138,3 +140,38 @@ def test_bad_params():
         PhantomParams.from_dict({"lordosis_deg": "steep"})
     with pytest.raises(InputError, match="rotation_deg"):
         PhantomParams(rotation_deg=-1.0)
+
+
+def _sharpest_curvature_per_mm(solid, spacing_mm: float = 0.25) -> float:
+    """The 99th percentile of the surface curvature (1/mm) of one phantom solid rasterised alone at
+    `spacing_mm` and meshed as the patient's bones are: along each mesh edge, the change of the
+    vertex normal over the edge's length."""
+    corners = solid.corners()
+    lo, hi = corners.min(0) - 3 * spacing_mm, corners.max(0) + 3 * spacing_mm
+    grid = phantom_module._Grid(lo, spacing_mm, tuple(int(n) + 1 for n in np.ceil((hi - lo) / spacing_mm)))
+    region, inside = phantom_module._inside(solid, grid)
+    mask = np.zeros(grid.shape, bool)
+    mask[region] = inside
+    mesh = mask_mesh(mask, np.diag([spacing_mm] * 3 + [1.0]))
+    a, b = mesh.edges_unique.T
+    bend = np.linalg.norm(mesh.vertex_normals[a] - mesh.vertex_normals[b], axis=1)
+    return float(np.percentile(bend / np.linalg.norm(mesh.vertices[a] - mesh.vertices[b], axis=1), 99))
+
+
+def test_posterior_elements_have_rounded_edges(monkeypatch):
+    """L3's laminae, transverse and spinous processes, each meshed from 0.25 mm voxels: rounded
+    (edge radius 0.8 of the smaller half thickness, 2-2.4 mm), their sharpest 1 % of surface curves
+    under 3/mm (flat ends' rims and faceting); the same shapes as boxes have 90-degree edges
+    that curve at 5/mm and more."""
+
+    def sharpest() -> list[float]:
+        spine = phantom_module._layout_spine(np.random.default_rng(0), PhantomParams())
+        l3 = next(v for v in spine if v.name == "vertebrae_L3")
+        parts = phantom_module._vertebra_solids(l3)[1]
+        processes = [s for s in parts if s.kind in ("rod", "rounded_box")]
+        assert len(processes) == 5  # two laminae, two transverse processes, the spinous process
+        return [_sharpest_curvature_per_mm(s) for s in processes]
+
+    assert max(sharpest()) < 3.0
+    monkeypatch.setattr(phantom_module, "EDGE_ROUNDING", 0.0)  # no rounding: boxes
+    assert min(sharpest()) > 5.0

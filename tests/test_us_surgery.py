@@ -74,10 +74,11 @@ def test_costs_are_zero_on_the_plan_and_grow_off_it(patients):
     log, on_plan = drill_along(env, torch.zeros(3))
     assert log["Episode/success"].all(), log
     env = state_env(patients, 6, start={"standoff_m": 0.012, "offset_m": 0.0, "tilt_rad": 0.0})
-    # 25 deg about the drill's y (toward inferior): out through the pedicle's lower wall.
-    log, off_plan = drill_along(env, torch.tensor([0.0, math.radians(25.0), 0.0]))
+    # 30 deg about the drill's y (toward inferior): out through the pedicle's lower wall, over 4 mm
+    # (grade D, a failure) in every one. (At 25 deg the breaches are 3-4 mm, C or D by the anatomy.)
+    log, off_plan = drill_along(env, torch.tensor([0.0, math.radians(30.0), 0.0]))
     assert float(on_plan.max()) == 0.0 and float(off_plan.min()) > 1.0, (on_plan, off_plan)
-    assert log["Episode/failure"].bool().any() and (log["Episode/grade"] >= 3).any()
+    assert log["Episode/failure"].bool().all() and (log["Episode/grade"] >= 3).all(), log
     assert (log["Cost/breach_mm"] > 0).all()
 
 

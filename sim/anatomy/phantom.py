@@ -195,6 +195,9 @@ CORTICAL_HU = 1200.0  # lumbar cortical bone (1000-1800 HU)
 CORTEX_MM = 1.5  # the middle of the 1-2 mm lumbar cortex (the drill's label path uses the same, DrillCfg.cortex_m)
 _TORSO_EXPONENT = 2.3  # superellipse: a flatter back and sides than an ellipse
 _MAX_VOXELS = 200_000_000
+# Rounded bone edges: the radius as a fraction of a process's smaller cross-section half extent
+# (laminae 5 mm thick: 2 mm edges; transverse processes oval rods; a spinous process's rounded tip).
+EDGE_ROUNDING = 0.8
 MAX_SPACING_MM = 4.0  # coarser grids lose the laminae of some levels and with them lumbar landmarks
 
 
@@ -204,7 +207,9 @@ class _Solid:
 
     kind "ellipsoid": semi-axes `half`; "cylinder": elliptic cross-section `half[:2]`, axis local
     z of half length `half[2]`; "box": half extents; "capsule": radius `half[0]` around the
-    local-z segment of half length `half[2]`.
+    local-z segment of half length `half[2]`; "rod": a box of half extents `half` whose four long
+    edges (along local z) are rounded with radius EDGE_ROUNDING x min(half[:2]), its ends flat;
+    "rounded_box": a box with every edge and corner rounded so.
     """
 
     kind: str
@@ -230,6 +235,15 @@ class _Solid:
             return ((px / hx) ** 2 + (py / hy) ** 2 <= 1.0) & (np.abs(pz) <= hz)
         if self.kind == "box":
             return (np.abs(px) <= hx) & (np.abs(py) <= hy) & (np.abs(pz) <= hz)
+        if self.kind in ("rod", "rounded_box"):
+            # A rounded box is the inner box grown by a ball: inside where the distance beyond the
+            # inner box's faces, per axis, has a norm within the radius (a rod rounds x and y only).
+            r = EDGE_ROUNDING * min(hx, hy)
+            qx, qy = (np.maximum(np.abs(q) - (h - r), 0.0) for q, h in ((px, hx), (py, hy)))
+            if self.kind == "rod":
+                return (qx * qx + qy * qy <= r * r) & (np.abs(pz) <= hz)
+            qz = np.maximum(np.abs(pz) - (hz - r), 0.0)
+            return qx * qx + qy * qy + qz * qz <= r * r
         beyond = np.maximum(np.abs(pz) - hz, 0.0)
         return px**2 + py**2 + beyond**2 <= hx**2
 
@@ -408,10 +422,10 @@ def _vertebra_solids(v: _Vertebra) -> tuple[_Solid, list[_Solid]]:
         parts.append(_pedicle(v, side))
         lamina = (v.point((side * xp, arch_y, 0)), v.point((0, arch_y - 7 * k, 0)))
         # Half-height 0.4 H: laminae ~22 mm tall leave the interlaminar gaps a paramedian view shows.
-        parts.append(_segment("box", *lamina, ez, (0.4 * H, 2.5 * k), extend=2.0))
+        parts.append(_segment("rod", *lamina, ez, (0.4 * H, 2.5 * k), extend=2.0))
         tp_len, tp_ap, tp_h = v.tp
         tp_root = v.point((side * (xp + 2), -(D + cry), 0))
-        parts.append(_segment("box", tp_root, tp_root + side * ex * tp_len, ez, (tp_h, tp_ap), extend=1.0))
+        parts.append(_segment("rod", tp_root, tp_root + side * ex * tp_len, ez, (tp_h, tp_ap), extend=1.0))
         # Articular processes: superior ones lateral-anterior, inferior ones medial-posterior, so
         # that neighbours' processes sit side by side as facet joints.
         # The inferior ones stop short of the lower vertebra's lamina.
@@ -429,7 +443,7 @@ def _vertebra_solids(v: _Vertebra) -> tuple[_Solid, list[_Solid]]:
     beta = np.deg2rad(v.spin_deg)
     root = v.point((0, arch_y - 5 * k, 0))
     tip = root + v.spin_len * (R @ np.array([0.0, -np.cos(beta), -np.sin(beta)]))
-    parts.append(_segment("box", root, tip, ex, (3.0 * k, 0.45 * H)))  # ~24 mm tall: interspinous gaps
+    parts.append(_segment("rounded_box", root, tip, ex, (3.0 * k, 0.45 * H)))  # ~24 mm tall: interspinous gaps
     return body, parts
 
 
