@@ -159,3 +159,39 @@ def test_bone_echo_falls_with_the_angle_of_incidence():
     for angle in (20.0, 40.0):
         expected = math.cos(math.radians(angle)) ** power
         assert echo(angle, power) / echo(angle, 0.0) == pytest.approx(expected, rel=0.05), angle
+
+
+def test_the_elevation_lens_focuses_the_slice():
+    """The slice thickness is elevation_m at the lens focus and widens beyond as a Gaussian beam (by
+    sqrt(2) one Rayleigh range away); a thin bone plate 1.3 mm beside the image plane is missed at
+    the focus and caught 3 cm deeper, where the slice is 2.5 mm thick, by the same 5 rays. An
+    unfocused slice of the same thickness misses it at both depths."""
+    spacing = 0.0002
+    probe = ProbeSpec(kind="linear", frequency_mhz=7.5, depth_m=0.05, width_m=0.01, image_height=250, image_width=16,
+                      elevation_m=0.0012, elevation_rays=5, elevation_focus_m=0.01)  # fmt: skip
+    one_way_radius = math.sqrt(2) * 0.0012 / (2 * math.sqrt(math.log(2)))
+    rayleigh = math.pi * one_way_radius**2 / probe.wavelength_m
+    widths = probe.slice_fwhm_m(torch.tensor([0.01, 0.01 + rayleigh, 0.04], dtype=torch.float64))
+    assert widths[0].item() == pytest.approx(0.0012, rel=1e-9)
+    assert widths[1].item() == pytest.approx(math.sqrt(2) * 0.0012, rel=1e-9)
+    assert 0.0022 < widths[2].item() < 0.0028
+    offsets = probe.elevation_offsets(torch.tensor([0.0, 0.01, 0.04]))
+    assert offsets.shape == (5, 3) and torch.allclose(offsets.sum(0), torch.zeros(3), atol=1e-9)
+
+    patient = slab_patient([("soft_tissue", 260)], 120, spacing)
+    beside = 66  # z voxel 66 of 120 (centre 59.5): the plate is 1.0-1.6 mm beside the image plane
+    for depth_vox in (50, 200):  # plates 1 cm (the focus) and 4 cm below the face at y = 0
+        patient.tissue[:, depth_vox : depth_vox + 5, beside - 1 : beside + 2] = TISSUE_ID["bone"]
+    bank = PatientBank([patient])
+
+    def plate_echoes(focus: float | None) -> tuple[float, float]:
+        p = ProbeSpec(**{**probe.__dict__, "elevation_focus_m": focus})
+        r = Renderer(bank, p, QUIET, RendererConfig(tgc_db_cm_mhz=0.0))
+        env = 10 ** (r.render_lines(poses_at(0.0), torch.zeros(1, dtype=torch.long))[0] / 20)
+        rows = torch.arange(p.n_samples) * p.sample_spacing_m
+        near, deep = (env[(rows - d).abs() < 0.002].max().item() for d in (0.01, 0.04))
+        return near, deep
+
+    near, deep = plate_echoes(0.01)
+    assert near < 1e-3 and deep > 0.02, (near, deep)
+    assert max(plate_echoes(None)) < 1e-3

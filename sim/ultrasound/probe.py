@@ -57,8 +57,10 @@ class ProbeSpec:
     frequency_mhz: centre frequency. depth_m: imaging depth along each line from the face.
     width_m: aperture width (linear). fov_deg: field of view (convex, phased).
     radius_m: face radius of curvature (convex). lines / samples: scan lines and samples per
-    line (None: the output width / height). elevation_m: slice thickness; elevation_rays > 1
-    averages tissue properties over that many rays across it. pulse_cycles: pulse length (its
+    line (None: the output width / height). elevation_m: slice thickness (the elevation beam's
+    two-way FWHM; at its focus if elevation_focus_m is set, where the lens focuses it, else at
+    every depth: `slice_fwhm_m`); elevation_rays > 1 averages tissue properties over that many
+    rays across it (`elevation_offsets`). pulse_cycles: pulse length (its
     envelope's full width at half maximum, in cycles), setting the axial point-spread function.
     aperture_m: the active aperture D across the lines; focus_m: the transmit focal depth F
     (None: half the imaging depth); with the wavelength they set the lateral point-spread
@@ -75,6 +77,7 @@ class ProbeSpec:
     samples: int | None = None
     elevation_m: float = 0.002
     elevation_rays: int = 1
+    elevation_focus_m: float | None = None
     pulse_cycles: float = 2.0
     aperture_m: float = 0.025
     focus_m: float | None = None
@@ -96,6 +99,11 @@ class ProbeSpec:
         need(self.samples is None or 8 <= self.samples <= 8192, "samples", "None or 8..8192 samples per line")
         need(0 <= self.elevation_m <= 0.02, "elevation_m", "a slice thickness in 0..0.02 m")
         need(1 <= self.elevation_rays <= 16, "elevation_rays", "1..16 rays")
+        need(
+            self.elevation_focus_m is None or 0.002 <= self.elevation_focus_m <= 0.4,
+            "elevation_focus_m",
+            "None or a lens focal depth in 0.002..0.4 m",
+        )
         need(0.5 <= self.pulse_cycles <= 10, "pulse_cycles", "0.5..10 cycles")
         need(0.001 <= self.aperture_m <= 0.1, "aperture_m", "an active aperture in 0.001..0.1 m")
         need(self.focus_m is None or 0.001 <= self.focus_m <= 0.4, "focus_m", "None or a focal depth in 0.001..0.4 m")
@@ -189,11 +197,29 @@ class ProbeSpec:
         f = self.frequency_mhz if frequency_mhz is None else frequency_mhz
         return beam_fwhm_m(depth_m, SPEED_OF_SOUND_M_S / (f * 1e6), self.focal_depth_m, self.aperture_m)
 
-    def elevation_offsets(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(E,) elevation (+y) offsets of the rays averaged across the slice thickness, metres."""
-        if self.elevation_rays == 1:
-            return torch.zeros(1, device=device)
-        return torch.linspace(-self.elevation_m / 2, self.elevation_m / 2, self.elevation_rays, device=device)
+    def slice_fwhm_m(self, depth_m: torch.Tensor) -> torch.Tensor:
+        """The slice thickness (m, two-way amplitude FWHM of the elevation beam) at `depth_m`.
+
+        Without `elevation_focus_m`, `elevation_m` at every depth. With it, the elevation lens's
+        fixed focus on transmit and receive: a Gaussian beam at the centre frequency whose waist,
+        at that depth, is `elevation_m` two-way (its one-way FWHM sqrt(2) times that), widening as
+        sqrt(1 + ((z - F) / z_R)^2) with the Rayleigh range z_R = pi W0^2 / lambda of its one-way
+        1/e radius W0; two-way the profile squares, which keeps the ratio."""
+        if self.elevation_focus_m is None:
+            return torch.full_like(depth_m, self.elevation_m)
+        one_way_radius = math.sqrt(2) * self.elevation_m / FWHM_PER_E_RADIUS
+        rayleigh = math.pi * one_way_radius**2 / self.wavelength_m
+        return self.elevation_m * torch.sqrt(1 + ((depth_m - self.elevation_focus_m) / rayleigh) ** 2)
+
+    def elevation_offsets(self, depth_m: torch.Tensor) -> torch.Tensor:
+        """(E, P) elevation (+y) offsets, metres, of the `elevation_rays` across which tissue is
+        averaged at each of the P depths `depth_m` (on its device): the central ray alone for one;
+        for more, the (e + 1/2) / E quantiles of the two-way elevation beam's Gaussian profile
+        (`slice_fwhm_m`), so that equally weighted rays average the tissue as the beam weighs it."""
+        e = self.elevation_rays
+        u = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(e, dtype=torch.float64) + 0.5) / e)
+        sigma = self.slice_fwhm_m(depth_m.double().cpu()) / (2 * math.sqrt(2 * math.log(2)))
+        return (u[:, None] * sigma[None]).to(depth_m.device, torch.float32)
 
     @property
     def face_half_width_m(self) -> float:

@@ -284,7 +284,6 @@ class Renderer:
         self.base_table = self.tissue.as_tensor(dev)
         self.index_dtype = torch.int32 if bank.tissue_flat.numel() < 2**31 - 1 else torch.int64
         self.origins, self.dirs, self.dist = probe.scan_lines(dev)
-        self.elevation = probe.elevation_offsets(dev)
         self.psf = self._axial_psf().to(dev)
         self.speckle_gain = float(1 / self.psf.square().sum().sqrt())
         self.line_spacing = probe.line_spacing_m(self.dist)
@@ -295,6 +294,7 @@ class Renderer:
             raise InputError(f"renderer speckle_cells: expected a power of two >= 8, got {cfg.speckle_cells}")
         self.tile = speckle_tile(cfg.speckle_cells, cfg.speckle_sigma_cells, cfg.speckle_seed, dev)
         self.prop_dist, self.prop_index, self.prop_weight = self._property_samples()
+        self.elevation = probe.elevation_offsets(self.prop_dist)  # (E, P) at the tissue lookups
         self.orientation = self._orientation()
         # Each patient sees the tile shifted by its own offset (cells), so patients differ.
         g = torch.Generator().manual_seed(cfg.speckle_seed + 1)
@@ -477,19 +477,19 @@ class Renderer:
         return poses, patient_idx, params, tools.tensors(n, self.device)
 
     def _lines(self, poses, patient_idx, frequency_mhz, tissue, *tool):
-        line_origin, line_dir, tile_origin, tile_dir = self._line_geometry(
+        line_origin, line_dir, elevation_dir, tile_origin, tile_dir = self._line_geometry(
             poses,
             self.bank.patient_to_voxel[patient_idx],
             self.patient_tile_offset[patient_idx],
             self.origins,
             self.dirs,
-            self.elevation,
             self.speckle_pitch_m,
         )
         dims = self.bank.dims[patient_idx]
         cells = self._lookup_cells(
-            self.bank.offsets[patient_idx], dims, line_origin, line_dir, self.prop_dist, self.index_dtype
-        )
+            self.bank.offsets[patient_idx], dims, line_origin, line_dir, elevation_dir, self.elevation,
+            self.prop_dist, self.index_dtype,
+        )  # fmt: skip
         coarse = self._sample_tissue(self.bank.tissue_flat, dims, *cells, tissue.permute(2, 0, 1).contiguous())
         coupled = self._coupling(
             coarse[0], self.prop_index, self.prop_weight, self.dist, self.contact_reach, self.n_head,

@@ -40,32 +40,27 @@ def line_geometry(
     tile_offset: torch.Tensor,
     origins: torch.Tensor,
     dirs: torch.Tensor,
-    elevation: torch.Tensor,
     speckle_pitch_m: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scan lines of every environment in voxel units and in speckle-cell units.
 
     poses (N, 7) probe poses in the patient frame; patient_to_voxel (N, 3, 4) and tile_offset
-    (N, 3) of each environment's patient; origins and dirs (L, 3) scan lines in the probe frame;
-    elevation (E,) ray offsets along probe +y, metres.
-    Returns line origins (3, N, E, L) and directions (3, N, L) in voxels, and the central ray's
-    origins and directions (3, N, L) in speckle cells: axis-major, so the fused kernels read
-    contiguous rows. Products are summed elementwise (no batched matmul), so an environment's
-    numbers do not depend on the batch size: chunked batches render identical speckle.
+    (N, 3) of each environment's patient; origins and dirs (L, 3) scan lines in the probe frame.
+    Returns line origins and directions (3, N, L) and the elevation axis (3, N) in voxels (per
+    metre), and the lines' origins and directions (3, N, L) in speckle cells: axis-major, so the
+    fused kernels read contiguous rows. Products are summed elementwise (no batched matmul), so an
+    environment's numbers do not depend on the batch size: chunked batches render identical speckle.
     """
     probe = pose_to_matrix(poses)  # (N, 3, 4) probe -> patient
     rot, pos = probe[:, :, :3], probe[:, :, 3]
     to_vox = probe_to_voxel(poses, patient_to_voxel)
-    unit_y = torch.eye(3, dtype=origins.dtype, device=origins.device)[1]  # made on the device: no host-to-device copy
-    ray_origins = origins[None] + elevation[:, None, None] * unit_y
-    line_origin = (to_vox[:, None, None, :, :3] * ray_origins[None, :, :, None, :]).sum(-1) + to_vox[
-        :, None, None, :, 3
-    ]
+    line_origin = (to_vox[:, None, :, :3] * origins[None, :, None, :]).sum(-1) + to_vox[:, None, :, 3]
     line_dir = (to_vox[:, None, :, :3] * dirs[None, :, None, :]).sum(-1)
     scale = 1.0 / speckle_pitch_m
     tile_origin = (rot[:, None] * origins[None, :, None, :]).sum(-1) * scale + (pos * scale + tile_offset)[:, None]
     tile_dir = (rot[:, None] * dirs[None, :, None, :]).sum(-1) * scale
-    return tuple(t.movedim(-1, 0).contiguous() for t in (line_origin, line_dir, tile_origin, tile_dir))
+    lines = tuple(t.movedim(-1, 0).contiguous() for t in (line_origin, line_dir, tile_origin, tile_dir))
+    return lines[0], lines[1], to_vox[:, :, 1].T.contiguous(), lines[2], lines[3]
 
 
 def lookup_cells(
@@ -73,6 +68,8 @@ def lookup_cells(
     dims: torch.Tensor,
     line_origin: torch.Tensor,
     line_dir: torch.Tensor,
+    elevation_dir: torch.Tensor,
+    elevation: torch.Tensor,
     dist: torch.Tensor,
     index_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,21 +77,23 @@ def lookup_cells(
     cell's lowest corner and its fractional position in the cell.
 
     block_offset (N,) and dims (N, 3) locate each environment's padded volume in the bank's flat
-    array; line_origin (3, N, E, L) and line_dir (3, N, L) are scan lines in voxel units for E
-    elevation rays, one contiguous block per axis (so fused loops vectorise over lines); dist
-    (P,) distances along the lines in metres; index_dtype int32 or int64 (for banks over 2^31
-    voxels). Returns the corner index (N, E, P, L) and the fractions fx, fy, fz (N, E, P, L).
-    A stage of its own so that these four, and not the eight corner weights made from them,
-    are what is materialised for `sample_tissue`.
+    array; line_origin and line_dir (3, N, L) are the scan lines and elevation_dir (3, N) the
+    elevation axis per metre in voxel units, one contiguous block per axis (so fused loops
+    vectorise over lines); elevation (E, P) the E elevation rays' offsets at each lookup (metres,
+    `ProbeSpec.elevation_offsets`); dist (P,) distances along the lines in metres; index_dtype
+    int32 or int64 (for banks over 2^31 voxels). Returns the corner index (N, E, P, L) and the
+    fractions fx, fy, fz (N, E, P, L). A stage of its own so that these four, and not the eight
+    corner weights made from them, are what is materialised for `sample_tissue`.
     """
     d = dist[None, None, :, None]  # (1, 1, P, 1)
+    e = elevation[None, :, :, None]  # (1, E, P, 1)
     hi = (dims - 1).to(dist.dtype) - 1e-3
-    x, y, z = (  # (N, E, P, L) each
-        torch.minimum(
-            (line_origin[a][:, :, None] + line_dir[a][:, None, None] * d).clamp_min(0), hi[:, a, None, None, None]
-        )
-        for a in range(3)
-    )
+
+    def axis(a: int) -> torch.Tensor:  # (N, E, P, L) voxel coordinate along axis a, clamped into the volume
+        at = line_origin[a][:, None, None] + line_dir[a][:, None, None] * d + elevation_dir[a][:, None, None, None] * e
+        return torch.minimum(at.clamp_min(0), hi[:, a, None, None, None])
+
+    x, y, z = (axis(a) for a in range(3))
     x0, y0, z0 = x.floor(), y.floor(), z.floor()
     s_i, s_j = cell_strides(dims, index_dtype)
     base = block_offset.to(index_dtype)[:, None, None, None] + x0.to(index_dtype) * s_i + y0.to(index_dtype) * s_j
