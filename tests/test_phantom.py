@@ -140,6 +140,10 @@ def test_bad_params():
         PhantomParams.from_dict({"lordosis_deg": "steep"})
     with pytest.raises(InputError, match="rotation_deg"):
         PhantomParams(rotation_deg=-1.0)
+    with pytest.raises(InputError, match="fat_septa: expected a fraction <= 0.3"):
+        PhantomParams(fat_septa=0.5)
+    with pytest.raises(InputError, match="muscle_septa"):
+        PhantomParams.from_dict({"muscle_septa": -0.1})
 
 
 def _sharpest_curvature_per_mm(solid, spacing_mm: float = 0.25) -> float:

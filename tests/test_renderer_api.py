@@ -93,6 +93,8 @@ def test_bad_poses_and_indices_are_rejected(two_patients):
         ({"kind": "convex", "radius_m": 0.0}, "radius_m"),
         ({"lines": 1}, "lines"),
         ({"image_width": 0}, "image_width"),
+        ({"elevation_focus_m": 0.0}, "elevation_focus_m"),
+        ({"elevation_focus_m": 2.0}, "elevation_focus_m"),
     ],
 )
 def test_nonsense_probe_specs_are_rejected(overrides, field):
