@@ -19,11 +19,12 @@ import secrets
 import shutil
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from policies.deploy.policy import ENGINES, GraphPolicy, read_spec, write_manifest
+from policies.deploy.policy import ENGINES, MANIFEST_FILES, GraphPolicy, read_spec, write_manifest
 from policies.deploy.schema import DEPLOY_FORMAT, TOLERANCE
 from sim.envs.base import BatchedEnv
 from sim.errors import InputError, require
@@ -62,8 +63,16 @@ def record_samples(env: BatchedEnv, policy, names: list[str], count: int) -> tup
     return {n: torch.cat(v)[:count].numpy() for n, v in inputs.items()}, torch.cat(outputs)[:count].numpy()
 
 
-def write_graphs(module: torch.nn.Module, names: list[str], example: tuple[torch.Tensor, ...], folder: Path) -> None:
-    """policy.onnx (dynamic batch) and policy.pt (TorchScript) with positional inputs `names`."""
+def write_graphs(
+    module: torch.nn.Module,
+    names: list[str],
+    example: tuple[torch.Tensor, ...],
+    folder: Path,
+    files: dict[str, str] = ENGINES,
+    output: str = "actions",
+) -> None:
+    """files["onnx"] (dynamic batch; default policy.onnx) and files["torchscript"] (TorchScript;
+    policy.pt) with positional inputs `names` and one output named `output`."""
     batch = {0: torch.export.Dim("batch")}
     params = list(inspect.signature(module.forward).parameters.values())
     dynamic: tuple = tuple(batch for _ in names)
@@ -71,10 +80,10 @@ def write_graphs(module: torch.nn.Module, names: list[str], example: tuple[torch
         dynamic = (*dynamic[: len(params) - 1], dynamic[len(params) - 1 :])
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every pass
         torch.onnx.export(
-            module, example, str(folder / ENGINES["onnx"]), input_names=names, output_names=["actions"],
+            module, example, str(folder / files["onnx"]), input_names=names, output_names=[output],
             dynamo=True, external_data=False, opset_version=18, dynamic_shapes=dynamic,
         )  # fmt: skip
-    torch.jit.trace(module, example).save(str(folder / ENGINES["torchscript"]))
+    torch.jit.trace(module, example).save(str(folder / files["torchscript"]))
 
 
 def versions() -> dict[str, str]:
@@ -107,16 +116,22 @@ def export_policy(
     looser; a negative one refuses every export). Raises InputError if an exported graph differs
     from the model by more than that.
     """
-    folder = Path(folder)
     samples = SAMPLES.check(samples, "export samples")
     finite = isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and math.isfinite(tolerance)
     require(finite and tolerance <= TOLERANCE, "export tolerance", f"a finite number at most {TOLERANCE}", tolerance)
+    return write_atomically(Path(folder), lambda work: write_verified(model, env, work, spec, samples, tolerance))
+
+
+def write_atomically(folder: Path, write: Callable[[Path], None]) -> Path:
+    """`write(work)` fills an empty temporary sibling `work` of `folder`, which then replaces
+    `folder` (`replace_folder`); a write that fails or is killed leaves the previous folder (if
+    any) and, by the next export, no temporary one. Returns folder."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in (*folder.parent.glob(f".{folder.name}.tmp-*"), *folder.parent.glob(f".{folder.name}.old-*")):
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     work = sibling(folder, "tmp")
     try:
-        write_verified(model, env, work, spec, samples, tolerance)
+        write(work)
         replace_folder(work, folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -137,24 +152,36 @@ def write_verified(
         engine: float(np.abs(GraphPolicy(folder / file, engine, names)(inputs) - outputs).max())
         for engine, file in ENGINES.items()
     }
+    deploy = verified_deploy(
+        spec, errors, tolerance, samples, "exported policy: outputs differ from the training model"
+    )
+    write_description(folder, deploy, MANIFEST_FILES)
+
+
+def verified_deploy(spec: dict, errors: dict[str, float], tolerance: float, samples: int, what: str, **parts) -> dict:
+    """deploy.json's content (spec, `parts`, versions, verification) once every engine's largest
+    error in `errors` is within `tolerance`; InputError starting with `what` otherwise."""
     if not all(error <= tolerance for error in errors.values()):  # a NaN error fails too
-        raise InputError(
-            "exported policy: outputs differ from the training model "
-            f"by {errors} (tolerance {tolerance}); nothing was written"
-        )
-    deploy = {
+        raise InputError(f"{what} by {errors} (tolerance {tolerance}); nothing was written")
+    return {
         "format": DEPLOY_FORMAT,
         **spec,
+        **parts,
         "versions": versions(),
         "verification": {"samples": samples, "max_abs_error": errors, "tolerance": tolerance},
     }
+
+
+def write_description(folder: Path, deploy: dict, files: tuple[str, ...]) -> None:
+    """deploy.json, then the manifest over `files`, then the runtime's own check of the folder (a
+    folder it would refuse is never put in place); InputError for non-finite numbers."""
     try:
         text = json.dumps(deploy, indent=2, allow_nan=False)
     except ValueError as err:  # NaN or infinity somewhere in the task config: JSON has no such numbers
         raise InputError(f"deploy.json: expected finite numbers only, got {err}") from err
     (folder / "deploy.json").write_text(text)
-    write_manifest(folder)
-    read_spec(folder)  # the runtime's own check: a folder it would refuse is never put in place
+    write_manifest(folder, files)
+    read_spec(folder)
 
 
 def sibling(folder: Path, kind: str) -> Path:

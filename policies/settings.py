@@ -21,6 +21,7 @@ from tasks import registry
 
 LOGGERS = ("tensorboard", "wandb")
 SPLITS = ("train", "test")
+KEEP = ("success", "all")  # record.py: which finished episodes a recording keeps
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
@@ -74,6 +75,10 @@ def check_settings(cfg: Mapping, num_envs: object = None) -> int:
     for key in ("video", "viewer", "trajectory"):
         require_bool(cfg.get(key), key)
     require_int(cfg.get("video_steps"), "video_steps", 1)
+    require_int(cfg.get("episodes"), "episodes", 1)
+    require_choice(cfg.get("keep"), "keep", KEEP)
+    if cfg.get("dataset") is not None:
+        require_path(cfg.get("dataset"), "dataset (null or a folder)")
     if cfg.get("probe") is not None:  # a state task renders nothing, but a misspelt probe key is still an error
         ProbeSpec.from_dict(to_container(cfg.get("probe")))
     task = to_container(cfg.get("task"))

@@ -106,26 +106,19 @@ def test_the_default_learner_is_ppo_with_each_tasks_settings():
 
 
 def test_an_unknown_learner_is_refused_listing_the_registered_ones(tmp_path):
-    with pytest.raises(InputError, match=r"learner: expected one of \['ppo', 'ppo_lag'\], got 'diffusion'"):
-        learners.get("diffusion")
+    with pytest.raises(InputError, match=r"learner: expected one of \['diffusion', 'ppo', 'ppo_lag'\], got 'sac'"):
+        learners.get("sac")
     cfg = compose_config(["task=us_nav_state"])
     with open_dict(cfg):
-        cfg.learner = (
-            "diffusion"  # e.g. a config that did not come from conf/ (no conf/learner/diffusion.yaml to refuse it)
-        )
-    with pytest.raises(InputError, match=r"^learner: expected one of \['ppo', 'ppo_lag'\], got 'diffusion'"):
+        cfg.learner = "sac"  # e.g. a config that did not come from conf/ (no conf/learner/sac.yaml to refuse it)
+    with pytest.raises(InputError, match=r"^learner: expected one of \['diffusion', 'ppo', 'ppo_lag'\], got 'sac'"):
         check_settings(cfg)
     with pytest.raises(
-        InputError, match=r"Could not find 'learner/diffusion' Available options in 'learner': ppo ppo_lag"
+        InputError, match=r"Could not find 'learner/sac' Available options in 'learner': diffusion ppo ppo_lag"
     ):
-        compose_config(["learner=diffusion"])
-    out = run([*TRAIN, "learner=diffusion", f"log_root={tmp_path}"])
-    assert (
-        out.returncode != 0
-        and "learner/diffusion" in out.stderr
-        and "ppo" in out.stderr
-        and not list(tmp_path.iterdir())
-    )
+        compose_config(["learner=sac"])
+    out = run([*TRAIN, "learner=sac", f"log_root={tmp_path}"])
+    assert out.returncode != 0 and "learner/sac" in out.stderr and "ppo" in out.stderr and not list(tmp_path.iterdir())
     with pytest.raises(InputError, match=r"learner ppo_x: expected 'module:Class'"):
         learners.register("ppo_x", "tests.test_learners.ChunkedPpo")
 
@@ -205,6 +198,7 @@ def test_action_chunks_run_one_action_per_step_on_the_runtime_simulator(trained,
         queries.append(inputs)
         return chunks_of(exported(inputs))
 
+    chunked.reset = exported.reset  # the runtime resets its policy at each episode's start
     runtime.policy = chunked
     cfg = trained_cfg(trained, "seed=3")
     log = runtime.run_episode(SimRobot(build_env(cfg, "train", num_envs=1)))

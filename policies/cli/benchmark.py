@@ -5,6 +5,8 @@
 
     sonolab-benchmark train --task us_nav_state --nproc 2 --num-envs 256 --iterations 10 --json
     sonolab-benchmark realism --json
+    sonolab-benchmark record --task us_nav --num-envs 256 --episodes 256 --json
+    sonolab-benchmark diffusion --task us_nav --dataset <recorded folder> --epochs 2 --json
 
 `render` times the B-mode renderer on the default phantom (1 mm) with probe poses spread over
 the lumbar back, after a warm-up that includes compilation. `env` times whole environment steps
@@ -17,6 +19,11 @@ iteration: the model's parameters x 4 bytes per gradient all-reduce, the normali
 the episode statistics, and the environment state gathered for a checkpoint. `realism` compares a
 real 5 MHz convex B-mode image (pydicom-data) with the default phantom rendered by the probe preset
 matched to it (`convex_reference`), by sim.ultrasound.realism's statistics, against issue 17's targets.
+`record` records --episodes expert demonstrations (scripts/record.py) into a temporary folder and
+reports episodes per minute (environment construction excluded) and the dataset's size per 1,000
+steps. `diffusion` trains learner=diffusion (the task's agent settings) on --dataset for --epochs,
+timing each epoch, then the latency of one action chunk (batch 1) of the PyTorch sampler and of
+the robot runtime's loop over the exported ONNX graphs.
 
 The `sonolab-benchmark` command (installed sonolab, any folder) and scripts/benchmark.py run `main`.
 """
@@ -345,6 +352,106 @@ def bench_train(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_record(args: argparse.Namespace) -> dict:
+    from policies.cli.record import record_demos
+    from policies.workflow import compose_config
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "demos"
+        overrides = [f"task={args.task}", f"num_envs={args.num_envs}", f"episodes={args.episodes}", *args.override]
+        cfg = compose_config([*overrides, f"dataset={folder}", f"device={args.device}"])
+        _, summary = record_demos(cfg, overrides)
+        seconds = summary["seconds"]  # the recording itself: environment construction excluded
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        from policies.demos.lerobot import read_dataset
+
+        frames = read_dataset(folder, features=[]).info["total_frames"]
+    return {
+        "benchmark": "record",
+        "task": args.task,
+        "num_envs": args.num_envs,
+        "episodes": summary["kept"],
+        "episodes_per_min": round(60 * summary["kept"] / seconds, 1),
+        "recorded_steps": frames,
+        "env_steps": summary["steps"] * args.num_envs,
+        "seconds": round(seconds, 1),
+        "mb_per_1000_steps": round(size / 1e6 / frames * 1000, 3),
+        "expert_success_rate": round(summary["success_rate"], 4),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        **machine(),
+    }
+
+
+def bench_diffusion(args: argparse.Namespace) -> dict:
+    from omegaconf import OmegaConf
+
+    from policies.demos.frames import STATE
+    from policies.demos.lerobot import read_dataset
+    from policies.deploy.diffusion import DiffusionGraphPolicy
+    from policies.diffusion.data import ACTION, demonstrations
+    from policies.diffusion.export import policy_part, write_diffusion_graphs
+    from policies.diffusion.networks import DiffusionPolicyNet
+    from policies.diffusion.policy import DiffusionController
+    from policies.diffusion.trainer import Trainer
+    from policies.learners.diffusion import DiffusionLearner, check_dataset, network_settings
+    from policies.workflow import build_env, compose_config
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    cfg = compose_config([f"task={args.task}", "learner=diffusion", f"dataset={args.dataset}", *args.override])
+    env = build_env(cfg, "train", num_envs=1)
+    learner = DiffusionLearner()
+    layout = learner.layout(cfg, env)
+    check_dataset(read_dataset(args.dataset, features=[]), env, layout)
+    dataset = read_dataset(args.dataset, features=[STATE, ACTION, *layout.image_names])
+    agent = OmegaConf.to_container(cfg.agent, resolve=True)
+    net = DiffusionPolicyNet(network_settings(agent, layout, env.num_actions))
+    demos = demonstrations(dataset, layout, net.obs_horizon, net.horizon)
+    trainer = Trainer(net, demos, cfg.agent, "cpu", {"seed": 0, "agent": agent})
+    epochs = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        trainer.run_epoch()
+        epochs.append(time.perf_counter() - start)
+    net.eval()
+    state, images, _ = demos.batch(torch.zeros(1, dtype=torch.long), "cpu")
+
+    def latency(act) -> float:
+        act()  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            act()
+            times.append(time.perf_counter() - start)
+        return round(1000 * statistics.median(times), 2)
+
+    torch_ms = latency(lambda: net.act(state, images))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        two = demos.batch(torch.arange(2), "cpu")  # traced at batch 2: a batch of 1 would be specialised
+        write_diffusion_graphs(net, two[:1] if images is None else two[:2], folder)
+        example = (state,) if images is None else (state, images)
+        part = policy_part(DiffusionController(net, layout, env, 0))
+        runtime = DiffusionGraphPolicy(folder, "onnx", {"policy": part})
+        arrays = [t.numpy() for t in example]
+        noise = np.random.default_rng(0).standard_normal((1, net.horizon, net.action_dim)).astype(np.float32)
+        onnx_ms = latency(lambda: runtime.plan(arrays[0], arrays[1] if len(arrays) > 1 else None, noise))
+    return {
+        "benchmark": "diffusion",
+        "task": args.task,
+        "training_frames": len(demos),
+        "batch_size": trainer.batch_size,
+        "epoch_s": [round(s, 2) for s in epochs],
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "num_inference_steps": len(net.timesteps),
+        "chunk_latency_ms": {"torch": torch_ms, "onnx_runtime": onnx_ms},
+        "action_steps": net.action_steps,
+        "threads": torch.get_num_threads(),
+        **machine(),
+    }
+
+
 def realism_targets(real: dict, sim: dict) -> dict:
     """Issue 17's targets: grains within 25 % of the real image's both ways, lateral 2-3 x axial,
     the soft-tissue depth profile within 15 % of its mean from 3 to 12 cm, local contrast within 25 %."""
@@ -398,6 +505,11 @@ def check_args(args: argparse.Namespace) -> None:
     """InputError naming the first option out of range (the task, probe and overrides are checked where they
     are read)."""
     if args.what == "realism":
+        return
+    if args.what in ("record", "diffusion"):
+        require_int(args.threads, "--threads", 0)
+        for name in {"record": ("num_envs", "episodes"), "diffusion": ("epochs", "repeats")}[args.what]:
+            require_int(getattr(args, name), f"--{name.replace('_', '-')}", 1)
         return
     check_device(args.device)
     require_int(args.threads, "--threads", 0)
@@ -471,10 +583,29 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser(
         "realism", parents=[output], help="speckle, contrast and depth profile against a real image (pydicom-data)"
     )
+    rec = sub.add_parser("record", parents=[task, output], help="demonstration recording speed and size")
+    rec.add_argument("--num-envs", type=int, default=256)
+    rec.add_argument("--episodes", type=int, default=256, help="episodes to keep")
+    rec.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    rec.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    rec.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. keep=all")
+    d = sub.add_parser("diffusion", parents=[task, output], help="diffusion policy training epochs and chunk latency")
+    d.add_argument("--dataset", required=True, help="a recorded dataset of the task (scripts/record.py)")
+    d.add_argument("--epochs", type=int, default=2)
+    d.add_argument("--repeats", type=int, default=20, help="timed action chunks")
+    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    d.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. agent.batch_size=128")
     args = parser.parse_args(argv)
     try:
         check_args(args)
-        benchmarks = {"render": bench_render, "env": bench_env, "train": bench_train, "realism": bench_realism}
+        benchmarks = {
+            "render": bench_render,
+            "env": bench_env,
+            "train": bench_train,
+            "realism": bench_realism,
+            "record": bench_record,
+            "diffusion": bench_diffusion,
+        }
         result = benchmarks[args.what](args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -48,7 +48,7 @@ from sim.resources import conf_dir
 from tasks.schemas import register_schemas
 
 # Settings a resumed run keeps from its config.yaml: a different value would change the training.
-TRAINING_SETTINGS = ("task", "learner", "agent", "patient", "probe", "backend", "num_envs", "seed")
+TRAINING_SETTINGS = ("task", "learner", "agent", "patient", "probe", "backend", "num_envs", "seed", "dataset")
 FINDS_THE_RUN = ("resume", "log_root")  # read to find the run, not to train it
 
 

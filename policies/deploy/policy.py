@@ -21,6 +21,10 @@ from sim.errors import InputError, require
 ENGINES = {"onnx": "policy.onnx", "torchscript": "policy.pt"}
 MANIFEST = "manifest.json"
 MANIFEST_FILES = ("deploy.json", *ENGINES.values(), "samples.npz")  # every file of an exported folder but the manifest
+# a diffusion policy's folder has its two graphs per engine instead (policies.deploy.schema.DIFFUSION_GRAPHS)
+DIFFUSION_MANIFEST_FILES = (
+    "deploy.json", "encoder.onnx", "encoder.pt", "denoiser.onnx", "denoiser.pt", "samples.npz"
+)  # fmt: skip
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -28,13 +32,19 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def write_manifest(folder: Path) -> None:
-    """folder/manifest.json: {file name: sha256} over MANIFEST_FILES (written last, by export)."""
-    (folder / MANIFEST).write_text(json.dumps({name: sha256(folder / name) for name in MANIFEST_FILES}, indent=2))
+def manifest_files(spec: dict) -> tuple[str, ...]:
+    """The files deploy.json `spec`'s folder must hold: a diffusion policy's (a `policy` part) or an actor's."""
+    return DIFFUSION_MANIFEST_FILES if "policy" in spec else MANIFEST_FILES
 
 
-def check_manifest(folder: Path) -> None:
-    """InputError unless folder/manifest.json lists exactly MANIFEST_FILES and each file's sha256."""
+def write_manifest(folder: Path, files: tuple[str, ...] = MANIFEST_FILES) -> None:
+    """folder/manifest.json: {file name: sha256} over `files` (written last, by export)."""
+    (folder / MANIFEST).write_text(json.dumps({name: sha256(folder / name) for name in files}, indent=2))
+
+
+def check_manifest(folder: Path) -> set[str]:
+    """The files folder/manifest.json lists, once it lists exactly MANIFEST_FILES or
+    DIFFUSION_MANIFEST_FILES and each file's sha256 (InputError otherwise)."""
     path = folder / MANIFEST
     require(path.is_file(), str(path), "the manifest scripts/export.py writes (re-run it)", "no such file")
     try:
@@ -43,20 +53,21 @@ def check_manifest(folder: Path) -> None:
         raise InputError(f"{path}: expected JSON {{file: sha256}}, got unreadable text ({err})") from err
     valid = (
         isinstance(manifest, dict)
-        and set(manifest) == set(MANIFEST_FILES)
+        and set(manifest) in (set(MANIFEST_FILES), set(DIFFUSION_MANIFEST_FILES))
         and all(isinstance(h, str) and SHA256.fullmatch(h) for h in manifest.values())
     )
     require(
         valid,
         str(path),
-        f"{{file: sha256}} for exactly {list(MANIFEST_FILES)}",
+        f"{{file: sha256}} for exactly {list(MANIFEST_FILES)} or {list(DIFFUSION_MANIFEST_FILES)}",
         manifest if isinstance(manifest, dict) else type(manifest).__name__,
     )
-    for name in MANIFEST_FILES:
+    for name in manifest:
         if not (folder / name).is_file() or sha256(folder / name) != manifest[name]:
             raise InputError(
                 f"{folder / name}: missing or its sha256 differs from {MANIFEST} (re-run scripts/export.py)"
             )
+    return set(manifest)
 
 
 def read_spec(folder: str | Path) -> dict:
@@ -65,12 +76,18 @@ def read_spec(folder: str | Path) -> dict:
     path = folder / "deploy.json"
     if not path.is_file():
         raise InputError(f"exported policy {folder}: expected a folder written by scripts/export.py with deploy.json")
-    check_manifest(folder)
+    files = check_manifest(folder)
     try:
         spec = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: expected JSON, got unreadable text ({err})") from err
     validate_spec(spec, folder)
+    require(
+        files == set(manifest_files(spec)),
+        str(folder / MANIFEST),
+        f"the files of {'a diffusion policy' if 'policy' in spec else 'an actor'}: {list(manifest_files(spec))}",
+        sorted(files),
+    )
     return spec
 
 
@@ -92,6 +109,9 @@ class GraphPolicy:
             import torch
 
             self._module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def reset(self) -> None:
+        """A new episode: a graph keeps no state between steps."""
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         missing = [n for n in self.input_names if n not in inputs]
@@ -115,3 +135,17 @@ class ExportedPolicy(GraphPolicy):
         super().__init__(
             self.folder / ENGINES.get(engine, ""), engine, [i["name"] for i in self.spec["observation"]["inputs"]]
         )
+
+
+def open_policy(folder: str | Path, engine: str = "onnx"):
+    """The policy of an exported folder, after `read_spec` accepted it: an `ExportedPolicy` (one
+    actor graph) or, for a deploy.json with a `policy` part, a `DiffusionGraphPolicy`. Either maps
+    one step's inputs to actions and has `spec` and `reset()` (called at each episode's start)."""
+    spec = read_spec(folder)
+    if "policy" in spec:
+        from policies.deploy.diffusion import DiffusionGraphPolicy  # numpy only; imported where used
+
+        if engine not in ENGINES:
+            raise InputError(f"engine {engine!r}: expected one of {sorted(ENGINES)}")
+        return DiffusionGraphPolicy(folder, engine, spec)
+    return ExportedPolicy(folder, engine)

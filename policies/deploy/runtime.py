@@ -4,7 +4,8 @@ Each control step: read the robot's state (checked against deploy.json's joints 
 robot.reports), stop if it breaks a safety limit, build the policy's inputs (the task's
 robot-side controller), run the policy, turn the action into a target of the robot's tool, clamp
 the target to the safety limits and send it; in real time the loop keeps the period. A policy
-that returns an action chunk (1, H, A) is run again only once its H actions are sent. The task's
+that returns an action chunk (1, H, A) is run again only once its H actions are sent; a diffusion
+policy (`policies.deploy.diffusion`) keeps its own history and chunk and is reset per episode. The task's
 controller checks the episode's session (its goal, plan) when the episode starts.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.deploy.policy import ExportedPolicy
+from policies.deploy.policy import open_policy
 from policies.deploy.robot import Reports, RobotInterface, check_state
 from policies.learners.base import ActionChunks
 from policies.trajectory import Trajectory
@@ -37,7 +38,7 @@ class Runtime:
     """Runs the policy exported to `folder` (engine "onnx" or "torchscript") on robots."""
 
     def __init__(self, folder: str | Path, engine: str = "onnx") -> None:
-        self.policy = ExportedPolicy(folder, engine)
+        self.policy = open_policy(folder, engine)  # an actor graph or a diffusion policy
         self.spec = self.policy.spec
         self.limits = SafetyLimits.from_dict(self.spec["safety"])
         self.dt = float(self.spec["control"]["dt_s"])
@@ -73,6 +74,7 @@ class Runtime:
         state = check_state(robot.read(), dof, reports)
         controller.start(session, state)  # InputError where the session lacks what the policy needs
         safety = SafetyMonitor(self.limits, session.anchor_m, self.dt)
+        self.policy.reset()  # a diffusion policy starts the episode's observation history
         policy = ActionChunks(self.policy)  # a chunk (1, H, A) is kept and executed one action per control step
         previous, tick = np.asarray(state.probe_pose, np.float32), time.monotonic()
         for step in range(steps + 1):

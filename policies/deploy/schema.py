@@ -24,8 +24,20 @@ from tasks import registry
 
 DEPLOY_FORMAT = "sonolab-deploy/1"
 TOLERANCE = 1e-5  # max |exported - training model| per action on the samples
+DIFFUSION_TOLERANCE = 1e-4  # a diffusion policy's: its denoising loop compounds float32 rounding over its steps
 REQUIRED = ("format", "task", "control", "observation", "action", "robot", "safety", "versions", "verification")
-OPTIONAL = ("task_frame", "source")
+OPTIONAL = ("task_frame", "source", "policy")  # policy: a diffusion policy's part (its graphs replace policy.onnx)
+# A diffusion export's graphs per engine, with their inputs in order (policies.deploy.diffusion runs them).
+DIFFUSION_GRAPHS = {
+    "encoder": {"onnx": "encoder.onnx", "torchscript": "encoder.pt"},
+    "denoiser": {"onnx": "denoiser.onnx", "torchscript": "denoiser.pt"},
+}
+ENCODER_INPUTS = ("state_history", "image_history")  # image_history only for image policies
+DENOISER_INPUTS = ("sample", "timestep", "cond")
+POLICY_KEYS = (
+    "kind", "obs_horizon", "horizon", "action_steps", "state_input", "image_input", "image_channels",
+    "schedule", "action_scale", "action_offset",
+)  # fmt: skip
 # The largest motion one step of a full action may command, by unit: 10 mm of translation and
 # 0.2 rad (11.5 degrees) of rotation, twice the us_nav defaults (5 mm, 0.1 rad): a policy trained
 # with more than that moves a probe on a patient too far between two looks at the image.
@@ -55,8 +67,12 @@ def validate_spec(spec: object, folder: Path) -> None:
     check_speeds(limits, spec["action"], spec["control"]["rate_hz"], f"{what} safety")
     check_task_limits(limits, contract.get("safety", {}), f"{what} safety")
     check_robot(spec["robot"], f"{what} robot", contract.get("reports"))
-    check_verification(spec["verification"], f"{what} verification")
-    check_graph(Path(folder) / "policy.onnx", spec["observation"]["inputs"], names, dim)
+    diffusion = "policy" in spec
+    check_verification(spec["verification"], f"{what} verification", DIFFUSION_TOLERANCE if diffusion else TOLERANCE)
+    if diffusion:
+        check_diffusion(spec["policy"], Path(folder), spec["observation"]["inputs"], names, dim, f"{what} policy")
+    else:
+        check_graph(Path(folder) / "policy.onnx", spec["observation"]["inputs"], names, dim)
 
 
 def task_contract(task: object, what: str) -> dict:
@@ -236,8 +252,8 @@ def check_robot(robot: object, what: str, reports: Mapping | None = None) -> Non
         require(ok, f"{what}.joints[{i}]", "a name, finite lower_rad < upper_rad and velocity_rad_s > 0", joint)
 
 
-def check_verification(verification: object, what: str) -> None:
-    """The export's record that both engines matched the training model within the tolerance."""
+def check_verification(verification: object, what: str, bound: float = TOLERANCE) -> None:
+    """The export's record that both engines matched the training model within its tolerance (at most `bound`)."""
     keys = {"samples", "max_abs_error", "tolerance"}
     require(
         isinstance(verification, Mapping) and set(verification) == keys,
@@ -246,7 +262,7 @@ def check_verification(verification: object, what: str) -> None:
         verification,
     )
     SAMPLES.check(verification["samples"], f"{what}.samples")
-    tolerance = Bound(0.0, TOLERANCE, low_open=False).check(verification["tolerance"], f"{what}.tolerance")
+    tolerance = Bound(0.0, bound, low_open=False).check(verification["tolerance"], f"{what}.tolerance")
     errors = verification["max_abs_error"]
     require(
         isinstance(errors, Mapping) and set(errors) == {"onnx", "torchscript"},
@@ -258,9 +274,9 @@ def check_verification(verification: object, what: str) -> None:
         Bound(0.0, tolerance, low_open=False).check(error, f"{what}.max_abs_error.{engine}")
 
 
-def check_graph(path: Path, inputs: list[Mapping], names: list[str], dim: int) -> None:
-    """policy.onnx's inputs (names, order, shapes after the batch) are deploy.json's and its one
-    output has the action dim (read with onnx: the graph is inspected, not run)."""
+def graph_io(path: Path) -> tuple[list[str], dict[str, list], list[list]]:
+    """An ONNX graph's input names in order, {input: shape after the batch} and its outputs' full
+    shapes ("batch" for a dynamic dimension); read with onnx: the graph is inspected, not run."""
     import onnx
 
     try:
@@ -271,20 +287,76 @@ def check_graph(path: Path, inputs: list[Mapping], names: list[str], dim: int) -
     def dims(value) -> list:
         return [d.dim_value if d.HasField("dim_value") else "batch" for d in value.type.tensor_type.shape.dim]
 
-    found = {v.name: dims(v)[1:] for v in graph.input}
-    wanted = {n: i["shape"][1:] for n, i in zip(names, inputs)}
+    return [v.name for v in graph.input], {v.name: dims(v)[1:] for v in graph.input}, [dims(v) for v in graph.output]
+
+
+def check_io(path: Path, wanted: dict[str, list], output: list) -> None:
+    """The graph at `path` has exactly the inputs `wanted` ({name: shape after the batch}, in
+    order) and one output of shape `output` after the batch."""
+    order, found, outputs = graph_io(path)
+    require(order == list(wanted) and found == wanted, f"{path} inputs", f"{wanted} as in deploy.json", found)
+    require(len(outputs) == 1 and outputs[0][1:] == output, f"{path} outputs", f"one output of shape {output}", outputs)
+
+
+def check_graph(path: Path, inputs: list[Mapping], names: list[str], dim: int) -> None:
+    """policy.onnx's inputs (names, order, shapes after the batch) are deploy.json's and its one
+    output has the action dim."""
+    check_io(path, {n: i["shape"][1:] for n, i in zip(names, inputs)}, [dim])
+
+
+def check_diffusion(part: object, folder: Path, inputs: list[Mapping], names: list[str], dim: int, what: str) -> None:
+    """A diffusion policy's part of deploy.json: horizons, the inputs that make its frames, the
+    DDIM schedule, the action map and its two graphs' inputs and outputs (`policies.deploy.diffusion`)."""
+    from policies.diffusion.schedule import check_schedule  # numpy only
+
     require(
-        [v.name for v in graph.input] == names and found == wanted,
-        f"{path} inputs",
-        f"{wanted} as in deploy.json",
-        found,
+        isinstance(part, Mapping) and set(part) == set(POLICY_KEYS),
+        what,
+        f"an object with keys {list(POLICY_KEYS)}",
+        part,
     )
-    outputs = [dims(v) for v in graph.output]
+    require(part["kind"] == "diffusion", f"{what}.kind", "'diffusion'", repr(part["kind"]))
+    to, horizon, steps = (part[k] for k in ("obs_horizon", "horizon", "action_steps"))
     require(
-        len(outputs) == 1 and outputs[0][1:] == [dim],
-        f"{path} outputs",
-        f"one output of width {dim} (the action dim)",
-        outputs,
+        all(_positive_int(v) for v in (to, horizon, steps)) and to - 1 + steps <= horizon,
+        f"{what} horizons",
+        "positive ints with obs_horizon - 1 + action_steps <= horizon",
+        (to, horizon, steps),
+    )
+    shapes = {n: i["shape"][1:] for n, i in zip(names, inputs)}
+    state = part["state_input"]
+    require(state in shapes and len(shapes[state]) == 1, f"{what}.state_input", f"a vector input of {names}", state)
+    image, channels = part["image_input"], part["image_channels"]
+    encoder = {"state_history": [to, shapes[state][0]]}
+    if image is not None:
+        require(image in shapes and len(shapes[image]) == 3, f"{what}.image_input", f"an image input of {names}", image)
+        count = shapes[image][0]
+        require(
+            isinstance(channels, list) and channels and all(isinstance(c, int) and 0 <= c < count for c in channels),
+            f"{what}.image_channels",
+            f"channel indices below {count}",
+            channels,
+        )
+        encoder["image_history"] = [to, len(channels), *shapes[image][1:]]
+    else:
+        require(channels == [], f"{what}.image_channels", "[] without image_input", channels)
+    check_schedule(part["schedule"], f"{what}.schedule")
+    for key in ("action_scale", "action_offset"):
+        values = part[key]
+        require(
+            isinstance(values, list) and len(values) == dim and all(_finite(v) for v in values),
+            f"{what}.{key}",
+            f"{dim} finite numbers",
+            values,
+        )
+    require(all(v > 0 for v in part["action_scale"]), f"{what}.action_scale", "positive numbers", part["action_scale"])
+    _, _, outputs = graph_io(folder / DIFFUSION_GRAPHS["encoder"]["onnx"])
+    check_io(folder / DIFFUSION_GRAPHS["encoder"]["onnx"], encoder, outputs[0][1:] if outputs else [])
+    cond = outputs[0][1:] if outputs else []
+    check_io(
+        folder / DIFFUSION_GRAPHS["denoiser"]["onnx"],
+        {"sample": [horizon, dim], "timestep": [], "cond": cond},
+        [horizon, dim],
     )
 
 

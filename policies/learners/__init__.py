@@ -19,6 +19,7 @@ __all__ = ["LEARNERS", "ActionChunks", "Learner", "Policy", "TrainedPolicy", "ge
 LEARNERS: dict[str, str] = {
     "ppo": "policies.learners.ppo:PpoLearner",
     "ppo_lag": "policies.learners.ppo_lag:PpoLagLearner",
+    "diffusion": "policies.learners.diffusion:DiffusionLearner",
 }
 
 

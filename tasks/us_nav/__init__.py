@@ -23,12 +23,19 @@ COMMON = dict(
     deploy_contract=f"{DEPLOY}:deploy_contract",
     sim_session="tasks.us_nav.contract:sim_session",
 )
-register(TaskSpec(name="us_nav", gym_id="Sonolab-UsNav-v0", agents={"ppo": "us_nav/ppo"}, **COMMON))
+register(
+    TaskSpec(
+        name="us_nav",
+        gym_id="Sonolab-UsNav-v0",
+        agents={"ppo": "us_nav/ppo", "diffusion": "us_nav/diffusion"},
+        **COMMON,
+    )
+)
 register(
     TaskSpec(
         name="us_nav_state",
         gym_id="Sonolab-UsNavState-v0",
-        agents={"ppo": "us_nav_state/ppo"},
+        agents={"ppo": "us_nav_state/ppo", "diffusion": "us_nav_state/diffusion"},
         variant={"name": "us_nav_state", "observation": {"images": False}},
         **COMMON,
     )

@@ -24,12 +24,19 @@ COMMON = dict(
     sim_session="tasks.us_surgery.contract:sim_session",
     sim_robot=f"{DEPLOY}:SimDrillRobot",  # the robot is the drill arm, not the snapshot's primary tool (the probe)
 )
-register(TaskSpec(name="us_surgery", gym_id="Sonolab-UsSurgery-v0", agents={"ppo": "us_surgery/ppo"}, **COMMON))
+register(
+    TaskSpec(
+        name="us_surgery",
+        gym_id="Sonolab-UsSurgery-v0",
+        agents={"ppo": "us_surgery/ppo", "diffusion": "us_surgery/diffusion"},
+        **COMMON,
+    )
+)
 register(
     TaskSpec(
         name="us_surgery_state",
         gym_id="Sonolab-UsSurgeryState-v0",
-        agents={"ppo": "us_surgery_state/ppo"},
+        agents={"ppo": "us_surgery_state/ppo", "diffusion": "us_surgery_state/diffusion"},
         variant={"name": "us_surgery_state", "observation": {"images": False}},
         **COMMON,
     )
