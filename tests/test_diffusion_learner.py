@@ -13,6 +13,7 @@ import torch
 
 from policies import checkpoints, learners
 from policies.demos.frames import frame_layout
+from policies.demos.lerobot import read_dataset
 from policies.deploy.diffusion import DiffusionGraphPolicy, frames
 from policies.deploy.policy import read_spec
 from policies.deploy.runtime import Runtime
@@ -157,3 +158,12 @@ def test_an_export_that_does_not_match_pytorch_is_refused(run_dir, monkeypatch):
         export(cfg)
     after = json.loads((folder / "deploy.json").read_text()) if folder.exists() else None
     assert before == after  # the previous export (if any) stays
+
+
+def test_a_trained_policy_records_demonstrations_too(run_dir, tmp_path):
+    overrides = [f"checkpoint={run_dir}", "episodes=2", "keep=all"]
+    cfg = compose_config([*SMALL_RUN, "num_envs=2", f"dataset={tmp_path / 'replay'}", *overrides])
+    folder, summary = record_demos(cfg, overrides)
+    dataset = read_dataset(folder, features=[])
+    assert summary["kept"] == 2 and dataset.sonolab["policy"] == str(run_dir / "model_2.pt")
+    assert dataset.sonolab["task"] == "us_nav" and dataset.info["total_episodes"] == 2
