@@ -1,11 +1,13 @@
 """lerobot itself loads what policies.demos.lerobot writes: `PYTHONPATH=$PWD python tests/lerobot_check.py`.
 
 Not a pytest module (lerobot is no dependency of sonolab): CI stage .ci/lerobot runs it in a
-Python 3.12 environment with lerobot 0.4.4. It records two small datasets with `DatasetWriter` (one
+Python 3.12 environment with lerobot 0.4.4. It writes two small datasets with `DatasetWriter` (one
 data file, and one data file per episode), loads each offline with `LeRobotDataset(repo_id,
 root=folder)`, and compares every frame: image tensors against uint8 / 255, vectors, flags, strings,
 episode and frame indices, task strings, and `delta_timestamps` next actions with their padding at
-episode ends. Prints one JSON line; exits 1 on any mismatch.
+episode ends. Then it records us_nav's expert with scripts/record.py's `record_demos` (two small
+phantoms) and compares lerobot's items with what `read_dataset` reads back. Prints one JSON line;
+exits 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -135,18 +137,47 @@ def check(folder: Path) -> dict:
     }
 
 
+def check_recorded(folder: Path) -> dict:
+    """Record us_nav's expert (images, 3 episodes) into `folder` as scripts/record.py does; compare
+    lerobot's items with sonolab's own reading of the folder."""
+    from policies.cli.record import record_demos
+    from policies.workflow import compose_config
+
+    small = ["patient.common.spacing_mm=2.0", "patient.train=[{seed: 0},{seed: 1}]", "patient.test=[{seed: 100}]"]
+    cfg = compose_config(["task=us_nav", "num_envs=4", "episodes=3", f"dataset={folder}", *small])
+    record_demos(cfg)
+    ours = demos.read_dataset(folder)
+    dataset = LeRobotDataset("local/recorded", root=folder)
+    mismatches = [] if len(dataset) == ours.info["total_frames"] else [f"{len(dataset)} frames"]
+    names = [n for n, spec in ours.features.items() if spec["dtype"] in ("float32", "int64", "bool")]
+    for row in range(min(len(dataset), ours.info["total_frames"])):
+        item = dataset[row]
+        for name in IMAGES:
+            if not torch.equal(item[name], torch.from_numpy(ours.frames[name][row]).float().div(255)[None]):
+                mismatches.append(f"row {row}: {name}")
+        for name in names:
+            if not np.array_equal(np.asarray(item[name]).reshape(-1), np.asarray(ours.frames[name][row]).reshape(-1)):
+                mismatches.append(f"row {row}: {name}")
+        if item["task"] != ours.episodes["task"][int(ours.frames["episode_index"][row])]:
+            mismatches.append(f"row {row}: task {item['task']!r}")
+    return {"frames": len(dataset), "episodes": dataset.num_episodes, "mismatch_count": len(mismatches),
+            "mismatches": mismatches[:10]}  # fmt: skip
+
+
 def main() -> int:
     start = time.perf_counter()
     root = Path(SCRATCH.name)
     one_file = check(root / "one_file")
     demos.DATA_FILE_SIZE_MB = 1e-4  # 100 bytes: every episode rolls over to a new data file
     many_files = check(root / "many_files")
-    clean = one_file["mismatch_count"] == many_files["mismatch_count"] == 0
+    recorded = check_recorded(root / "recorded")
+    clean = one_file["mismatch_count"] == many_files["mismatch_count"] == recorded["mismatch_count"] == 0
     ok = clean and one_file["data_files"] == 1 and many_files["data_files"] == len(EPISODES)
     summary = {
         "ok": ok,
         "one_file": one_file,
         "many_files": many_files,
+        "recorded": recorded,
         "seconds": round(time.perf_counter() - start, 2),
     }
     print(json.dumps(summary))
