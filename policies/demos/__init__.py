@@ -1,0 +1,1 @@
+"""Demonstration datasets: recording and reading LeRobotDataset v3.0 folders."""
