@@ -29,6 +29,7 @@ from tests.tasks_helpers import SMALL_RUN
 
 SMALL_NET = ["agent.down_dims=[16,32]", "agent.feature_dim=16", "agent.n_groups=4", "agent.batch_size=64"]
 EPOCHS = ["agent.max_iterations=2", "agent.save_interval=1", "agent.warmup_steps=2"]
+SHORT = ["task.episode_steps=20"]  # the run's episodes (play, export samples, the runtime): 20 steps
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def run_dir(demos, tmp_path_factory):
     root = tmp_path_factory.mktemp("logs")
     cfg = compose_config(
         [*SMALL_RUN, "task=us_nav", "learner=diffusion", f"dataset={demos}", f"log_root={root}", "num_envs=2"]
+        + SHORT
         + SMALL_NET
         + EPOCHS
     )
@@ -139,8 +141,8 @@ def test_the_runtime_drives_the_simulated_robot_one_action_per_step(exported, ru
     runtime = Runtime(exported, "onnx")
     cfg = compose_config([f"checkpoint={run_dir}", "num_envs=1", *SMALL_RUN])
     trained_run(cfg)
-    log = runtime.run_episode(SimRobot(build_env(cfg, "train", num_envs=1)), max_steps=20)
-    assert len(log) == 20 and log.status == "max_steps"
+    log = runtime.run_episode(SimRobot(build_env(cfg, "train", num_envs=1)))
+    assert len(log) == 20 and log.status == "done"  # the run's 20-step episodes
     actions = np.stack(log.actions)
     assert np.isfinite(actions).all() and (np.abs(actions) <= 1).all()
     assert not np.allclose(actions[0], actions[8])  # a new chunk after action_steps steps
