@@ -144,7 +144,9 @@ def check_recorded(folder: Path) -> dict:
     from policies.workflow import compose_config
 
     small = ["patient.common.spacing_mm=2.0", "patient.train=[{seed: 0},{seed: 1}]", "patient.test=[{seed: 100}]"]
-    cfg = compose_config(["task=us_nav", "num_envs=4", "episodes=3", f"dataset={folder}", *small])
+    cfg = compose_config(
+        ["task=us_nav", "num_envs=4", "episodes=3", f"dataset={folder}", "task.renderer.compile=false", *small]
+    )
     record_demos(cfg)
     ours = demos.read_dataset(folder)
     dataset = LeRobotDataset("local/recorded", root=folder)

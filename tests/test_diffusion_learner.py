@@ -29,14 +29,15 @@ from tests.tasks_helpers import SMALL_RUN
 
 SMALL_NET = ["agent.down_dims=[16,32]", "agent.feature_dim=16", "agent.n_groups=4", "agent.batch_size=64"]
 EPOCHS = ["agent.max_iterations=2", "agent.save_interval=1", "agent.warmup_steps=2"]
-SHORT = ["task.episode_steps=20"]  # the run's episodes (play, export samples, the runtime): 20 steps
+# the run's episodes (play, export samples, the runtime): 20 steps, rendered without torch.compile
+SHORT = ["task.episode_steps=20", "task.renderer.compile=false"]
 
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
     """8 expert episodes of us_nav (images), recorded by scripts/record.py."""
     folder = tmp_path_factory.mktemp("demos") / "nav"
-    cfg = compose_config([*SMALL_RUN, "task=us_nav", "num_envs=8", "episodes=8", f"dataset={folder}"])
+    cfg = compose_config([*SMALL_RUN, "task=us_nav", "num_envs=8", "episodes=8", f"dataset={folder}", *SHORT[1:]])
     return record_demos(cfg)[0]
 
 
@@ -126,6 +127,7 @@ def test_export_writes_both_graphs_and_the_schedule_checked_against_pytorch(expo
 def test_the_runtime_builds_the_same_frames_as_the_controller(exported, run_dir):
     spec = read_spec(exported)
     cfg = compose_config([f"checkpoint={run_dir}", "num_envs=1", *SMALL_RUN])
+    trained_run(cfg)  # the run's task settings
     env = build_env(cfg, "train")
     obs = env.reset()
     runtime = DiffusionGraphPolicy(exported, "onnx", spec)
