@@ -15,7 +15,7 @@ from typing import Mapping
 from policies import learners
 from sim.config import build, to_container
 from sim.envs.base import check_device
-from sim.errors import require, require_int
+from sim.errors import require, require_bool, require_choice, require_int
 from sim.ultrasound.probe import ProbeSpec
 from tasks import registry
 
@@ -23,18 +23,6 @@ LOGGERS = ("tensorboard", "wandb")
 SPLITS = ("train", "test")
 KEEP = ("success", "all")  # record.py: which finished episodes a recording keeps
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
-
-
-def require_bool(value: object, what: str) -> bool:
-    """`value` if it is true or false; `InputError` naming `what` otherwise."""
-    require(isinstance(value, bool), what, "true or false", repr(value))
-    return value
-
-
-def require_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
-    """`value` if it is one of `choices`; `InputError` naming `what` otherwise."""
-    require(isinstance(value, str) and value in choices, what, " or ".join(choices), repr(value))
-    return value
 
 
 def require_path(value: object, what: str) -> Path:

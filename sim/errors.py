@@ -20,6 +20,18 @@ def require(condition: bool, what: str, expected: str, got: object) -> None:
         raise InputError(f"{what}: expected {expected}, got {got}")
 
 
+def require_bool(value: object, what: str) -> bool:
+    """`value` if it is true or false; `InputError` naming `what` otherwise."""
+    require(isinstance(value, bool), what, "true or false", repr(value))
+    return value
+
+
+def require_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`; `InputError` naming `what` otherwise."""
+    require(isinstance(value, str) and value in choices, what, " or ".join(choices), repr(value))
+    return value
+
+
 def require_int(value: object, what: str, minimum: int) -> int:
     """`value` as an int if it is an integer (bool is not) >= `minimum`; `InputError` naming `what` otherwise."""
     require(

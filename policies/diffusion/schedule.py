@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from sim.errors import InputError, require, require_int, require_number
+from sim.errors import InputError, require, require_bool, require_choice, require_int, require_number
 
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
 PREDICTION_TYPES = ("epsilon", "sample")  # what the network predicts: the added noise or the clean actions
@@ -34,19 +34,6 @@ SCHEDULE_KEYS = (
 MAX_BETA = 0.999  # diffusers' cap on the cosine schedule's betas (betas_for_alpha_bar)
 LINEAR_BETAS = (1e-4, 0.02)  # diffusers' default beta_start, beta_end for the "linear" schedule
 CLIP_SAMPLE_RANGE = 1.0  # the normalised actions lie in [-1, 1] (policies/diffusion/normalizer.py)
-
-
-def require_choice(value: object, what: str, choices: tuple[str, ...]) -> str:
-    """`value` if it is one of `choices`; `InputError` naming `what` otherwise (policies.settings has
-    the same check but imports torch through the task registry)."""
-    require(isinstance(value, str) and value in choices, what, " or ".join(choices), repr(value))
-    return value
-
-
-def require_bool(value: object, what: str) -> bool:
-    """`value` if it is true or false; `InputError` naming `what` otherwise."""
-    require(isinstance(value, bool), what, "true or false", repr(value))
-    return value
 
 
 def check_settings(settings: Mapping, what: str) -> dict:
