@@ -140,6 +140,8 @@ def trained_run(cfg: DictConfig, task_overrides: Sequence[str] = ()) -> tuple[Pa
     settings (what the policy was trained with) put into cfg in place, and then the command line's
     overrides of single task settings among task_overrides ("task.<key>=<value>", e.g.
     task.shield.enabled=true to evaluate with the shield on; "task=<name>" picks the task only).
+    The patients are the run's own set (its split= chooses train or test) unless the command line
+    names another (patient=totalseg_example); patient.<key>=<value> edits either.
 
     The checkpoint is read (as data only) before anything is built, so a crafted, foreign or
     broken file, or one trained for another task, fails here in a second."""
@@ -151,6 +153,10 @@ def trained_run(cfg: DictConfig, task_overrides: Sequence[str] = ()) -> tuple[Pa
             settings = [o.removeprefix("+") for o in task_overrides if o.removeprefix("+").startswith("task.")]
             if settings:
                 cfg.task = OmegaConf.merge(cfg.task, OmegaConf.from_dotlist(settings).task)
+            named = any(o.removeprefix("+").startswith("patient=") for o in task_overrides)
+            if "patient" in saved and not named:  # the run's own patient set, edited by patient.<key>=...
+                edits = [o.removeprefix("+") for o in task_overrides if o.removeprefix("+").startswith("patient.")]
+                cfg.patient = OmegaConf.merge(saved.patient, OmegaConf.from_dotlist(edits).get("patient") or {})
     recorded = checkpoints.load_checkpoint(checkpoint).get("layout")
     if isinstance(recorded, dict) and recorded.get("task") != cfg.task.name:
         source = run_dir / RUN_CONFIG if saved is not None else f"the command line; {run_dir} has no {RUN_CONFIG}"

@@ -136,6 +136,19 @@ def sim_robot(run_dir: Path, seed: int) -> SimRobot:
     return SimRobot(build_env(cfg, "train", num_envs=1))
 
 
+def test_a_run_is_played_on_its_own_patients_unless_told_otherwise(state_run):
+    cfg = compose_config([f"checkpoint={state_run}"])  # the default task (us_nav) brings the phantom family
+    trained_run(cfg)
+    assert cfg.patient.common.spacing_mm == 2.0 and [e.seed for e in cfg.patient.train] == [0, 1]  # the run's
+    edit = "patient.test=[{seed: 7}]"
+    cfg = compose_config([f"checkpoint={state_run}", edit])
+    trained_run(cfg, [edit])
+    assert [e.seed for e in cfg.patient.test] == [7] and cfg.patient.common.spacing_mm == 2.0
+    cfg = compose_config([f"checkpoint={state_run}", "patient=totalseg_example"])
+    trained_run(cfg, ["patient=totalseg_example"])
+    assert cfg.patient.common.source == "nifti"
+
+
 def test_runtime_on_the_simulator_reproduces_play(state_run):
     played = json.loads(
         last_line(script("play.py", f"checkpoint={state_run}", "num_envs=1", "seed=5", "trajectory=true", *SMALL_RUN))

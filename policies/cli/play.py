@@ -7,7 +7,8 @@
 
 The task, learner, agent and probe settings come from the run's config.yaml (what the policy was trained
 with), single task settings given on the command line on top (task.shield.enabled=true evaluates
-us_surgery with its shield on); patients, split, num_envs, seed and device from the command line. video=true writes
+us_surgery with its shield on); split, num_envs, seed and device from the command line, and the
+patients: the run's own set unless patient=<set> names another (patient.<key>=... edits either). video=true writes
 <run>/videos/play_<split>.mp4 (the 3-D scene of environment 0 beside its ultrasound image,
 rendered off screen). The last line printed is one JSON object: success_rate,
 pos_err_mm_mean, ang_err_deg_mean, episodes and more; for a policy trained under cost limits
