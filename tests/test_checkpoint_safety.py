@@ -31,7 +31,7 @@ TINY = [
     "agent.algorithm.num_mini_batches=2",
     *SMALL_RUN,
 ]
-STATE_LAYOUT = {"task": "us_nav_state", "observations": {"policy": [26], "critic": [30]}, "actions": 5}
+STATE_LAYOUT = {"task": "us_nav_state", "observations": {"policy": [16], "critic": [30]}, "actions": 5}
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -129,8 +129,8 @@ def test_checkpoint_of_another_task_is_refused_naming_both(tmp_path, trained):
     before = {k: v.clone() for k, v in runner.alg.get_policy().state_dict().items()}
     checkpoint = checkpoints.latest_checkpoint(trained)
     both = (
-        r"model_1\.pt: trained for task us_nav_state \(policy \(26,\), critic \(30,\), actions 5\), "
-        r"this run is task us_nav \(policy \(20,\), image \(3, 16"
+        r"model_1\.pt: trained for task us_nav_state \(policy \(16,\), critic \(30,\), actions 5\), "
+        r"this run is task us_nav \(policy \(10,\), image \(3, 16"
     )
     with pytest.raises(InputError, match=both):
         runner.load(str(checkpoint))

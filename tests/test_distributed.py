@@ -243,6 +243,6 @@ def test_train_benchmark_reports_throughput_and_communication():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["nproc"] == 2 and result["timed_iterations"] == 1 and result["env_steps_per_s"] > 0
-    # us_nav_state's MLPs (26 and 30 inputs, 256-128-64, 5 + 1 outputs, 5 std parameters): 4 bytes each, 20 updates
-    assert result["parameters"] == 97547 and result["updates_per_iteration"] == 20
-    assert result["grad_allreduce_bytes_per_iteration"] == 4 * 97547 * 20 < result["bytes_per_iteration"]
+    # us_nav_state's MLPs (16 and 30 inputs, 256-128-64, 5 + 1 outputs, 5 std parameters): 4 bytes each, 20 updates
+    assert result["parameters"] == 94987 and result["updates_per_iteration"] == 20
+    assert result["grad_allreduce_bytes_per_iteration"] == 4 * 94987 * 20 < result["bytes_per_iteration"]

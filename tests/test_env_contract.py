@@ -143,7 +143,7 @@ def test_declared_spaces_match_the_observations_and_hold_them(patients, task):
     assert env.action_space.shape == (env.num_actions,) and list(env.action_space.names) == action["names"]
     declared = [(s.unit, s.scale, s.low, s.high) for s in env.action_space.segments]
     assert declared == [(u, k, *action["clamp"]) for u, k in zip(action["units"], action["scale"])]
-    layout = observation_layout(env.cfg, env.arm.dof)
+    layout = observation_layout(env.cfg)
     assert [(s.name, s.size) for s in spaces["policy"].segments] == [(e["name"], e["size"]) for e in layout]
 
 

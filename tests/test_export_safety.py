@@ -193,7 +193,7 @@ def test_hand_edited_deploy_json_is_refused_on_load_even_with_a_recomputed_hash(
 def test_onnx_graph_must_match_deploy_json(run_dir, tmp_path):
     folder = copy_export(run_dir, tmp_path)
     edit_spec(folder, lambda s: s["observation"]["inputs"][0].update(name="state"), rehash=True)
-    with pytest.raises(InputError, match="policy.onnx inputs: expected \\{'state': \\[26\\]\\}"):
+    with pytest.raises(InputError, match="policy.onnx inputs: expected \\{'state': \\[16\\]\\}"):
         ExportedPolicy(folder)
 
 

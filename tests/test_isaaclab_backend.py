@@ -58,7 +58,7 @@ def physics_probe_poses(env) -> tuple[torch.Tensor, torch.Tensor]:
 def test_reset_and_step_give_the_torch_backend_observations(env):
     obs = env.reset()
     assert set(obs.keys()) == {"policy", "image", "critic"}
-    assert obs["image"].shape == (2, 3, 32, 32) and obs["policy"].shape == (2, 20)
+    assert obs["image"].shape == (2, 3, 32, 32) and obs["policy"].shape == (2, 10)
     assert env.patient_idx.tolist() == [0, 1]  # each environment holds its own patient's body
     for _ in range(3):
         obs, reward, terminated, truncated, _ = env.step(torch.zeros(2, 5))

@@ -50,13 +50,66 @@ def test_observation_groups_shapes_and_dtypes(patients):
     assert obs["image"].shape == (6, 3, 32, 32) and obs["image"].dtype == torch.float32
     assert 0.0 <= obs["image"].min() and obs["image"].max() <= 1.0
     assert obs["image"][:, :2].std() > 0.01  # the probe touches the back: a real image, not blank
-    assert obs["policy"].shape == (6, 20) and obs["critic"].shape == (6, 30)
+    assert obs["policy"].shape == (6, 10) and obs["critic"].shape == (6, 30)
     obs, reward, terminated, truncated, extras = env.step(torch.zeros(6, 5))
     assert reward.shape == (6,) and reward.dtype == torch.float32
     assert terminated.dtype == torch.bool and truncated.dtype == torch.bool
     assert set(extras) >= {"time_outs", "log"}
     state = make_env(STATE, patients, 6, seed=0).get_observations()
-    assert state["policy"].shape == (6, 26) and "image" not in state.keys()
+    assert state["policy"].shape == (6, 16) and "image" not in state.keys()
+
+
+def test_actor_inputs_other_than_images_do_not_name_the_patient(patients):
+    """Another patient or goal behind the same probe state changes the critic's inputs (the
+    anchor frame differs per patient), never the actor's non-image inputs: nothing there lets a
+    policy look up the pose a goal image belongs to."""
+    env = make_env(IMAGES, patients, 8, seed=5)
+    env.step(2 * torch.rand(8, 5, generator=torch.Generator().manual_seed(0)) - 1)
+    before = env.get_observations()
+    env.patient_idx = (env.patient_idx + 1) % len(patients)
+    env.goal_idx = torch.roll(env.goal_idx, 1)
+    after = env.get_observations()
+    assert torch.equal(before["policy"], after["policy"])
+    assert not torch.allclose(before["critic"], after["critic"])
+
+
+def test_goal_image_has_its_own_imaging_draw(patients):
+    env = make_env(IMAGES, patients, 6, seed=6)  # us_nav randomises imaging by default
+    at_goal = env.renderer.render(env.goal_pose, env.patient_idx, env._render_params(None))
+    own = (env.goal_image - at_goal).abs().mean(dim=(1, 2))
+    assert (own > 0.02).all()  # not the current image's draw (gain, tissue and speckle differ)
+    offsets = env.render_speckle_offset
+    assert offsets.unique(dim=0).shape[0] == 6 and ((offsets >= 0) & (offsets < 64)).all()
+    nominal = {**IMAGES, "observation": {**IMAGES["observation"], "randomize_imaging": False}}
+    plain = make_env(nominal, patients, 6, seed=6)  # without randomisation: the same nominal imaging
+    expected = plain.renderer.render(plain.goal_pose, plain.patient_idx)
+    assert torch.allclose(plain.goal_image, expected, atol=1e-5)
+    plain.episode_length_buf[2] = plain.max_episode_length - 1
+    plain.step(torch.zeros(6, 5))  # env 2 times out and starts a new episode: its new goal's image
+    expected = plain.renderer.render(plain.goal_pose, plain.patient_idx)
+    assert torch.allclose(plain.goal_image, expected, atol=1e-5)
+
+
+def test_episodes_start_near_the_goal_plane(patients):
+    start = {"around": "goal", "half_extent_m": [0.02, 0.03], "yaw_rad": [-0.6, 0.6]}
+    env = make_env({**STATE, "start": start}, patients, 64, seed=7)
+    goal_xz = env.goal_xz[env.patient_idx, env.goal_idx]
+    assert ((env.xz - goal_xz).abs() <= torch.tensor([0.02, 0.03]) + 1e-6).all()
+    turn = torch.remainder(env.yaw - env.goal_yaw[env.patient_idx, env.goal_idx] + math.pi, 2 * math.pi) - math.pi
+    low, high = env.cfg.actions.yaw_range_rad
+    at_range_end = torch.isclose(env.yaw, torch.tensor(low)) | torch.isclose(env.yaw, torch.tensor(high))
+    assert ((turn.abs() <= 0.6 + 1e-5) | at_range_end).all() and (turn.abs() > 0.1).any()
+    assert env.pos_err.max() < 0.05  # within the box, on the goal's own skin patch
+    with pytest.raises(InputError, match="task.start.around"):
+        make_env({**STATE, "start": {"around": "navel"}}, patients, 2)
+
+
+def test_wrap_into_moves_angles_by_whole_turns_and_else_to_the_nearer_end():
+    from tasks.us_nav.env import wrap_into
+
+    angles = torch.tensor([-math.pi - 0.6, math.pi, -1.0, 0.9, 2.0])
+    expected = torch.tensor([-3.6, -math.pi, -1.0, 0.5, -3.6])
+    assert torch.allclose(wrap_into(angles, -3.6, 0.5), expected)
 
 
 def test_adapters_follow_rsl_rl_and_gymnasium(patients):
@@ -187,7 +240,7 @@ def test_gymnasium_ids_build_vector_envs():
     envs = gym.make_vec("Sonolab-UsNavState-v0", num_envs=2, backend="torch", overrides=SMALL_RUN)
     obs, _ = envs.reset(seed=1)
     obs, reward, terminated, truncated, _ = envs.step(np.zeros((2, 5), np.float32))
-    assert obs["policy"].shape == (2, 26) and reward.shape == (2,)
+    assert obs["policy"].shape == (2, 16) and reward.shape == (2,)
 
 
 def test_isaaclab_backend_settings_and_missing_install():

@@ -176,19 +176,23 @@ class RenderParams:
 
     gain_db, dynamic_range_db, frequency_mhz: (N,). tissue: (N, C, 4) rows of
     `TissueTable.as_tensor()` (impedance MRayl, attenuation dB/cm/MHz, echo amplitude, scatterer
-    density).
+    density). speckle_offset: (N, 3) shift of the scatterer tile in tile cells, one speckle
+    realisation per row (fixed in the patient frame while it is kept); None: each patient's own.
     """
 
     gain_db: torch.Tensor
     dynamic_range_db: torch.Tensor
     frequency_mhz: torch.Tensor
     tissue: torch.Tensor
+    speckle_offset: torch.Tensor | None = None
 
     def check(self, n: int, classes: int) -> None:
         """InputError naming the first parameter that is not a finite tensor of its shape and range."""
-        for name in ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue"):
+        shapes = {"gain_db": (n,), "dynamic_range_db": (n,), "frequency_mhz": (n,), "tissue": (n, classes, 4)}
+        if self.speckle_offset is not None:
+            shapes["speckle_offset"] = (n, 3)
+        for name, shape in shapes.items():
             value = getattr(self, name)
-            shape = (n, classes, 4) if name == "tissue" else (n,)
             require(
                 isinstance(value, torch.Tensor) and value.shape == shape,
                 f"params.{name}",
@@ -429,13 +433,16 @@ class Renderer:
         )
 
     def sample_params(self, n: int, generator: torch.Generator | None = None) -> RenderParams:
-        """Domain-randomised parameters: each environment draws from `config.randomization`."""
+        """Domain-randomised parameters: each environment draws from `config.randomization`, and
+        its own speckle realisation (a uniform tile offset)."""
         ranges = self.config.randomization  # keys and ranges checked by RendererConfig
 
-        def draw(key: str, neutral: float, shape: tuple[int, ...] = (n,)) -> torch.Tensor:
-            lo, hi = ranges.get(key, (neutral, neutral))
+        def uniform(lo: float, hi: float, shape: tuple[int, ...]) -> torch.Tensor:
             u = torch.rand(shape, generator=generator, device=generator.device if generator else "cpu")
             return (lo + (hi - lo) * u).to(self.device)
+
+        def draw(key: str, neutral: float, shape: tuple[int, ...] = (n,)) -> torch.Tensor:
+            return uniform(*ranges.get(key, (neutral, neutral)), shape)
 
         base = self.default_params(n)
         c = len(TISSUE_CLASSES)
@@ -448,6 +455,8 @@ class Renderer:
             dynamic_range_db=draw("dynamic_range_db", self.config.dynamic_range_db),
             frequency_mhz=base.frequency_mhz * draw("frequency_scale", 1.0),
             tissue=tissue,
+            # A speckle realisation of its own: the tile shifted anywhere (it wraps).
+            speckle_offset=uniform(0.0, float(self.config.speckle_cells), (n, 3)),
         )
 
     # -- rendering
@@ -476,11 +485,15 @@ class Renderer:
             tools.check(n)
         return poses, patient_idx, params, tools.tensors(n, self.device)
 
-    def _lines(self, poses, patient_idx, frequency_mhz, tissue, *tool):
+    def _tile_offset(self, params: RenderParams, patient_idx: torch.Tensor) -> torch.Tensor:
+        """(N, 3) speckle tile offsets, cells: the params' realisations, else each patient's own."""
+        return self.patient_tile_offset[patient_idx] if params.speckle_offset is None else params.speckle_offset
+
+    def _lines(self, poses, patient_idx, tile_offset, frequency_mhz, tissue, *tool):
         line_origin, line_dir, elevation_dir, tile_origin, tile_dir = self._line_geometry(
             poses,
             self.bank.patient_to_voxel[patient_idx],
-            self.patient_tile_offset[patient_idx],
+            tile_offset,
             self.origins,
             self.dirs,
             self.speckle_pitch_m,
@@ -519,8 +532,8 @@ class Renderer:
     def _level(self, *inputs) -> torch.Tensor:
         return self._beam_level(*self._lines(*inputs)[:5])
 
-    def _image(self, poses, patient_idx, frequency_mhz, tissue, gain_db, dynamic_range_db, *tool):
-        lines = self._lines(poses, patient_idx, frequency_mhz, tissue, *tool)
+    def _image(self, poses, patient_idx, tile_offset, frequency_mhz, tissue, gain_db, dynamic_range_db, *tool):
+        lines = self._lines(poses, patient_idx, tile_offset, frequency_mhz, tissue, *tool)
         hw = (self.probe.image_height, self.probe.image_width)
         img = self._beam_image(*lines, gain_db, dynamic_range_db)
         if self.scan_tables is None:
@@ -558,7 +571,8 @@ class Renderer:
 
         check, tools: see `render`."""
         poses, patient_idx, params, tool = self._inputs(poses, patient_idx, params, check, tools)
-        return self._chunked(self._level, poses, patient_idx, params.frequency_mhz, params.tissue, *tool)
+        tile = self._tile_offset(params, patient_idx)
+        return self._chunked(self._level, poses, patient_idx, tile, params.frequency_mhz, params.tissue, *tool)
 
     @torch.no_grad()
     def render(
@@ -580,6 +594,7 @@ class Renderer:
             self._image,
             poses,
             patient_idx,
+            self._tile_offset(params, patient_idx),
             params.frequency_mhz,
             params.tissue,
             params.gain_db,

@@ -46,11 +46,15 @@ class GoalCfg:
 class StartCfg:
     """Episode starts: the probe somewhere on the back, beam along the skin normal.
 
-    half_extent_m: (x, z) half-size of the start box around the anchor vertebra (left-right,
-    head-foot). yaw_rad: [low, high] of the start rotation about the beam (0: image x along
-    patient +x; the lumbar standard planes sit at -pi (transverse) and -pi/2 (parasagittal)).
+    around: "anchor" (the start box is centred on the anchor vertebra, yaw_rad is the start
+    rotation about the beam: 0 has image x along patient +x; the lumbar standard planes sit at
+    -pi (transverse) and -pi/2 (parasagittal)) or "goal" (the box is centred on the goal and
+    yaw_rad is the offset from the goal's yaw, wrapped into actions.yaw_range_rad: the probe
+    starts near the plane it looks for, as a sonographer does after the first survey).
+    half_extent_m: (x, z) half-size of the start box (left-right, head-foot). yaw_rad: [low, high].
     """
 
+    around: str = "anchor"
     half_extent_m: tuple[float, float] = (0.04, 0.09)
     yaw_rad: tuple[float, float] = (-math.pi, 0.0)
 

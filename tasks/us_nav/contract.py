@@ -48,13 +48,13 @@ def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
 def sim_session(env) -> Session:
     """Environment 0's episode as the runtime's `Session`: its patient's skin, anchor point and
     goal (pose and, with images, goal image) and the commanded probe state it was placed with."""
-    p, g = int(env.patient_idx[0]), int(env.goal_idx[0])
+    p = int(env.patient_idx[0])
     skin = env.patients[p].skin
     surface = {"x0": skin.x0, "z0": skin.z0, "dx": skin.dx, "dz": skin.dz, "y": skin.y, "normal": skin.normal}
     return Session(
         anchor_m=env.scene.anchor[p].cpu().numpy(),
         surface=surface,
         goal_pose=env.goal_pose[0].cpu().numpy(),
-        goal_image=env.goal_images[p, g].cpu().numpy() if env.renderer is not None else None,
+        goal_image=env.goal_image[0].cpu().numpy() if env.renderer is not None else None,
         start_command=(env.xz[0].cpu().numpy(), float(env.yaw[0]), env.tilt[0].cpu().numpy()),
     )

@@ -32,7 +32,7 @@ from tasks.us_nav.mdp import actions, observations
 from tasks.us_nav.spaces import ACTION_NAMES, ACTION_UNITS
 
 
-def observation_layout(cfg: UsNavCfg, dof: int) -> list[dict]:
+def observation_layout(cfg: UsNavCfg) -> list[dict]:
     """The segments of the "policy" input vector, in order: name, size and how it is computed."""
     o, a = cfg.observation, cfg.actions
     relative = [
@@ -48,12 +48,6 @@ def observation_layout(cfg: UsNavCfg, dof: int) -> list[dict]:
         },
     ]
     proprio = [
-        {"name": "joint_positions", "size": dof, "compute": "2 (q - lower) / (upper - lower) - 1, robot.joints order"},
-        {
-            "name": "probe_position",
-            "size": 3,
-            "compute": f"(probe position - anchor point), task frame, / {o.workspace_scale_m} m",
-        },
         {"name": "yaw_sin", "size": 1, "compute": "sin of the commanded yaw about the beam"},
         {"name": "yaw_cos", "size": 1, "compute": "cos of the commanded yaw"},
         {"name": "tilt", "size": 2, "compute": f"commanded tilt (about probe x, y) / {a.max_tilt_rad} rad"},
@@ -123,9 +117,7 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
     cfg: UsNavCfg = env.cfg
     arm, o = env.arm, cfg.observation
     width = int(env.get_observations()["policy"].shape[1])
-    inputs = [
-        {"name": "policy", "dtype": "float32", "shape": ["batch", width], "layout": observation_layout(cfg, arm.dof)}
-    ]
+    inputs = [{"name": "policy", "dtype": "float32", "shape": ["batch", width], "layout": observation_layout(cfg)}]
     if o.images:
         inputs.append(
             {
@@ -182,9 +174,6 @@ class Controller:
 
     def __init__(self, spec: Mapping) -> None:
         self.cfg = build(UsNavCfg, spec["task"]["config"], "deploy.json task.config")
-        joints = spec["robot"]["joints"]
-        self.lower = torch.tensor([j["lower_rad"] for j in joints], dtype=torch.float64).float()
-        self.upper = torch.tensor([j["upper_rad"] for j in joints], dtype=torch.float64).float()
 
     def start(self, session, state) -> None:
         """A new episode: the skin surface, anchor and goal from `session` (`policies.deploy.robot.Session`),
@@ -243,9 +232,7 @@ class Controller:
         pose = batch_row(state.probe_pose)
         _, yaw, tilt = self.command
         force = torch.tensor([float(state.force_n)], dtype=torch.float32)
-        proprio = observations.proprioception(
-            cfg, batch_row(state.q), self.lower, self.upper, pose, self.anchor, yaw, tilt, force, self.last_action
-        )
+        proprio = observations.proprioception(cfg, yaw, tilt, force, self.last_action)
         relative = None
         if not o.images:
             relative = observations.relative_goal_pose(pose, self.goal_pose, o.position_scale_m, o.angle_scale_rad)

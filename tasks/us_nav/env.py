@@ -23,16 +23,26 @@ from sim.config import build
 from sim.envs.base import BatchedEnv
 from sim.envs.snapshot import EnvSnapshot
 from sim.envs.terms import weighted
-from sim.errors import InputError, require, require_number
+from sim.errors import InputError, require, require_choice, require_number
 from sim.transforms import check_poses
+from sim.ultrasound.placement import skin_state_from_pose
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import RendererConfig, RenderParams, step_and_reset_renderers
 from tasks.us_nav.config import UsNavCfg
 from tasks.us_nav.mdp import actions, goals, observations, rewards, terminations
 from tasks.us_nav.spaces import action_space, observation_spaces
 
-RENDER_PARAM_NAMES = ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue")
+RENDER_PARAM_NAMES = ("gain_db", "dynamic_range_db", "frequency_mhz", "tissue", "speckle_offset")
+START_CENTRES = ("anchor", "goal")  # what task.start.around may name
 ARM, PROBE = "probe_arm", "probe"  # the scene's one robot and the tool it holds
+
+
+def wrap_into(angle: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Angles (rad) moved by whole turns into [low, high] (a range shorter than a turn); one that
+    fits nowhere goes to the nearer end, measured around the circle."""
+    wrapped = low + torch.remainder(angle - low, 2 * math.pi)
+    nearer = torch.where(wrapped - high < low + 2 * math.pi - wrapped, high, low)
+    return torch.where(wrapped > high, nearer, wrapped)
 
 
 class UsNavEnv(BatchedEnv):
@@ -77,6 +87,13 @@ class UsNavEnv(BatchedEnv):
         # Made once: a reset copies nothing from the host (a sync on CUDA).
         self.start_half_extent = torch.tensor(cfg.start.half_extent_m, device=dev)
         self.anchor_xz = anchor_xz
+        self.goal_xz = self.goal_poses[..., [0, 2]]  # (P, G)
+        _, goal_normal = self.scene.skin.query(
+            torch.arange(len(self.patients), device=dev).repeat_interleave(self.goal_poses.shape[1]),
+            self.goal_xz[..., 0].flatten(), self.goal_xz[..., 1].flatten(),
+        )  # fmt: skip
+        goal_yaw, _ = skin_state_from_pose(self.goal_poses.reshape(-1, 7), goal_normal)
+        self.goal_yaw = goal_yaw.reshape(self.goal_xz.shape[:2])  # (P, G) about the beam, rad
         n = num_envs
         self.patient_idx = torch.zeros(n, dtype=torch.long, device=dev)
         self.goal_idx = torch.zeros(n, dtype=torch.long, device=dev)
@@ -111,7 +128,7 @@ class UsNavEnv(BatchedEnv):
         self.renderer = None
         if cfg.observation.images:
             self._init_imaging(probe)
-            names.append("history")
+            names += ["history", "goal_image"]
             if cfg.observation.randomize_imaging:
                 names += [f"render_{k}" for k in RENDER_PARAM_NAMES]
         self.state_names = tuple(names)
@@ -147,6 +164,7 @@ class UsNavEnv(BatchedEnv):
             value = getattr(cfg.actions, key)
             require(math.isfinite(value) and value >= 0, f"task.actions.{key}", "a finite non-negative bound", value)
         require_number(cfg.reward.max_force_n, "task.reward.max_force_n", 0.0, low_open=True)
+        require_choice(cfg.start.around, "task.start.around", START_CENTRES)
 
     def _init_imaging(self, probe: str | Mapping | ProbeSpec) -> None:
         cfg, dev = self.cfg, self.device
@@ -154,14 +172,14 @@ class UsNavEnv(BatchedEnv):
         self.probe = ProbeSpec.policy_probe(probe, cfg.observation.image_size)
         render_cfg = build(RendererConfig, cfg.renderer, "task.renderer")
         self.renderer, self.reset_renderer = step_and_reset_renderers(self.bank, self.probe, render_cfg)
-        p, g = self.goal_poses.shape[:2]
-        patient = torch.arange(p, device=dev).repeat_interleave(g)
-        images = self.reset_renderer.render(self.goal_poses.reshape(p * g, 7), patient)
-        self.goal_images = images.reshape(p, g, *images.shape[1:])
         size = cfg.observation.image_size
         self.history = torch.zeros(self.num_envs, cfg.observation.history, size, size, device=dev)
+        # The goal image is state, rendered at each reset: with randomised imaging it has its
+        # own draw (gain, tissue, speckle), so the policy cannot find the goal by matching pixels.
+        self.goal_image = torch.zeros(self.num_envs, size, size, device=dev)
         if cfg.observation.randomize_imaging:
             params = self.renderer.default_params(self.num_envs)
+            params.speckle_offset = torch.zeros(self.num_envs, 3, device=dev)  # every reset draws its own
             for k in RENDER_PARAM_NAMES:
                 setattr(self, f"render_{k}", getattr(params, k).clone())
 
@@ -245,11 +263,7 @@ class UsNavEnv(BatchedEnv):
         patient = self.scene.patients_for(ids, torch.randint(len(self.patients), (m,), generator=gen, device=dev))
         self.patient_idx[ids] = patient
         self.goal_idx[ids] = torch.randint(len(self.goal_names), (m,), generator=gen, device=dev)
-        xz = self.anchor_xz[patient] + (2 * torch.rand(m, 2, generator=gen, device=dev) - 1) * self.start_half_extent
-        point, _ = self.scene.skin.query(patient, xz[:, 0], xz[:, 1])
-        xz = torch.where(torch.isfinite(point).all(-1, keepdim=True), xz, self.anchor_xz[patient])
-        low, high = cfg.start.yaw_rad
-        yaw = low + (high - low) * torch.rand(m, generator=gen, device=dev)
+        xz, yaw = self._start_xz_yaw(patient, self.goal_idx[ids])
         tilt = torch.zeros(m, 2, device=dev)
         self.xz[ids], self.yaw[ids], self.tilt[ids] = xz, yaw, tilt
         targets = actions.skin_targets(self.scene.skin, patient, xz, yaw, tilt, cfg.actions.press_m)
@@ -265,13 +279,40 @@ class UsNavEnv(BatchedEnv):
         self.action[ids] = 0.0
         self.last_action[ids] = 0.0
         if self.renderer is not None:
-            if cfg.observation.randomize_imaging:
-                params = self.renderer.sample_params(m, gen)
-                for k in RENDER_PARAM_NAMES:
-                    getattr(self, f"render_{k}")[ids] = getattr(params, k)
-            # Own state, valid by construction: no input checks, no host synchronisation.
-            image = self.reset_renderer.render(poses, patient, self._render_params(ids), check=False)
-            self.history[ids] = image[:, None].expand(-1, cfg.observation.history, -1, -1)
+            self._reset_images(ids, patient, poses)
+
+    def _start_xz_yaw(self, patient: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start (x, z) (M, 2) on the skin and yaw (M,) for episodes of patients and goals (M,),
+        drawn as task.start says; a start off the skin falls back to the box centre."""
+        cfg, gen, dev, m = self.cfg, self.generator, self.device, len(patient)
+        low, high = cfg.start.yaw_rad
+        offset = low + (high - low) * torch.rand(m, generator=gen, device=dev)
+        jitter = (2 * torch.rand(m, 2, generator=gen, device=dev) - 1) * self.start_half_extent
+        if cfg.start.around == "goal":
+            centre = self.goal_xz[patient, goal]
+            yaw = wrap_into(self.goal_yaw[patient, goal] + offset, *cfg.actions.yaw_range_rad)
+        else:
+            centre, yaw = self.anchor_xz[patient], offset
+        xz = torch.maximum(torch.minimum(centre + jitter, self.box_high[patient]), self.box_low[patient])
+        point, _ = self.scene.skin.query(patient, xz[:, 0], xz[:, 1])
+        return torch.where(torch.isfinite(point).all(-1, keepdim=True), xz, centre), yaw
+
+    def _reset_images(self, ids: torch.Tensor, patient: torch.Tensor, poses: torch.Tensor) -> None:
+        """The first image at poses (M, 7) and the goal image of environments ids (M,), in one
+        render; with randomised imaging, each from a draw of its own."""
+        cfg, m = self.cfg, len(ids)
+        goal_poses = self.goal_poses[patient, self.goal_idx[ids]]
+        params = None
+        if cfg.observation.randomize_imaging:
+            params = self.renderer.sample_params(2 * m, self.generator)
+            for k in RENDER_PARAM_NAMES:
+                getattr(self, f"render_{k}")[ids] = getattr(params, k)[:m]
+        # Own state, valid by construction: no input checks, no host synchronisation.
+        images = self.reset_renderer.render(
+            torch.cat([poses, goal_poses]), torch.cat([patient, patient]), params, check=False
+        )
+        self.history[ids] = images[:m, None].expand(-1, cfg.observation.history, -1, -1)
+        self.goal_image[ids] = images[m:]
 
     def get_observations(self) -> TensorDict:
         cfg = self.cfg
@@ -280,15 +321,14 @@ class UsNavEnv(BatchedEnv):
             self.poses, self.goal_pose, obs_cfg.position_scale_m, obs_cfg.angle_scale_rad
         )
         arm = self.arm
-        proprio = observations.proprioception(
-            cfg, self.q, arm.lower.float(), arm.upper.float(), self.poses, self.scene.anchor[self.patient_idx],
-            self.yaw, self.tilt, self.force, self.last_action,
-        )  # fmt: skip
+        proprio = observations.proprioception(cfg, self.yaw, self.tilt, self.force, self.last_action)
+        pose = observations.pose_state(
+            cfg, self.q, arm.lower.float(), arm.upper.float(), self.poses, self.scene.anchor[self.patient_idx]
+        )
         progress = observations.progress_state(self.pos_err, self.ang_err, self.hold, self.episode_length_buf, cfg)
-        goal_image = self.goal_images[self.patient_idx, self.goal_idx] if self.renderer is not None else None
-        history = self.history if self.renderer is not None else None
-        groups = observations.actor_groups(cfg, proprio, relative, history, goal_image)
-        groups["critic"] = torch.cat([relative, proprio, progress], -1)
+        images = (self.history, self.goal_image) if self.renderer is not None else (None, None)
+        groups = observations.actor_groups(cfg, proprio, relative, *images)
+        groups["critic"] = torch.cat([relative, pose, proprio, progress], -1)
         return TensorDict(groups, batch_size=[self.num_envs], device=self.device)
 
     # -- the contract of generic tools (sim.envs.snapshot)
@@ -307,7 +347,7 @@ class UsNavEnv(BatchedEnv):
         extras = {"goal_name": [self.goal_names[g] for g in goal.tolist()]}
         extras.update(position_error_m=self.pos_err[ids], angle_error_rad=self.ang_err[ids])
         if self.renderer is not None:
-            extras["goal_image"] = self.goal_images[patient, goal]
+            extras["goal_image"] = self.goal_image[ids]
         return EnvSnapshot(
             env_ids=ids,
             patient=patient,

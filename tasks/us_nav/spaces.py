@@ -32,10 +32,16 @@ def _relative_goal(cfg: UsNavCfg) -> list[Segment]:
     ]
 
 
-def _proprioception(cfg: UsNavCfg, dof: int) -> list[Segment]:
+def _pose_state(cfg: UsNavCfg, dof: int) -> list[Segment]:
+    """The critic's pose: where the probe is, which the actor must not see (see `pose_state`)."""
     return [
         Segment("joint_positions", dof, -1.0, 1.0),  # within the joint limits, mapped to [-1, 1]
         Segment("probe_position", 3, unit="m", scale=cfg.observation.workspace_scale_m),
+    ]
+
+
+def _proprioception(cfg: UsNavCfg) -> list[Segment]:
+    return [
         Segment("yaw_sin", 1, -1.0, 1.0),
         Segment("yaw_cos", 1, -1.0, 1.0),
         Segment("tilt", 2, -1.0, 1.0, "rad", cfg.actions.max_tilt_rad),
@@ -54,10 +60,10 @@ def observation_spaces(cfg: UsNavCfg, dof: int) -> dict[str, Space]:
     `UsNavEnv.get_observations`'s order; images: (history + 1, S, S) in [0, 1], newest first,
     the goal image last."""
     o = cfg.observation
-    proprio = _proprioception(cfg, dof)
+    proprio = _proprioception(cfg)
     spaces = {"policy": Space.vector(*proprio) if o.images else Space.vector(*_relative_goal(cfg), *proprio)}
     if o.images:
         frames = (Segment("history", o.history, 0.0, 1.0), Segment("goal_image", 1, 0.0, 1.0))
         spaces["image"] = Space((o.history + 1, o.image_size, o.image_size), frames)
-    spaces["critic"] = Space.vector(*_relative_goal(cfg), *proprio, *_progress())
+    spaces["critic"] = Space.vector(*_relative_goal(cfg), *_pose_state(cfg, dof), *proprio, *_progress())
     return spaces

@@ -21,26 +21,18 @@ def relative_goal_pose(
 
 
 def proprioception(
-    cfg,
-    q: torch.Tensor,
-    lower: torch.Tensor,
-    upper: torch.Tensor,
-    poses: torch.Tensor,
-    anchor: torch.Tensor,
-    yaw: torch.Tensor,
-    tilt: torch.Tensor,
-    force_n: torch.Tensor,
-    last_action: torch.Tensor,
+    cfg, yaw: torch.Tensor, tilt: torch.Tensor, force_n: torch.Tensor, last_action: torch.Tensor
 ) -> torch.Tensor:
-    """(N, dof + 13): joint angles q (N, dof) mapped to [-1, 1] by their limits (dof,), the probe
-    position relative to the anchor point (N, 3) over cfg.observation.workspace_scale_m, sin and
-    cos of the commanded yaw (N,), tilt (N, 2) / max tilt, contact force (N,) / max force, and
-    the last action (N, A). cfg: the task's `UsNavCfg`; poses (N, 7) and anchor (N, 3) share a frame."""
-    probe_position = (poses[:, :3] - anchor) / cfg.observation.workspace_scale_m
+    """(N, 5 + A): sin and cos of the commanded yaw (N,), tilt (N, 2) / max tilt, contact force
+    (N,) / max force, and the last action (N, A). cfg: the task's `UsNavCfg`.
+
+    Nothing here names where the probe is on the patient: joint angles or a position in the
+    anchor frame would let a policy learn the pose each goal image belongs to instead of
+    comparing images (it then fails on anatomy it has not seen); they are critic-only
+    (`pose_state`). Yaw and tilt are relative to the skin and the patient axes, the same for
+    every patient."""
     return torch.cat(
         [
-            unit_joints(q, lower, upper),
-            probe_position,
             yaw.sin()[:, None],
             yaw.cos()[:, None],
             tilt / cfg.actions.max_tilt_rad,
@@ -49,6 +41,16 @@ def proprioception(
         ],
         -1,
     )
+
+
+def pose_state(
+    cfg, q: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, poses: torch.Tensor, anchor: torch.Tensor
+) -> torch.Tensor:
+    """(N, dof + 3) privileged pose: joint angles q (N, dof) mapped to [-1, 1] by their limits
+    (dof,) and the probe position relative to the anchor point (N, 3) over
+    cfg.observation.workspace_scale_m; poses (N, 7) and anchor (N, 3) share a frame."""
+    probe_position = (poses[:, :3] - anchor) / cfg.observation.workspace_scale_m
+    return torch.cat([unit_joints(q, lower, upper), probe_position], -1)
 
 
 def actor_groups(
