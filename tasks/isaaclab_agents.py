@@ -17,7 +17,9 @@ from isaaclab_rl.rsl_rl import (
     RslRlRNNModelCfg,
 )
 from omegaconf import OmegaConf
+from rsl_rl import models as rsl_models
 from rsl_rl.algorithms import PPO
+from rsl_rl.utils import resolve_callable
 
 from policies.workflow import compose_config
 from sim.errors import InputError
@@ -25,6 +27,7 @@ from tasks import registry
 from tasks.gym_ids import runner_cfg_name
 
 MODELS = {"MLPModel": RslRlMLPModelCfg, "CNNModel": RslRlCNNModelCfg, "RNNModel": RslRlRNNModelCfg}
+RSL_MODELS = {name: getattr(rsl_models, name) for name in MODELS}
 DISTRIBUTIONS = {
     "GaussianDistribution": RslRlMLPModelCfg.GaussianDistributionCfg,
     "HeteroscedasticGaussianDistribution": RslRlMLPModelCfg.HeteroscedasticGaussianDistributionCfg,
@@ -37,10 +40,29 @@ def _lookup(table: dict, name: str, where: str):
     return table[name]
 
 
+def _model_kind(name: str, where: str) -> str:
+    """The rsl-rl model `name` is or subclasses (a key of MODELS): Isaac Lab's config of that
+    kind carries the class name through to rsl-rl, which builds the subclass."""
+    if name in MODELS:
+        return name
+    try:
+        model = resolve_callable(name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise InputError(f"{where} {name!r}: not an importable model class ({error})") from error
+    subclassed = [k for k in ("RNNModel", "CNNModel", "MLPModel") if issubclass_of(model, RSL_MODELS[k])]
+    if not subclassed:
+        raise InputError(f"{where} {name!r}: expected one of {sorted(MODELS)} or a subclass of one")
+    return subclassed[0]
+
+
+def issubclass_of(value: object, base: type) -> bool:
+    return isinstance(value, type) and issubclass(value, base)
+
+
 def model_cfg(spec: dict, where: str) -> RslRlMLPModelCfg:
     """An actor or critic of the agent group as Isaac Lab's model config."""
     spec = dict(spec)
-    model = _lookup(MODELS, spec.get("class_name", "MLPModel"), f"{where}.class_name")
+    model = MODELS[_model_kind(spec.setdefault("class_name", "MLPModel"), f"{where}.class_name")]
     distribution = spec.pop("distribution_cfg", None)
     if distribution is not None:
         distribution = dict(distribution)
