@@ -277,6 +277,9 @@ class Runner(OnPolicyRunner):
             world_size=len(ranks),
             other_ranks=[{"env_state": part["env_state"], "rng": part["rng"]} for part in ranks[1:]],
             model_digests=digests,
+            # seconds of collection and learning so far (rsl-rl's count, carried over a resume):
+            # the x axis of a learning curve (scripts/learning_curve.py)
+            train_time_s=float(self.logger.tot_time),
         )
         checkpoints.atomic_save(state, path)
         self.logger.save_model(path, it)
@@ -333,4 +336,5 @@ class Runner(OnPolicyRunner):
         self.batched_env.load_state_dict(part["env_state"])
         set_rng_state(part["rng"], self.device)
         self.current_learning_iteration = data["iter"] + 1
+        self.logger.tot_time = data.get("train_time_s", 0.0)  # the run's time goes on where it stopped
         return self.current_learning_iteration
