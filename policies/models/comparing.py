@@ -28,8 +28,11 @@ class FrameComparator(nn.Module):
     """(B, F, H, W) image stacks (frames newest first, the goal image last) -> (B, output_dim).
 
     input_shape: (F, H, W), F >= 2. cnn_cfg: rsl-rl `CNN` settings of the per-frame encoder
-    (its flatten setting is ignored: the fusion needs the feature maps). The fusion is a 3 x 3
-    convolution to twice the encoder's channels, with the encoder's activation, then flattened.
+    (its flatten setting is ignored: the fusion needs the feature maps). The fusion is a 1 x 1
+    convolution to twice the encoder's channels, with the encoder's activation, then flattened:
+    it compares goal and current features where they are (each feature already sees a patch of
+    the image; a 3 x 3 fusion made us_nav's PPO iterations 9.6 s of learning instead of 6.3 s
+    on the 2-core CPU of BENCHMARKS.md).
     """
 
     output_channels = None  # flattened output, as rsl-rl's CNNModel requires
@@ -44,7 +47,7 @@ class FrameComparator(nn.Module):
         channels = int(self.encoder.output_channels)
         h, w = self.encoder.output_dim
         self.fusion = nn.Sequential(
-            nn.Conv2d((frames + 2) * channels, 2 * channels, 3, padding=1),
+            nn.Conv2d((frames + 2) * channels, 2 * channels, 1),
             resolve_nn_activation(cnn_cfg.get("activation", "elu")),
             nn.Flatten(),
         )
