@@ -40,7 +40,7 @@ def test_every_checkpoint_is_evaluated_on_each_set(tmp_path):
     # the run's own patients (seeds 0 and 1, held-out 100) and the real CT differ, so their errors do
     assert len({points[-1][label]["pos_err_mm_mean"] for label in result["sets"]}) == 3
     assert json.loads((run / "curve" / "learning_curve.json").read_text())["points"] == points
-    assert Image.open(result["picture"]).size == (768, 432)
+    assert Image.open(result["picture"]).size == (1152, 432)  # success and, beside it, curve.error
     bad = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "learning_curve.py"), f"checkpoint={run}", "curve.splits=[val]"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,

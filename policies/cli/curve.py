@@ -10,8 +10,8 @@ default), then the test split of each patient set named in curve.also (conf/pati
 e.g. totalseg_example, the real CT). Every evaluation starts from the same seed, so checkpoints
 meet the same episodes. Writes <run>/curve/learning_curve.json (per checkpoint: iteration,
 train_time_s, and per set the task's numeric metrics: success_rate, and for us_nav
-pos_err_mm_mean, ...) and learning_curve.png (success against training time); the last line
-printed is the JSON.
+pos_err_mm_mean, ...) and learning_curve.png (success against training time, and the metric
+curve.error beside it); the last line printed is the JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from policies.evaluation import evaluate
 from policies.workflow import build_env, trained_run
 from sim.errors import InputError, require, require_int
 from sim.resources import conf_dir
+from tasks import registry
 from tasks.schemas import register_schemas
 
 
@@ -54,6 +55,9 @@ def curve(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Evaluate the run's checkpoints (see the module docstring); returns what it writes."""
     every = require_int(cfg.curve.every, "curve.every", 1)
     run_dir, _ = trained_run(cfg, overrides)
+    error = cfg.curve.error
+    known = registry.spec(cfg.task.name).metrics
+    require(error is None or error in known, "curve.error", f"null or one of {cfg.task.name}'s {sorted(known)}", error)
     found = checkpoints.checkpoints(run_dir)
     require(bool(found), f"run {run_dir}", "checkpoints model_<it>.pt", "none")
     chosen = found[::every] if found[-1] in found[::every] else [*found[::every], found[-1]]
@@ -75,12 +79,13 @@ def curve(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     out.mkdir(exist_ok=True)
     result = {"task": cfg.task.name, "run": str(run_dir), "sets": list(sets), "points": points}
     (out / "learning_curve.json").write_text(json.dumps(result, indent=1))
-    result["picture"] = str(plot(result, out / "learning_curve.png"))
+    result["picture"] = str(plot(result, out / "learning_curve.png", cfg.curve.error))
     return result
 
 
-def plot(result: dict, path: Path) -> Path:
-    """Success (%) of each evaluation set against training time (min) as a PNG at `path`."""
+def plot(result: dict, path: Path, error: str | None = None) -> Path:
+    """Success (%) of each evaluation set against training time (min) as a PNG at `path`, and
+    beside it the metric `error` (e.g. pos_err_mm_mean) where one is named."""
     import matplotlib
 
     matplotlib.use("Agg")  # off screen
@@ -89,15 +94,17 @@ def plot(result: dict, path: Path) -> Path:
     points = result["points"]
     timed = all(p["train_time_s"] is not None for p in points)
     x = [p["train_time_s"] / 60 if timed else p["iteration"] for p in points]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    for label in result["sets"]:
-        ax.plot(x, [100 * p[label]["success_rate"] for p in points], marker="o", ms=3, label=label)
-    ax.set_xlabel("training time (min, 2-core CPU)" if timed else "iteration")
-    ax.set_ylabel("success (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"{result['task']}: success of each checkpoint, one episode per environment")
+    panels = [("success_rate", "success (%)", 100.0)] + ([(error, error, 1.0)] if error else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), dpi=120, squeeze=False)
+    for ax, (metric, name, scale) in zip(axes[0], panels):
+        for label in result["sets"]:
+            ax.plot(x, [scale * p[label][metric] for p in points], marker="o", ms=3, label=label)
+        ax.set_xlabel("training time (min)" if timed else "iteration")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylim(-2, 102)
+    axes[0][0].legend()
+    fig.suptitle(f"{result['task']}: each checkpoint, one episode per environment")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
