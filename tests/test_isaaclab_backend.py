@@ -74,10 +74,11 @@ def test_physics_arm_reaches_the_poses_the_renderer_uses(env):
     point, rot = physics_probe_poses(env)
     assert torch.allclose(point.float(), env.poses[:, :3], atol=2e-4)
     assert torch.allclose(rot.float(), quat_to_matrix(env.poses[:, 3:]), atol=2e-3)
-    # For identical probe poses the images are the torch backend's: the same renderer and bank.
+    # For identical probe poses and imaging draws the images are the torch backend's: the same
+    # renderer and bank.
     patients = load_patients(small_patient_set(), "train")
     torch_env = make_env(TASK, patients, num_envs=2, seed=0, backend="torch")
-    images = torch_env.reset_renderer.render(env.poses, env.patient_idx)
+    images = torch_env.reset_renderer.render(env.poses, env.patient_idx, env.render_params())
     assert torch.allclose(images, env.history[:, 0], atol=1e-5)
 
 

@@ -75,7 +75,7 @@ def test_actor_inputs_other_than_images_do_not_name_the_patient(patients):
 
 def test_goal_image_has_its_own_imaging_draw(patients):
     env = make_env(IMAGES, patients, 6, seed=6)  # us_nav randomises imaging by default
-    at_goal = env.renderer.render(env.goal_pose, env.patient_idx, env._render_params(None))
+    at_goal = env.renderer.render(env.goal_pose, env.patient_idx, env.render_params(None))
     own = (env.goal_image - at_goal).abs().mean(dim=(1, 2))
     assert (own > 0.02).all()  # not the current image's draw (gain, tissue and speckle differ)
     offsets = env.render_speckle_offset

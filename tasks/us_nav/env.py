@@ -183,7 +183,9 @@ class UsNavEnv(BatchedEnv):
             for k in RENDER_PARAM_NAMES:
                 setattr(self, f"render_{k}", getattr(params, k).clone())
 
-    def _render_params(self, ids: torch.Tensor | None) -> RenderParams | None:
+    def render_params(self, ids: torch.Tensor | None = None) -> RenderParams | None:
+        """The imaging parameters of environments ids (None: all) this episode, as the current
+        image is rendered with; None without randomised imaging (the renderer's nominal ones)."""
         if not self.cfg.observation.randomize_imaging:
             return None
         sel = slice(None) if ids is None else ids
@@ -219,7 +221,7 @@ class UsNavEnv(BatchedEnv):
         self.force = self.scene.contacts(self.patient_idx, {PROBE: self.poses})[PROBE].force_n
         if self.renderer is not None:
             image = self.renderer.render(
-                self.poses, self.patient_idx, self._render_params(None), check=False
+                self.poses, self.patient_idx, self.render_params(None), check=False
             )  # own state: no per-step sync
             self.history = torch.cat([image[:, None], self.history[:, :-1]], 1)
 
