@@ -65,21 +65,20 @@ def curve(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     envs = {label: build_env(set_cfg, split) for label, (set_cfg, split) in sets.items()}
     points = []
     for path in chosen:
-        point = {"checkpoint": path.name, **{k: None for k in ("iteration", "train_time_s")}}
+        data = checkpoints.load_checkpoint(path)
+        point = {"checkpoint": path.name, "iteration": int(data["iter"]), "train_time_s": data.get("train_time_s")}
         for label, env in envs.items():
             trained = learners.get(cfg.learner).load_policy(sets[label][0], env, path)
             env.generator.manual_seed(int(cfg.seed))  # the same episodes for every checkpoint
             metrics = evaluate(env, learners.ActionChunks(trained), cost_limits=trained.cost_limits)
             point[label] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        data = checkpoints.load_checkpoint(path)
-        point.update(iteration=int(data["iter"]), train_time_s=data.get("train_time_s"))
         points.append(point)
         print(json.dumps(point), file=sys.stderr)
     out = run_dir / "curve"
     out.mkdir(exist_ok=True)
     result = {"task": cfg.task.name, "run": str(run_dir), "sets": list(sets), "points": points}
     (out / "learning_curve.json").write_text(json.dumps(result, indent=1))
-    result["picture"] = str(plot(result, out / "learning_curve.png", cfg.curve.error))
+    result["picture"] = str(plot(result, out / "learning_curve.png", error))
     return result
 
 

@@ -23,6 +23,8 @@ from rsl_rl.utils import resolve_nn_activation
 from tensordict import TensorDict
 from torch import nn
 
+from sim.errors import InputError
+
 
 class FrameComparator(nn.Module):
     """(B, F, H, W) image stacks (frames newest first, the goal image last) -> (B, output_dim).
@@ -41,7 +43,7 @@ class FrameComparator(nn.Module):
         super().__init__()
         frames, height, width = input_shape
         if frames < 2:
-            raise ValueError(f"FrameComparator input frames: expected at least 2 (images and a goal), got {frames}")
+            raise InputError(f"comparing model input frames: expected at least 2 (images and a goal), got {frames}")
         cnn_cfg = {k: v for k, v in cnn_cfg.items() if k != "flatten"}
         self.encoder = CNN((height, width), 1, flatten=False, **cnn_cfg)
         channels = int(self.encoder.output_channels)
@@ -79,7 +81,7 @@ class ComparingCNNModel(CNNModel):
     ) -> None:
         if cnns is None:
             if cnn_cfg is None:
-                raise ValueError("ComparingCNNModel: cnn_cfg (the per-frame encoder) is required")
+                raise InputError("agent.actor.cnn_cfg: expected the per-frame encoder's CNN settings, got none")
             groups = [g for g in obs_groups[obs_set] if obs[g].dim() == 4]
             cnns = {g: FrameComparator(tuple(obs[g].shape[1:]), **cnn_cfg) for g in groups}
         # CNNModel announces on stdout that it was handed encoders; here they are its own.
