@@ -244,8 +244,10 @@ class Runner(OnPolicyRunner):
         }
 
     def models(self) -> dict[str, dict]:
-        """{name: state dict} of the algorithm's models: what alg.save() holds besides optimisers."""
-        return {key: state for key, state in self.alg.save().items() if "optimizer" not in key}
+        """{name: state dict} of the algorithm's models: what alg.save() holds besides optimisers
+        (and counters, such as ExpertDistillation's num_updates)."""
+        saved = self.alg.save().items()
+        return {key: state for key, state in saved if "optimizer" not in key and isinstance(state, dict)}
 
     def rank_state(self) -> dict:
         """This process's part of a checkpoint: {"env_state": its environments' state, "rng": its

@@ -105,16 +105,19 @@ def test_the_default_learner_is_ppo_with_each_tasks_settings():
     assert isinstance(learners.get("ppo"), PpoLearner) and "ppo" in learners.names()
 
 
+REGISTERED = r"\['diffusion', 'distill', 'ppo', 'ppo_lag'\]"
+
+
 def test_an_unknown_learner_is_refused_listing_the_registered_ones(tmp_path):
-    with pytest.raises(InputError, match=r"learner: expected one of \['diffusion', 'ppo', 'ppo_lag'\], got 'sac'"):
+    with pytest.raises(InputError, match=rf"learner: expected one of {REGISTERED}, got 'sac'"):
         learners.get("sac")
     cfg = compose_config(["task=us_nav_state"])
     with open_dict(cfg):
         cfg.learner = "sac"  # e.g. a config that did not come from conf/ (no conf/learner/sac.yaml to refuse it)
-    with pytest.raises(InputError, match=r"^learner: expected one of \['diffusion', 'ppo', 'ppo_lag'\], got 'sac'"):
+    with pytest.raises(InputError, match=rf"^learner: expected one of {REGISTERED}, got 'sac'"):
         check_settings(cfg)
     with pytest.raises(
-        InputError, match=r"Could not find 'learner/sac' Available options in 'learner': diffusion ppo ppo_lag"
+        InputError, match=r"Could not find 'learner/sac' Available options in 'learner': diffusion distill ppo ppo_lag"
     ):
         compose_config(["learner=sac"])
     out = run([*TRAIN, "learner=sac", f"log_root={tmp_path}"])

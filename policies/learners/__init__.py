@@ -20,6 +20,7 @@ LEARNERS: dict[str, str] = {
     "ppo": "policies.learners.ppo:PpoLearner",
     "ppo_lag": "policies.learners.ppo_lag:PpoLagLearner",
     "diffusion": "policies.learners.diffusion:DiffusionLearner",
+    "distill": "policies.learners.distill:DistillLearner",
 }
 
 

@@ -38,6 +38,16 @@ NUMBERS = {
 INTS = {"num_learning_epochs": 1, "num_mini_batches": 1}
 
 
+def require_algorithm(algorithm: Mapping, target: str, learner: str) -> None:
+    """InputError unless agent.algorithm.class_name is `target`, the algorithm learner `learner` runs."""
+    require(
+        algorithm.get("class_name") == target,
+        "agent.algorithm.class_name",
+        f"{target!r} for learner={learner}",
+        algorithm.get("class_name"),
+    )
+
+
 class PpoLearner(Learner):
     """rsl-rl's OnPolicyRunner over the task environment."""
 

@@ -22,7 +22,7 @@ from typing import Mapping
 from omegaconf import DictConfig
 
 from policies.learners.base import TrainedPolicy
-from policies.learners.ppo import PpoLearner
+from policies.learners.ppo import PpoLearner, require_algorithm
 from policies.settings import require_bool
 from sim.envs.base import BatchedEnv
 from sim.errors import require, require_int, require_number
@@ -46,12 +46,7 @@ class PpoLagLearner(PpoLearner):
         limit a number >= 0, the gains >= 0, smoothing in [0, 1), cost_window >= 1 episode."""
         super().check_agent(agent, num_envs)
         algorithm = agent["algorithm"]
-        require(
-            algorithm.get("class_name") == ALGORITHM,
-            "agent.algorithm.class_name",
-            f"{ALGORITHM!r} for learner=ppo_lag",
-            algorithm.get("class_name"),
-        )
+        require_algorithm(algorithm, ALGORITHM, "ppo_lag")
         limits = algorithm.get("cost_limits")
         require(
             isinstance(limits, Mapping) and len(limits) > 0,

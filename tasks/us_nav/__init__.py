@@ -35,7 +35,7 @@ register(
     TaskSpec(
         name="us_nav",
         gym_id="Sonolab-UsNav-v0",
-        agents={"ppo": "us_nav/ppo", "diffusion": "us_nav/diffusion"},
+        agents={"ppo": "us_nav/ppo", "diffusion": "us_nav/diffusion", "distill": "us_nav/distill"},
         variant={"name": "us_nav", **TRANSFER},
         **COMMON,
     )
@@ -44,7 +44,7 @@ register(
     TaskSpec(
         name="us_nav_state",
         gym_id="Sonolab-UsNavState-v0",
-        agents={"ppo": "us_nav_state/ppo", "diffusion": "us_nav_state/diffusion"},
+        agents={"ppo": "us_nav_state/ppo", "diffusion": "us_nav_state/diffusion", "distill": "us_nav_state/distill"},
         variant={"name": "us_nav_state", "observation": {"images": False}},
         **COMMON,
     )
