@@ -7,6 +7,7 @@
     sonolab-benchmark realism --json
     sonolab-benchmark record --task us_nav --num-envs 256 --episodes 256 --json
     sonolab-benchmark diffusion --task us_nav --dataset <recorded folder> --epochs 2 --json
+    sonolab-benchmark transfer --task us_nav --num-envs 192 --steps 80 --updates 2000 --json
 
 `render` times the B-mode renderer on the default phantom (1 mm) with probe poses spread over
 the lumbar back, after a warm-up that includes compilation. `env` times whole environment steps
@@ -23,7 +24,11 @@ matched to it (`convex_reference`), by sim.ultrasound.realism's statistics, agai
 reports episodes per minute (environment construction excluded) and the dataset's size per 1,000
 steps. `diffusion` trains learner=diffusion (the task's agent settings) on --dataset for --epochs,
 timing each epoch, then the latency of one action chunk (batch 1) of the PyTorch sampler and of
-the robot runtime's loop over the exported ONNX graphs.
+the robot runtime's loop over the exported ONNX graphs. `transfer` fits the task's actor network
+(the learner's, untrained) to the scripted expert's actions on --steps steps of --num-envs
+environments on the training patients and scores R^2 per action dimension there and on as many
+steps on the held-out patients (policies/transfer_probe.py): whether the network can read the
+action from its inputs on anatomy it has not seen, in minutes instead of an RL run.
 
 The `sonolab-benchmark` command (installed sonolab, any folder) and scripts/benchmark.py run `main`.
 """
@@ -452,6 +457,31 @@ def bench_diffusion(args: argparse.Namespace) -> dict:
     }
 
 
+def bench_transfer(args: argparse.Namespace) -> dict:
+    from policies.transfer_probe import transfer_probe
+    from policies.workflow import compose_config
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    cfg = compose_config([f"task={args.task}", f"num_envs={args.num_envs}", f"device={args.device}", *args.override])
+    result = transfer_probe(cfg, args.steps, args.updates, args.batch, args.lr, args.noise, args.every)
+    return {
+        "benchmark": "transfer",
+        "task": args.task,
+        "learner": cfg.learner,
+        "network": cfg.agent.get("actor", cfg.agent.get("student"))["class_name"],
+        "overrides": args.override,
+        "num_envs": args.num_envs,
+        "steps": args.steps,
+        "updates": args.updates,
+        "batch": args.batch,
+        **result,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        **machine(),
+    }
+
+
 def realism_targets(real: dict, sim: dict) -> dict:
     """Issue 17's targets: grains within 25 % of the real image's both ways, lateral 2-3 x axial,
     the soft-tissue depth profile within 15 % of its mean from 3 to 12 cm, local contrast within 25 %."""
@@ -513,6 +543,12 @@ def check_args(args: argparse.Namespace) -> None:
         return
     check_device(args.device)
     require_int(args.threads, "--threads", 0)
+    if args.what == "transfer":
+        for name in ("num_envs", "steps", "updates", "batch", "every"):
+            require_int(getattr(args, name), f"--{name.replace('_', '-')}", 1)
+        require_number(args.lr, "--lr", 0.0, low_open=True)
+        require_number(args.noise, "--noise", 0.0)
+        return
     counts = {
         "render": ("batch", "height", "width", "repeats"),
         "env": ("num_envs", "steps"),
@@ -595,6 +631,19 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--repeats", type=int, default=20, help="timed action chunks")
     d.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     d.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. agent.batch_size=128")
+    tr = sub.add_parser(
+        "transfer", parents=[task, output], help="R^2 of the actor network fitted to the expert, train vs held out"
+    )
+    tr.add_argument("--num-envs", type=int, default=192, help="environments (episodes at once) per split")
+    tr.add_argument("--steps", type=int, default=80, help="control steps recorded per split")
+    tr.add_argument("--updates", type=int, default=2000, help="Adam steps of the fit")
+    tr.add_argument("--batch", type=int, default=256)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--noise", type=float, default=0.3, help="std of the exploration added to the expert's actions")
+    tr.add_argument("--every", type=int, default=200, help="updates between scores")
+    tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    tr.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. learner=distill")
     args = parser.parse_args(argv)
     try:
         check_args(args)
@@ -605,6 +654,7 @@ def main(argv: list[str] | None = None) -> None:
             "realism": bench_realism,
             "record": bench_record,
             "diffusion": bench_diffusion,
+            "transfer": bench_transfer,
         }
         result = benchmarks[args.what](args)
     except InputError as err:
