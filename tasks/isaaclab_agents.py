@@ -6,6 +6,7 @@ trains with the same networks and PPO settings. Settings the YAML leaves out tak
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
@@ -71,7 +72,14 @@ def model_cfg(spec: dict, where: str) -> RslRlMLPModelCfg:
         )(**distribution)
     if "cnn_cfg" in spec:
         spec["cnn_cfg"] = RslRlCNNModelCfg.CNNCfg(**spec["cnn_cfg"])
-    return model(**spec)
+    # A subclass's own settings (policies.models.correlation: correlation_cfg) are not fields of
+    # Isaac Lab's config class: they ride along as attributes, which its class_to_dict hands on.
+    fields = {f.name for f in dataclasses.fields(model)}
+    own = {k: spec.pop(k) for k in list(spec) if k not in fields}
+    cfg = model(**spec)
+    for key, value in own.items():
+        setattr(cfg, key, value)
+    return cfg
 
 
 def ppo_cfg(spec: dict) -> RslRlPpoAlgorithmCfg:

@@ -113,7 +113,7 @@ def test_export_image_policy_matches_training(tmp_path):
     script("export.py", "task=us_nav", "checkpoint=last", f"log_root={tmp_path}", "export.samples=24", *SMALL_RUN)
     check_export(run_dir, ("policy", "image"))
     spec = json.loads((run_dir / "exported" / "deploy.json").read_text())
-    assert spec["observation"]["inputs"][1]["shape"] == ["batch", 3, 32, 32]
+    assert spec["observation"]["inputs"][1]["shape"] == ["batch", 3, 32, 64]  # biplane: two 32 x 32 planes
 
 
 def test_exported_files_are_checked_against_their_hashes(state_run, tmp_path):

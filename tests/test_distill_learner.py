@@ -34,9 +34,8 @@ SMALL = [
     "task.episode_steps=10",
     "agent.num_steps_per_env=6",
     "agent.algorithm.num_learning_epochs=2",
-    "agent.student.cnn_cfg.output_channels=[4,8]",
-    "agent.student.cnn_cfg.kernel_size=[4,2]",
-    "agent.student.cnn_cfg.stride=[2,2]",
+    "agent.student.correlation_cfg.pool=2",
+    "agent.student.correlation_cfg.max_shift_columns=3",
 ]
 
 

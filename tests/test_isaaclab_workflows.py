@@ -67,8 +67,8 @@ def test_direct_env_steps_the_sonolab_task_under_isaac_labs_rsl_rl_wrapper():
 def test_agent_config_is_sonolabs_agent_group():
     cfg = runner_cfg("us_nav")
     assert cfg.obs_groups == {"actor": ["policy", "image"], "critic": ["critic"]}
-    comparing = "policies.models.comparing:ComparingCNNModel"  # a CNNModel subclass: a CNN model config
-    assert cfg.actor.class_name == comparing and list(cfg.actor.cnn_cfg.output_channels) == [16, 32]
+    correlation = "policies.models.correlation:CorrelationModel"  # a CNNModel subclass: a CNN model config
+    assert cfg.actor.class_name == correlation and cfg.actor.correlation_cfg["max_shift_columns"] == 8
     assert type(cfg.actor).__name__ == "RslRlCNNModelCfg"
     assert (
         cfg.algorithm.entropy_coef == 0.005 and cfg.algorithm.use_clipped_value_loss

@@ -97,7 +97,7 @@ class ChunkedPpo(PpoLearner):
 
 
 def test_the_default_learner_is_ppo_with_each_tasks_settings():
-    for task, model in (("us_nav", "policies.models.comparing:ComparingCNNModel"), ("us_nav_state", "MLPModel")):
+    for task, model in (("us_nav", "policies.models.correlation:CorrelationModel"), ("us_nav_state", "MLPModel")):
         cfg = compose_config([f"task={task}", "agent.algorithm.learning_rate=3e-4"])
         assert (
             cfg.learner == "ppo" and cfg.agent.actor.class_name == model and cfg.agent.algorithm.learning_rate == 3e-4

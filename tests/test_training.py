@@ -188,4 +188,4 @@ def test_env_benchmark_prints_its_json_fields():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"env_steps_per_s", "peak_rss_mb", "device", "threads"} <= set(result)
-    assert result["env_steps_per_s"] > 0 and result["observation_shapes"]["image"] == [3, 32, 32]
+    assert result["env_steps_per_s"] > 0 and result["observation_shapes"]["image"] == [3, 32, 64]

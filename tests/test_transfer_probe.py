@@ -27,7 +27,7 @@ def test_the_network_is_the_learners_policy_network():
     ppo = compose_config(["task=us_nav"])
     distill = compose_config(["task=us_nav", "learner=distill"])
     assert network_settings(ppo.agent)[1] == network_settings(distill.agent)[1] == ["policy", "image"]
-    assert network_settings(ppo.agent)[0]["class_name"] == "policies.models.comparing:ComparingCNNModel"
+    assert network_settings(ppo.agent)[0]["class_name"] == "policies.models.correlation:CorrelationModel"
     assert network_settings(distill.agent)[0]["distribution_cfg"]["init_std"] == 0.2
 
 

@@ -47,7 +47,7 @@ def test_observation_groups_shapes_and_dtypes(patients):
     env = make_env(IMAGES, patients, 6, seed=0)
     obs = env.get_observations()
     assert set(obs.keys()) == {"policy", "image", "critic"}
-    assert obs["image"].shape == (6, 3, 32, 32) and obs["image"].dtype == torch.float32
+    assert obs["image"].shape == (6, 3, 32, 64) and obs["image"].dtype == torch.float32  # biplane: 2 planes
     assert 0.0 <= obs["image"].min() and obs["image"].max() <= 1.0
     assert obs["image"][:, :2].std() > 0.01  # the probe touches the back: a real image, not blank
     assert obs["policy"].shape == (6, 10) and obs["critic"].shape == (6, 30)
@@ -75,18 +75,18 @@ def test_actor_inputs_other_than_images_do_not_name_the_patient(patients):
 
 def test_goal_image_has_its_own_imaging_draw(patients):
     env = make_env(IMAGES, patients, 6, seed=6)  # us_nav randomises imaging by default
-    at_goal = env.renderer.render(env.goal_pose, env.patient_idx, env.render_params(None))
+    at_goal = env.image(env.renderer, env.goal_pose, env.patient_idx, env.render_params(None))
     own = (env.goal_image - at_goal).abs().mean(dim=(1, 2))
     assert (own > 0.02).all()  # not the current image's draw (gain, tissue and speckle differ)
     offsets = env.render_speckle_offset
     assert offsets.unique(dim=0).shape[0] == 6 and ((offsets >= 0) & (offsets < 64)).all()
     nominal = {**IMAGES, "observation": {**IMAGES["observation"], "randomize_imaging": False}}
     plain = make_env(nominal, patients, 6, seed=6)  # without randomisation: the same nominal imaging
-    expected = plain.renderer.render(plain.goal_pose, plain.patient_idx)
+    expected = plain.image(plain.renderer, plain.goal_pose, plain.patient_idx, None)
     assert torch.allclose(plain.goal_image, expected, atol=1e-5)
     plain.episode_length_buf[2] = plain.max_episode_length - 1
     plain.step(torch.zeros(6, 5))  # env 2 times out and starts a new episode: its new goal's image
-    expected = plain.renderer.render(plain.goal_pose, plain.patient_idx)
+    expected = plain.image(plain.renderer, plain.goal_pose, plain.patient_idx, None)
     assert torch.allclose(plain.goal_image, expected, atol=1e-5)
 
 

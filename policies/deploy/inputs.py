@@ -15,11 +15,13 @@ def batch_row(x) -> torch.Tensor:
     return torch.from_numpy(np.array(x, np.float32))[None]
 
 
-def policy_frame(state: RobotState, size: int) -> torch.Tensor:
-    """(1, 1, size, size) float32: the robot's ultrasound frame resized (area averaging) to an image
-    policy's side of `size` pixels; InputError when the state carries no frame."""
+def policy_frame(state: RobotState, size: int, planes: int = 1) -> torch.Tensor:
+    """(1, 1, size, planes * size) float32: the robot's ultrasound frame resized (area averaging)
+    to an image policy's side of `size` pixels per plane; a biplane probe's frame (planes = 2) holds
+    its two planes side by side, each as wide as it is deep. InputError when the state carries no
+    frame."""
     require(state.frame is not None, "robot state frame", "an ultrasound frame for this image policy", None)
     frame = np.asarray(state.frame, np.float32)
-    if frame.shape != (size, size):
-        frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    if frame.shape != (size, planes * size):
+        frame = cv2.resize(frame, (planes * size, size), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(np.ascontiguousarray(frame))[None, None]

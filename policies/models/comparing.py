@@ -13,16 +13,12 @@ rsl-rl's CNN config for the per-frame encoder.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import torch
-from rsl_rl.models import CNNModel
 from rsl_rl.modules import CNN
 from rsl_rl.utils import resolve_nn_activation
-from tensordict import TensorDict
 from torch import nn
 
+from policies.models.image_encoders import ImageEncoderModel
 from sim.errors import InputError
 
 
@@ -64,26 +60,10 @@ class FrameComparator(nn.Module):
         return self.fusion(combined)
 
 
-class ComparingCNNModel(CNNModel):
+class ComparingCNNModel(ImageEncoderModel):
     """rsl-rl's `CNNModel` with a `FrameComparator` (configured by cnn_cfg) for each 2-D group;
     the 1-D groups and the MLP head are CNNModel's. Arguments: those of `CNNModel`."""
 
-    def __init__(
-        self,
-        obs: TensorDict,
-        obs_groups: dict[str, list[str]],
-        obs_set: str,
-        output_dim: int,
-        *args,
-        cnn_cfg: dict | None = None,
-        cnns: nn.ModuleDict | dict[str, nn.Module] | None = None,
-        **kwargs,
-    ) -> None:
-        if cnns is None:
-            if cnn_cfg is None:
-                raise InputError("agent.actor.cnn_cfg: expected the per-frame encoder's CNN settings, got none")
-            groups = [g for g in obs_groups[obs_set] if obs[g].dim() == 4]
-            cnns = {g: FrameComparator(tuple(obs[g].shape[1:]), **cnn_cfg) for g in groups}
-        # CNNModel announces on stdout that it was handed encoders; here they are its own.
-        with contextlib.redirect_stdout(io.StringIO()):
-            super().__init__(obs, obs_groups, obs_set, output_dim, *args, cnns=cnns, **kwargs)
+    settings_key = "cnn_cfg"
+    settings_expected = "the per-frame encoder's CNN settings"
+    encoder = FrameComparator

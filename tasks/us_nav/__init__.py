@@ -25,10 +25,11 @@ COMMON = dict(
 )
 # Image policies that transfer to anatomy they have not seen (BENCHMARKS.md, "us_nav on unseen
 # anatomy"): every episode images with its own gain, dynamic range, frequency, tissue and speckle
-# draw, the goal image with another, so matching pixels does not find the goal; the probe starts
-# within 2 x 3 cm and 0.6 rad of the goal plane (the search after a first survey).
+# draw, the goal image with another, so matching pixels does not find the goal; biplane imaging
+# (the plane across the image plane beside it), so the elevation offset is seen as a shift; the
+# probe starts within 2 x 3 cm and 0.6 rad of the goal plane (the search after a first survey).
 TRANSFER = {
-    "observation": {"randomize_imaging": True},
+    "observation": {"randomize_imaging": True, "planes": 2},
     "start": {"around": "goal", "half_extent_m": (0.02, 0.03), "yaw_rad": (-0.6, 0.6)},
 }
 register(

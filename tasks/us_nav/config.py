@@ -103,6 +103,8 @@ class ObservationCfg:
     in pixels. randomize_imaging: per-episode gain, dynamic range, frequency and tissue draws.
     position_scale_m / angle_scale_rad: relative-pose units the observation divides by;
     workspace_scale_m: the unit of the probe position (anchor frame) in the proprioception.
+    planes: 1 (the image plane) or 2 (biplane, as a matrix-array probe images: the image plane
+    and the plane turned 90 degrees about the beam side by side, S x 2S; `sim.ultrasound.biplane`).
     """
 
     images: bool = True
@@ -112,6 +114,7 @@ class ObservationCfg:
     position_scale_m: float = 0.05
     angle_scale_rad: float = 1.0
     workspace_scale_m: float = 0.1
+    planes: int = 1
 
 
 @dataclass

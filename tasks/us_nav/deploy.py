@@ -123,11 +123,17 @@ def deployment_spec(env, settings: ExportSettings) -> dict:
             {
                 "name": "image",
                 "dtype": "float32",
-                "shape": ["batch", o.history + 1, o.image_size, o.image_size],
+                "shape": ["batch", o.history + 1, o.image_size, o.planes * o.image_size],
                 "channels": [*[f"ultrasound frame t-{k}" for k in range(o.history)], "goal image"],
                 "compute": "B-mode frames in [0, 1] (row 0 at the probe face, column 0 at probe -x) resized to "
-                f"{o.image_size} x {o.image_size} px (area averaging); newest first; "
-                "at episode start the first frame fills the history",
+                f"{o.image_size} x {o.planes * o.image_size} px (area averaging); newest first; "
+                "at episode start the first frame fills the history"
+                + (
+                    "; biplane: the image plane, then beside it the plane turned +90 deg about the beam "
+                    "(column 0 at probe -y), each plane square"
+                    if o.planes == 2
+                    else ""
+                ),
             }
         )
     task_config = asdict(cfg)
@@ -181,7 +187,7 @@ class Controller:
         InputError unless the session has the goal this policy needs (a pose, or an image of its size)."""
         cfg = self.cfg
         if cfg.observation.images:
-            size = (cfg.observation.image_size,) * 2
+            size = (cfg.observation.image_size, cfg.observation.planes * cfg.observation.image_size)
             got = None if session.goal_image is None else session.goal_image.shape
             require(got == size, "session goal_image", f"an image of shape {size} for this image policy", got)
         else:
@@ -210,9 +216,7 @@ class Controller:
         self.last_action = torch.zeros(1, len(ACTION_NAMES))
         self.pending: tuple | None = None
         if cfg.observation.images:
-            self.history = (
-                policy_frame(state, self.cfg.observation.image_size).expand(-1, cfg.observation.history, -1, -1).clone()
-            )
+            self.history = self.frame(state).expand(-1, cfg.observation.history, -1, -1).clone()
 
     def observe(self, state) -> None:
         """After a control step: keep the commanded state only if the arm kept up with the last
@@ -224,7 +228,12 @@ class Controller:
             )
             self.pending = None
         if self.cfg.observation.images:
-            self.history = torch.cat([policy_frame(state, self.cfg.observation.image_size), self.history[:, :-1]], 1)
+            self.history = torch.cat([self.frame(state), self.history[:, :-1]], 1)
+
+    def frame(self, state) -> torch.Tensor:
+        """(1, 1, S, planes * S): the robot's newest frame as the policy sees it."""
+        o = self.cfg.observation
+        return policy_frame(state, o.image_size, o.planes)
 
     def inputs(self, state) -> dict[str, np.ndarray]:
         """The policy's inputs {name: (1, ...) float32} for the robot's state now."""

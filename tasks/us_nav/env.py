@@ -25,6 +25,7 @@ from sim.envs.snapshot import EnvSnapshot
 from sim.envs.terms import weighted
 from sim.errors import InputError, require, require_choice, require_number
 from sim.transforms import check_poses
+from sim.ultrasound.biplane import PLANE_COUNTS, plane_params, plane_poses, side_by_side
 from sim.ultrasound.placement import skin_state_from_pose
 from sim.ultrasound.probe import ProbeSpec
 from sim.ultrasound.renderer import RendererConfig, RenderParams, step_and_reset_renderers
@@ -165,6 +166,8 @@ class UsNavEnv(BatchedEnv):
             require(math.isfinite(value) and value >= 0, f"task.actions.{key}", "a finite non-negative bound", value)
         require_number(cfg.reward.max_force_n, "task.reward.max_force_n", 0.0, low_open=True)
         require_choice(cfg.start.around, "task.start.around", START_CENTRES)
+        planes = cfg.observation.planes
+        require(planes in PLANE_COUNTS, "task.observation.planes", "1 (the image plane) or 2 (biplane)", planes)
 
     def _init_imaging(self, probe: str | Mapping | ProbeSpec) -> None:
         cfg, dev = self.cfg, self.device
@@ -172,11 +175,11 @@ class UsNavEnv(BatchedEnv):
         self.probe = ProbeSpec.policy_probe(probe, cfg.observation.image_size)
         render_cfg = build(RendererConfig, cfg.renderer, "task.renderer")
         self.renderer, self.reset_renderer = step_and_reset_renderers(self.bank, self.probe, render_cfg)
-        size = cfg.observation.image_size
-        self.history = torch.zeros(self.num_envs, cfg.observation.history, size, size, device=dev)
+        size, width = cfg.observation.image_size, cfg.observation.image_size * cfg.observation.planes
+        self.history = torch.zeros(self.num_envs, cfg.observation.history, size, width, device=dev)
         # The goal image is state, rendered at each reset: with randomised imaging it has its
         # own draw (gain, tissue, speckle), so the policy cannot find the goal by matching pixels.
-        self.goal_image = torch.zeros(self.num_envs, size, size, device=dev)
+        self.goal_image = torch.zeros(self.num_envs, size, width, device=dev)
         if cfg.observation.randomize_imaging:
             params = self.renderer.default_params(self.num_envs)
             params.speckle_offset = torch.zeros(self.num_envs, 3, device=dev)  # every reset draws its own
@@ -220,9 +223,7 @@ class UsNavEnv(BatchedEnv):
         self.poses = self.scene.tool_poses({ARM: self.q}, self.patient_idx)[PROBE]
         self.force = self.scene.contacts(self.patient_idx, {PROBE: self.poses})[PROBE].force_n
         if self.renderer is not None:
-            image = self.renderer.render(
-                self.poses, self.patient_idx, self.render_params(None), check=False
-            )  # own state: no per-step sync
+            image = self.image(self.renderer, self.poses, self.patient_idx, self.render_params(None))
             self.history = torch.cat([image[:, None], self.history[:, :-1]], 1)
 
     def _evaluate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
@@ -309,12 +310,20 @@ class UsNavEnv(BatchedEnv):
             params = self.renderer.sample_params(2 * m, self.generator)
             for k in RENDER_PARAM_NAMES:
                 getattr(self, f"render_{k}")[ids] = getattr(params, k)[:m]
-        # Own state, valid by construction: no input checks, no host synchronisation.
-        images = self.reset_renderer.render(
-            torch.cat([poses, goal_poses]), torch.cat([patient, patient]), params, check=False
-        )
+        images = self.image(self.reset_renderer, torch.cat([poses, goal_poses]), torch.cat([patient, patient]), params)
         self.history[ids] = images[:m, None].expand(-1, cfg.observation.history, -1, -1)
         self.goal_image[ids] = images[m:]
+
+    def image(self, renderer, poses: torch.Tensor, patient: torch.Tensor, params: RenderParams | None) -> torch.Tensor:
+        """(M, S, planes * S) policy images at probe poses (M, 7) of patients (M,) with params
+        (M rows or None): the image plane, and with task.observation.planes = 2 the plane turned
+        90 degrees about the beam beside it (`sim.ultrasound.biplane`)."""
+        planes = self.cfg.observation.planes
+        # Own state, valid by construction: no input checks, no host synchronisation.
+        images = renderer.render(
+            plane_poses(poses, planes), patient.repeat(planes), plane_params(params, planes), check=False
+        )
+        return side_by_side(images, planes)
 
     def get_observations(self) -> TensorDict:
         cfg = self.cfg

@@ -64,6 +64,6 @@ def observation_spaces(cfg: UsNavCfg, dof: int) -> dict[str, Space]:
     spaces = {"policy": Space.vector(*proprio) if o.images else Space.vector(*_relative_goal(cfg), *proprio)}
     if o.images:
         frames = (Segment("history", o.history, 0.0, 1.0), Segment("goal_image", 1, 0.0, 1.0))
-        spaces["image"] = Space((o.history + 1, o.image_size, o.image_size), frames)
+        spaces["image"] = Space((o.history + 1, o.image_size, o.planes * o.image_size), frames)
     spaces["critic"] = Space.vector(*_relative_goal(cfg), *_pose_state(cfg, dof), *proprio, *_progress())
     return spaces
