@@ -16,6 +16,9 @@ from sim.errors import InputError
 from sim.ultrasound.probe import ProbeSpec
 from tests.tasks_helpers import SMALL_RUN
 
+# The diffusion policy reads one square plane per frame: us_nav without its biplane default.
+ONE_PLANE = ["task=us_nav", "task.observation.planes=1"]
+
 GOAL = "observation.images.goal"
 
 
@@ -81,7 +84,7 @@ def test_keep_all_puts_failed_episodes_in_their_own_split(tmp_path):
 
 
 def test_image_episodes_hold_the_newest_frame_and_the_goal_image(tmp_path):
-    dataset, _, _ = record(tmp_path, "nav", "task=us_nav", "episodes=3", "task.renderer.compile=false")
+    dataset, _, _ = record(tmp_path, "nav", *ONE_PLANE, "episodes=3", "task.renderer.compile=false")
     assert {ULTRASOUND, GOAL} <= set(dataset.features) and dataset.features[ULTRASOUND]["shape"] == [64, 64, 1]
     for start, end in zip(dataset.episodes["dataset_from_index"], dataset.episodes["dataset_to_index"]):
         goal, frames = dataset.frames[GOAL][start:end], dataset.frames[ULTRASOUND][start:end]
@@ -101,7 +104,7 @@ def test_training_refuses_a_missing_empty_or_foreign_dataset(state_demos, tmp_pa
     with pytest.raises(InputError, match=r"recorded for task 'us_nav_state'.*this run is task 'us_surgery_state'"):
         train(compose_config(["task=us_surgery_state", *base, f"dataset={folder}"]))
     with pytest.raises(InputError, match=r"recorded for task 'us_nav_state' \(task, layout differ"):
-        train(compose_config(["task=us_nav", *base, f"dataset={folder}"]))
+        train(compose_config([*ONE_PLANE, *base, f"dataset={folder}"]))
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("model_*.pt"))
 
 

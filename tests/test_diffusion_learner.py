@@ -27,6 +27,9 @@ from scripts.train import train
 from sim.errors import InputError
 from tests.tasks_helpers import SMALL_RUN
 
+# The diffusion policy reads one square plane per frame: us_nav without its biplane default.
+ONE_PLANE = ["task=us_nav", "task.observation.planes=1"]
+
 SMALL_NET = ["agent.down_dims=[16,32]", "agent.feature_dim=16", "agent.n_groups=4", "agent.batch_size=64"]
 EPOCHS = ["agent.max_iterations=2", "agent.save_interval=1", "agent.warmup_steps=2"]
 # the run's episodes (play, export samples, the runtime): 20 steps, rendered without torch.compile
@@ -37,7 +40,7 @@ SHORT = ["task.episode_steps=20", "task.renderer.compile=false"]
 def demos(tmp_path_factory):
     """8 expert episodes of us_nav (images), recorded by scripts/record.py."""
     folder = tmp_path_factory.mktemp("demos") / "nav"
-    cfg = compose_config([*SMALL_RUN, "task=us_nav", "num_envs=8", "episodes=8", f"dataset={folder}", *SHORT[1:]])
+    cfg = compose_config([*SMALL_RUN, *ONE_PLANE, "num_envs=8", "episodes=8", f"dataset={folder}", *SHORT[1:]])
     return record_demos(cfg)[0]
 
 
@@ -46,7 +49,7 @@ def run_dir(demos, tmp_path_factory):
     """A 2-epoch learner=diffusion run on `demos`, a checkpoint per epoch."""
     root = tmp_path_factory.mktemp("logs")
     cfg = compose_config(
-        [*SMALL_RUN, "task=us_nav", "learner=diffusion", f"dataset={demos}", f"log_root={root}", "num_envs=2"]
+        [*SMALL_RUN, *ONE_PLANE, "learner=diffusion", f"dataset={demos}", f"log_root={root}", "num_envs=2"]
         + SHORT
         + SMALL_NET
         + EPOCHS

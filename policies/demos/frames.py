@@ -93,7 +93,7 @@ def frame_layout(env: BatchedEnv, state_group: str, image_group: str | None) -> 
     require(
         len(space.shape) == 3 and space.shape[1] == space.shape[2],
         "agent.obs_groups.images",
-        "an image group (C, S, S)",
+        "an image group (C, S, S): one square plane per frame (with biplane imaging, task.observation.planes=1)",
         f"{image_group} {space.shape}",
     )
     images, offset = [], 0
