@@ -58,7 +58,7 @@ def physics_probe_poses(env) -> tuple[torch.Tensor, torch.Tensor]:
 def test_reset_and_step_give_the_torch_backend_observations(env):
     obs = env.reset()
     assert set(obs.keys()) == {"policy", "image", "critic"}
-    assert obs["image"].shape == (2, 3, 32, 32) and obs["policy"].shape == (2, 10)
+    assert obs["image"].shape == (2, 3, 32, 64) and obs["policy"].shape == (2, 10)
     assert env.patient_idx.tolist() == [0, 1]  # each environment holds its own patient's body
     for _ in range(3):
         obs, reward, terminated, truncated, _ = env.step(torch.zeros(2, 5))
@@ -78,7 +78,7 @@ def test_physics_arm_reaches_the_poses_the_renderer_uses(env):
     # renderer and bank.
     patients = load_patients(small_patient_set(), "train")
     torch_env = make_env(TASK, patients, num_envs=2, seed=0, backend="torch")
-    images = torch_env.reset_renderer.render(env.poses, env.patient_idx, env.render_params())
+    images = torch_env.image(torch_env.reset_renderer, env.poses, env.patient_idx, env.render_params())
     assert torch.allclose(images, env.history[:, 0], atol=1e-5)
 
 
