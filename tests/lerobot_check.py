@@ -145,7 +145,15 @@ def check_recorded(folder: Path) -> dict:
 
     small = ["patient.common.spacing_mm=2.0", "patient.train=[{seed: 0},{seed: 1}]", "patient.test=[{seed: 100}]"]
     cfg = compose_config(
-        ["task=us_nav", "num_envs=4", "episodes=3", f"dataset={folder}", "task.renderer.compile=false", *small]
+        [
+            "task=us_nav",
+            "task.observation.planes=1",
+            "num_envs=4",
+            "episodes=3",
+            f"dataset={folder}",
+            "task.renderer.compile=false",
+            *small,
+        ]
     )
     record_demos(cfg)
     ours = demos.read_dataset(folder)
