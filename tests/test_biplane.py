@@ -91,6 +91,21 @@ def test_the_shift_correlation_peaks_at_the_shift():
         ShiftCorrelation((30, 64), pool=4, max_shift_rows=1, max_shift_columns=1)
 
 
+def test_match_peaks_read_the_shift_between_cells():
+    from policies.models.correlation import MatchPeaks
+
+    peaks = MatchPeaks(planes=2, max_shift_rows=1, max_shift_columns=2, sharpness=50.0)
+    volume = torch.zeros(1, 2, 3, 5)
+    volume[0, 0, 2, 0] = 0.8  # plane 1: one row down, two columns left
+    volume[0, 1, 1, 3] = volume[0, 1, 1, 4] = 0.6  # plane 2: a ridge between one and two columns right
+    shift_rows, shift_columns, height = peaks(volume.flatten(1)).reshape(2, 3).T
+    assert shift_rows.tolist() == pytest.approx([1.0, 0.0], abs=1e-3)
+    assert shift_columns.tolist() == pytest.approx([-2.0, 1.5], abs=1e-3)
+    assert height.tolist() == pytest.approx([0.8, 0.6])
+    with pytest.raises(InputError, match="match peak sharpness"):
+        MatchPeaks(planes=1, max_shift_rows=1, max_shift_columns=1, sharpness=0.0)
+
+
 def test_the_correlation_actor_reads_matches_not_pixels():
     from tensordict import TensorDict
 
@@ -107,6 +122,9 @@ def test_the_correlation_actor_reads_matches_not_pixels():
     dimmer[:, -1] = images[:, -1] * 0.6 + 0.1  # the goal acquired with another gain
     assert torch.allclose(volumes(dimmer), volumes(images), atol=1e-4)
     assert not torch.allclose(volumes(images[:, [1, 0, 2]]), volumes(images))  # each frame its own volume
+    with_peaks = FrameCorrelations((3, 32, 64), peak_sharpness=20.0, **cfg)
+    assert with_peaks.output_dim == 2 * (2 * 5 * 9 + 2 * 3) and not list(with_peaks.parameters())
+    assert torch.equal(with_peaks(images)[:, :90], volumes(images)[:, :90])  # the newest volume, then its peaks
     with pytest.raises(InputError, match="correlation_cfg"):
         CorrelationModel(obs, {"actor": ["policy", "image"]}, "actor", 5)
     with pytest.raises(InputError, match="correlation model input frames"):
@@ -121,7 +139,7 @@ def test_the_correlation_actor_exports_to_onnx_and_torchscript(tmp_path):
     from policies.export import write_graphs
     from policies.models.correlation import CorrelationModel
 
-    cfg = {"pool": 2, "max_shift_rows": 2, "max_shift_columns": 4}
+    cfg = {"pool": 2, "max_shift_rows": 2, "max_shift_columns": 4, "peak_sharpness": 20.0}
     obs = TensorDict({"policy": torch.rand(3, 10), "image": torch.rand(3, 3, 32, 64)}, batch_size=[3])
     actor = CorrelationModel(obs, {"actor": ["policy", "image"]}, "actor", 5, hidden_dims=[32], correlation_cfg=cfg)
     actor.eval()

@@ -45,7 +45,7 @@ def test_fitting_raises_the_r2_on_the_fitted_steps():
     result = transfer_probe(compose_config(SMALL), steps=6, updates=60, batch=24, lr=3e-3, noise=0.3, every=20)
     assert result["samples"] == {"train": 24, "test": 24} and [p["update"] for p in result["curve"]] == [20, 40, 60]
     first, last = result["curve"][0]["r2_train"], result["r2_train"]
-    assert sum(last) / 5 > sum(first) / 5 + 0.2 and sum(last) / 5 > 0.5  # 24 samples: the network memorises them
+    assert sum(last) / 5 > max(sum(first) / 5, 0.9)  # 24 samples: the network memorises them
     assert all(best >= test for best, test in zip(result["r2_test_best"], result["r2_test"]))
 
 

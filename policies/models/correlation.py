@@ -63,38 +63,78 @@ class ShiftCorrelation(nn.Module):
         return match.reshape(newest.shape[0], self.output_dim) / (self.cells * self.cells)
 
 
+class MatchPeaks(nn.Module):
+    """(B, planes * R * C) cost volumes of `ShiftCorrelation` (R = 2 dy + 1 rows, C = 2 dx + 1
+    columns of shifts per plane) -> (B, planes * 3): per plane the shift where the match peaks,
+    in cells (rows, columns; the newest image's shift against the goal), and the peak's height.
+
+    The peak is a soft argmax (the shifts weighted by softmax(sharpness * match), as DSNT and
+    soft-argmax keypoint heads read heatmaps): differentiable, between cells where two cells
+    match alike, and independent of where in the volume the peak sits - what an MLP over the raw
+    volume has to learn cell by cell from reward. No weights.
+    """
+
+    def __init__(self, planes: int, max_shift_rows: int, max_shift_columns: int, sharpness: float) -> None:
+        super().__init__()
+        if not sharpness > 0:
+            raise InputError(f"match peak sharpness: expected a number > 0 (per unit of match), got {sharpness}")
+        self.planes, self.sharpness = planes, float(sharpness)
+        rows = torch.arange(-max_shift_rows, max_shift_rows + 1, dtype=torch.float32)
+        columns = torch.arange(-max_shift_columns, max_shift_columns + 1, dtype=torch.float32)
+        grid = torch.stack(torch.meshgrid(rows, columns, indexing="ij"), -1).reshape(-1, 2)
+        self.register_buffer("shifts", grid, persistent=False)  # (R * C, 2) row, column shift in cells
+        self.output_dim = 3 * planes
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        match = volume.reshape(volume.shape[0], self.planes, -1)
+        weights = torch.softmax(self.sharpness * match, -1)
+        shift = weights @ self.shifts  # (B, planes, 2)
+        height = match.amax(-1, keepdim=True)
+        return torch.cat([shift, height], -1).reshape(volume.shape[0], self.output_dim)
+
+
 class FrameCorrelations(nn.Module):
     """(B, F, H, planes * H) image stacks (frames newest first, the goal image last) -> the cost
-    volume of every frame against the goal, (B, (F - 1) * ShiftCorrelation.output_dim).
+    volume of every frame against the goal, (B, (F - 1) * (ShiftCorrelation.output_dim [+
+    MatchPeaks.output_dim])).
 
     The older frames' volumes beside the newest one show how the match moved with the last
-    action (the proprioception holds the action): which way is toward the goal. No weights: what
-    the policy learns is the MLP head that turns peaks into motion, the same for every body.
+    action (the proprioception holds the action): which way is toward the goal. With
+    peak_sharpness set, each volume is followed by its `MatchPeaks` (where the match peaks and how
+    high). No weights: what the policy learns is the MLP head that turns peaks into motion, the
+    same for every body.
     """
 
     output_channels = None  # flattened output, as rsl-rl's CNNModel requires
 
-    def __init__(self, input_shape: tuple[int, int, int], **correlation_cfg) -> None:
+    def __init__(
+        self, input_shape: tuple[int, int, int], peak_sharpness: float | None = None, **correlation_cfg
+    ) -> None:
         super().__init__()
         frames, height, width = input_shape
         if frames < 2:
             raise InputError(f"correlation model input frames: expected at least 2 (images and a goal), got {frames}")
-        self.correlation = ShiftCorrelation((height, width), **correlation_cfg)
+        self.correlation = c = ShiftCorrelation((height, width), **correlation_cfg)
+        self.peaks = None if peak_sharpness is None else MatchPeaks(c.planes, c.dy, c.dx, peak_sharpness)
         self.frames = frames - 1
-        self.output_dim = self.frames * self.correlation.output_dim
+        self.output_dim = self.frames * (c.output_dim + (0 if self.peaks is None else self.peaks.output_dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         goal = images[:, -1]
-        return torch.cat([self.correlation(images[:, k], goal) for k in range(self.frames)], 1)
+        volumes = [self.correlation(images[:, k], goal) for k in range(self.frames)]
+        if self.peaks is not None:
+            volumes = [part for v in volumes for part in (v, self.peaks(v))]
+        return torch.cat(volumes, 1)
 
 
 class CorrelationModel(ImageEncoderModel):
     """rsl-rl's `CNNModel` whose 2-D groups are read by `FrameCorrelations` (configured by
-    correlation_cfg: pool, max_shift_rows, max_shift_columns of `ShiftCorrelation`) instead of a
+    correlation_cfg: pool, max_shift_rows, max_shift_columns of `ShiftCorrelation`, optionally
+    peak_sharpness of `MatchPeaks`) instead of a
     CNN; the 1-D groups and the MLP head are CNNModel's. Chosen in an agent config by
     `class_name: policies.models.correlation:CorrelationModel`; other arguments: those of
     `CNNModel` (its cnn_cfg is not used)."""
 
     settings_key = "correlation_cfg"
-    settings_expected = "pool, max_shift_rows and max_shift_columns"
+    settings_expected = "pool, max_shift_rows, max_shift_columns (and optionally peak_sharpness)"
     encoder = FrameCorrelations
