@@ -102,8 +102,9 @@ def test_match_peaks_read_the_shift_between_cells():
     assert shift_rows.tolist() == pytest.approx([1.0, 0.0], abs=1e-3)
     assert shift_columns.tolist() == pytest.approx([-2.0, 1.5], abs=1e-3)
     assert height.tolist() == pytest.approx([0.8, 0.6])
-    with pytest.raises(InputError, match="match peak sharpness"):
-        MatchPeaks(planes=1, max_shift_rows=1, max_shift_columns=1, sharpness=0.0)
+    for bad in (0.0, float("inf"), float("nan"), "20"):
+        with pytest.raises(InputError, match="match peak sharpness"):
+            MatchPeaks(planes=1, max_shift_rows=1, max_shift_columns=1, sharpness=bad)
 
 
 def test_the_correlation_actor_reads_matches_not_pixels():

@@ -13,6 +13,8 @@ goal's gain and dynamic range draw does not change the match.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,8 +78,8 @@ class MatchPeaks(nn.Module):
 
     def __init__(self, planes: int, max_shift_rows: int, max_shift_columns: int, sharpness: float) -> None:
         super().__init__()
-        if not sharpness > 0:
-            raise InputError(f"match peak sharpness: expected a number > 0 (per unit of match), got {sharpness}")
+        if not (isinstance(sharpness, (int, float)) and math.isfinite(sharpness) and sharpness > 0):
+            raise InputError(f"match peak sharpness: expected a finite number > 0 (per unit of match), got {sharpness}")
         self.planes, self.sharpness = planes, float(sharpness)
         rows = torch.arange(-max_shift_rows, max_shift_rows + 1, dtype=torch.float32)
         columns = torch.arange(-max_shift_columns, max_shift_columns + 1, dtype=torch.float32)
@@ -130,10 +132,9 @@ class FrameCorrelations(nn.Module):
 class CorrelationModel(ImageEncoderModel):
     """rsl-rl's `CNNModel` whose 2-D groups are read by `FrameCorrelations` (configured by
     correlation_cfg: pool, max_shift_rows, max_shift_columns of `ShiftCorrelation`, optionally
-    peak_sharpness of `MatchPeaks`) instead of a
-    CNN; the 1-D groups and the MLP head are CNNModel's. Chosen in an agent config by
-    `class_name: policies.models.correlation:CorrelationModel`; other arguments: those of
-    `CNNModel` (its cnn_cfg is not used)."""
+    peak_sharpness of `MatchPeaks`) instead of a CNN; the 1-D groups and the MLP head are
+    CNNModel's. Chosen in an agent config by `class_name: policies.models.correlation:CorrelationModel`;
+    other arguments: those of `CNNModel` (its cnn_cfg is not used)."""
 
     settings_key = "correlation_cfg"
     settings_expected = "pool, max_shift_rows, max_shift_columns (and optionally peak_sharpness)"
