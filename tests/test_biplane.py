@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from policies.deploy.inputs import policy_frame
 from policies.deploy.robot import RobotState
@@ -107,6 +110,52 @@ def test_match_peaks_read_the_shift_between_cells():
             MatchPeaks(planes=1, max_shift_rows=1, max_shift_columns=1, sharpness=bad)
 
 
+def rocked(image: torch.Tensor, angle_rad: float) -> torch.Tensor:
+    """(B, H, W) images as a probe rocked by angle_rad in its image plane sees them: turned about
+    the middle of the top row (the probe face), so what lies at depth d moves across by d tan(angle)."""
+    b, h, w = image.shape
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
+    x, d = cols - (w - 1) / 2, rows
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    src_x, src_d = c * x + s * d, -s * x + c * d  # where each pixel of the rocked image comes from
+    grid = torch.stack([src_x / ((w - 1) / 2), src_d / ((h - 1) / 2) - 1], -1)[None].expand(b, -1, -1, -1)
+    return F.grid_sample(image[:, None], grid, align_corners=True, padding_mode="border")[:, 0]
+
+
+def test_depth_bands_read_the_rock_of_the_probe():
+    """A probe rocked in its plane: the deep band's match peaks further across than the shallow
+    band's (what lies at depth d moves by d tan(angle)), the other way when rocked back, more for
+    a larger rock; the volume over the whole plane is the mean of the bands'."""
+    from policies.models.correlation import FrameCorrelations, MatchPeaks
+
+    smooth = F.interpolate(torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)), size=64, mode="bicubic")[
+        :, 0
+    ]
+    banded = ShiftCorrelation((64, 64), pool=4, max_shift_rows=2, max_shift_columns=4, bands=2)
+    whole = ShiftCorrelation((64, 64), pool=4, max_shift_rows=2, max_shift_columns=4)
+    peaks = MatchPeaks(planes=2, max_shift_rows=2, max_shift_columns=4, sharpness=20.0)
+
+    def spread(angle_deg: float) -> torch.Tensor:
+        """Deep band's column shift minus the shallow band's (cells), per image."""
+        newest = rocked(smooth, math.radians(angle_deg))
+        volumes = banded.band_volumes(newest, smooth)  # (2 images, 1 plane, 2 bands, 5, 9)
+        assert torch.allclose(volumes.mean(2).flatten(1), whole(newest, smooth), atol=1e-5)
+        shallow, deep = peaks(volumes.flatten(1)).reshape(2, 2, 3)[:, :, 1].T
+        return deep - shallow
+
+    # 8 deg: a point 50 px deep moves 7 px (1.75 cells) across, one 14 px deep 0.5 cells.
+    assert spread(0.0).abs().max() < 0.1
+    assert (spread(8.0) < -1.0).all() and (spread(-8.0) > 1.0).all()  # rocked back: the other way
+    assert (spread(4.0).abs() < spread(8.0).abs()).all() and (spread(4.0) < -0.3).all()
+    frames = FrameCorrelations((3, 64, 64), peak_sharpness=20.0, pool=4, max_shift_rows=2, max_shift_columns=4, bands=2)
+    assert frames.output_dim == 2 * (5 * 9 + 2 * 3)  # per frame: the plane's volume, then each band's peak
+    for bad in (0, 3, "2"):  # 16 rows of cells: 3 bands do not divide them
+        with pytest.raises(InputError, match="shift correlation bands"):
+            ShiftCorrelation((64, 64), pool=4, max_shift_rows=1, max_shift_columns=1, bands=bad)
+
+
 def test_the_correlation_actor_reads_matches_not_pixels():
     from tensordict import TensorDict
 
@@ -140,7 +189,7 @@ def test_the_correlation_actor_exports_to_onnx_and_torchscript(tmp_path):
     from policies.export import write_graphs
     from policies.models.correlation import CorrelationModel
 
-    cfg = {"pool": 2, "max_shift_rows": 2, "max_shift_columns": 4, "peak_sharpness": 20.0}
+    cfg = {"pool": 2, "max_shift_rows": 2, "max_shift_columns": 4, "bands": 2, "peak_sharpness": 20.0}
     obs = TensorDict({"policy": torch.rand(3, 10), "image": torch.rand(3, 3, 32, 64)}, batch_size=[3])
     actor = CorrelationModel(obs, {"actor": ["policy", "image"]}, "actor", 5, hidden_dims=[32], correlation_cfg=cfg)
     actor.eval()

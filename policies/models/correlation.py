@@ -30,9 +30,17 @@ class ShiftCorrelation(nn.Module):
     pooled to (H / pool) x (H / pool) cells; entry (dy, dx) of a plane is the mean product of the
     normalised goal cells and the newest image's cells shifted by dy rows and dx columns (zero
     outside the image), for |dy| <= max_shift_rows and |dx| <= max_shift_columns cells.
+
+    bands: `band_volumes` splits the goal's rows into this many depth bands of equal height and
+    matches each band alone; the plane's volume is their mean. A probe rocked in the image plane
+    by theta sees the anatomy at depth d moved across by d tan(theta): the deep band's match
+    peaks at another column shift than the shallow band's, where one volume over the whole
+    plane shows a single, blurred peak (5 deg over 40 mm of depth: 3.5 mm, a cell of 4 px).
     """
 
-    def __init__(self, image_shape: tuple[int, int], pool: int, max_shift_rows: int, max_shift_columns: int) -> None:
+    def __init__(
+        self, image_shape: tuple[int, int], pool: int, max_shift_rows: int, max_shift_columns: int, bands: int = 1
+    ) -> None:
         super().__init__()
         height, width = image_shape
         if height % pool or width % height:
@@ -42,8 +50,19 @@ class ShiftCorrelation(nn.Module):
             )
         self.planes, self.pool = width // height, pool
         self.cells = height // pool
+        if not (isinstance(bands, int) and bands >= 1 and self.cells % bands == 0):
+            raise InputError(
+                f"shift correlation bands: expected a whole number >= 1 dividing the {self.cells} rows of cells "
+                f"(image side {height} / pool {pool}), got {bands!r}"
+            )
+        self.bands = bands
         self.dy, self.dx = max_shift_rows, max_shift_columns
         self.output_dim = self.planes * (2 * self.dy + 1) * (2 * self.dx + 1)
+        rows = torch.arange(self.cells) // (self.cells // bands)
+        band_rows = (
+            rows[None, :] == torch.arange(bands)[:, None]
+        ).float()  # (bands, cells): which rows each band holds
+        self.register_buffer("band_rows", band_rows[:, :, None], persistent=False)
 
     def cells_of(self, images: torch.Tensor) -> torch.Tensor:
         """(B * planes, cells, cells) pooled, normalised planes of images (B, H, planes * H)."""
@@ -54,21 +73,30 @@ class ShiftCorrelation(nn.Module):
         std = pooled.std((-2, -1), keepdim=True).clamp_min(1e-3)  # a blank image stays zero, not NaN
         return (pooled - mean) / std
 
-    def forward(self, newest: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    def band_volumes(self, newest: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """(B, planes, bands, 2 dy + 1, 2 dx + 1): each depth band of the goal's cells matched
+        alone (mean product over the band's cells) against the newest image at every shift."""
         cur, ref = self.cells_of(newest), self.cells_of(goal)
         padded = F.pad(cur, (self.dx, self.dx, self.dy, self.dy))  # zero outside the image
         size = padded.shape[-2:]
         # Every shift at once as a cross-correlation by FFT: the goal, zero-padded to the padded
         # size, never wraps onto the shifts kept (7 times faster than shifted windows on the CPU).
-        spectrum = torch.fft.rfft2(padded, s=size) * torch.fft.rfft2(ref, s=size).conj()
-        match = torch.fft.irfft2(spectrum, s=size)[:, : 2 * self.dy + 1, : 2 * self.dx + 1]
-        return match.reshape(newest.shape[0], self.output_dim) / (self.cells * self.cells)
+        spectrum = (
+            torch.fft.rfft2(padded[:, None], s=size) * torch.fft.rfft2(ref[:, None] * self.band_rows, s=size).conj()
+        )
+        match = torch.fft.irfft2(spectrum, s=size)[..., : 2 * self.dy + 1, : 2 * self.dx + 1]
+        match = match / (self.cells * self.cells // self.bands)
+        return match.reshape(newest.shape[0], self.planes, self.bands, *match.shape[-2:])
+
+    def forward(self, newest: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return self.band_volumes(newest, goal).mean(2).reshape(newest.shape[0], self.output_dim)
 
 
 class MatchPeaks(nn.Module):
-    """(B, planes * R * C) cost volumes of `ShiftCorrelation` (R = 2 dy + 1 rows, C = 2 dx + 1
-    columns of shifts per plane) -> (B, planes * 3): per plane the shift where the match peaks,
-    in cells (rows, columns; the newest image's shift against the goal), and the peak's height.
+    """(B, planes * R * C) cost volumes (R = 2 dy + 1 rows, C = 2 dx + 1 columns of shifts per
+    volume; `planes` volumes: one per plane, or per plane and depth band of
+    `ShiftCorrelation.band_volumes`) -> (B, planes * 3): per volume the shift where the match
+    peaks, in cells (rows, columns; the newest image's shift against the goal), and its height.
 
     The peak is a soft argmax (the shifts weighted by softmax(sharpness * match), as DSNT and
     soft-argmax keypoint heads read heatmaps): differentiable, between cells where two cells
@@ -103,8 +131,9 @@ class FrameCorrelations(nn.Module):
     The older frames' volumes beside the newest one show how the match moved with the last
     action (the proprioception holds the action): which way is toward the goal. With
     peak_sharpness set, each volume is followed by its `MatchPeaks` (where the match peaks and how
-    high). No weights: what the policy learns is the MLP head that turns peaks into motion, the
-    same for every body.
+    high), per plane and depth band (correlation_cfg bands: the bands' peaks tell how the probe
+    is rocked in each plane; the volume is the whole plane's). No weights: what the policy learns
+    is the MLP head that turns peaks into motion, the same for every body.
     """
 
     output_channels = None  # flattened output, as rsl-rl's CNNModel requires
@@ -117,25 +146,28 @@ class FrameCorrelations(nn.Module):
         if frames < 2:
             raise InputError(f"correlation model input frames: expected at least 2 (images and a goal), got {frames}")
         self.correlation = c = ShiftCorrelation((height, width), **correlation_cfg)
-        self.peaks = None if peak_sharpness is None else MatchPeaks(c.planes, c.dy, c.dx, peak_sharpness)
+        self.peaks = None if peak_sharpness is None else MatchPeaks(c.planes * c.bands, c.dy, c.dx, peak_sharpness)
         self.frames = frames - 1
         self.output_dim = self.frames * (c.output_dim + (0 if self.peaks is None else self.peaks.output_dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        goal = images[:, -1]
-        volumes = [self.correlation(images[:, k], goal) for k in range(self.frames)]
-        if self.peaks is not None:
-            volumes = [part for v in volumes for part in (v, self.peaks(v))]
-        return torch.cat(volumes, 1)
+        goal, b = images[:, -1], images.shape[0]
+        parts = []
+        for k in range(self.frames):
+            bands = self.correlation.band_volumes(images[:, k], goal)  # (B, planes, bands, R, C)
+            parts.append(bands.mean(2).reshape(b, -1))  # the whole plane's volume
+            if self.peaks is not None:
+                parts.append(self.peaks(bands.reshape(b, -1)))
+        return torch.cat(parts, 1)
 
 
 class CorrelationModel(ImageEncoderModel):
     """rsl-rl's `CNNModel` whose 2-D groups are read by `FrameCorrelations` (configured by
-    correlation_cfg: pool, max_shift_rows, max_shift_columns of `ShiftCorrelation`, optionally
-    peak_sharpness of `MatchPeaks`) instead of a CNN; the 1-D groups and the MLP head are
+    correlation_cfg: pool, max_shift_rows, max_shift_columns and optionally bands of
+    `ShiftCorrelation`, optionally peak_sharpness of `MatchPeaks`) instead of a CNN; the 1-D groups and the MLP head are
     CNNModel's. Chosen in an agent config by `class_name: policies.models.correlation:CorrelationModel`;
     other arguments: those of `CNNModel` (its cnn_cfg is not used)."""
 
     settings_key = "correlation_cfg"
-    settings_expected = "pool, max_shift_rows, max_shift_columns (and optionally peak_sharpness)"
+    settings_expected = "pool, max_shift_rows, max_shift_columns (and optionally bands, peak_sharpness)"
     encoder = FrameCorrelations
