@@ -95,7 +95,9 @@ def test_episode_logs_sum_terms_and_costs_to_the_episode_return(patients):
     log = extras["log"]
     terms = [f"Reward/{t.name}" for t in env.reward_terms]
     metrics = [
-        f"Episode/{k}" for k in ("success", "position_error_mm", "angle_error_deg", "steps", "force_n", "peak_force_n")
+        f"Episode/{k}"
+        for k in ("success", "position_error_mm", "angle_error_deg", "steps", "force_n", "peak_force_n")
+        + ("start_position_error_mm", "start_head_foot_mm")
     ]
     assert set(log) == {*metrics, *terms, "Cost/contact_force"}
     assert all(log[k].shape == (n,) for k in terms)

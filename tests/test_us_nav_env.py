@@ -100,8 +100,39 @@ def test_episodes_start_near_the_goal_plane(patients):
     at_range_end = torch.isclose(env.yaw, torch.tensor(low)) | torch.isclose(env.yaw, torch.tensor(high))
     assert ((turn.abs() <= 0.6 + 1e-5) | at_range_end).all() and (turn.abs() > 0.1).any()
     assert env.pos_err.max() < 0.05  # within the box, on the goal's own skin patch
+    # Each episode keeps where it started (its evaluation groups episodes by the head-foot offset)
+    # and logs it when it ends.
+    start = torch.stack([env.pos_err, (env.xz - goal_xz)[:, 1].abs()], -1)
+    assert torch.equal(env.start_error, start)
+    env.episode_length_buf[0] = env.max_episode_length - 1
+    log = env.step(torch.ones(64, 5))[-1]["log"]  # env 0 times out, the others move on
+    assert log["Episode/start_position_error_mm"].tolist() == pytest.approx([1000 * start[0, 0].item()])
+    assert log["Episode/start_head_foot_mm"].tolist() == pytest.approx([1000 * start[0, 1].item()])
+    assert torch.equal(env.start_error[1:], start[1:]) and not torch.equal(env.pos_err[1:], start[1:, 0])
     with pytest.raises(InputError, match="task.start.around"):
         make_env({**STATE, "start": {"around": "navel"}}, patients, 2)
+
+
+def test_the_summary_groups_success_by_how_far_head_foot_episodes_started():
+    from tasks.us_nav.contract import summary
+
+    head_foot = torch.tensor([2.0, 9.9, 10.0, 15.0, 19.0, 35.0])  # mm: bins 0-10, 0-10, 10-20 (3), 30+
+    success = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    episodes = {
+        "success": success,
+        "position_error_mm": torch.full((6,), 3.0),
+        "angle_error_deg": torch.full((6,), 2.0),
+        "steps": torch.full((6,), 10.0),
+        "peak_force_n": torch.full((6,), 5.0),
+        "Cost/contact_force": torch.zeros(6),
+        "start_position_error_mm": torch.tensor([4.0, 10.0, 12.0, 16.0, 20.0, 36.0]),
+        "start_head_foot_mm": head_foot,
+    }
+    metrics = summary(episodes, 0.1)
+    assert metrics["success_rate_by_start_head_foot_mm"] == pytest.approx(
+        {"0-10": 0.5, "10-20": 2 / 3, "20-30": None, "30+": 0.0}
+    )
+    assert metrics["start_pos_err_mm_mean"] == pytest.approx(98 / 6)
 
 
 def test_wrap_into_moves_angles_by_whole_turns_and_else_to_the_nearer_end():

@@ -20,7 +20,12 @@ METRICS = {
     "peak_force_n_median": "N",
     "peak_force_n_p95": "N",
     "force_violation_rate": "1",
+    "start_pos_err_mm_mean": "mm",
+    "success_rate_by_start_head_foot_mm": "1",
 }
+# Bins (mm) of how far head-foot from the goal an episode started: the phantoms' levels lie about
+# 20 mm apart on the skin, so a start 10 mm or more away is half way to the next level.
+START_HEAD_FOOT_BINS_MM = (0.0, 10.0, 20.0, 30.0)
 
 
 def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
@@ -29,7 +34,10 @@ def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
     cost's episode sum "Cost/contact_force"; dt: the control period, s. time_to_success_s_mean is over
     the successful episodes (None without any); peak_force_n_*: the distribution of the episodes'
     highest contact force; force_violation_rate: the fraction of episodes whose force ever exceeded
-    task.reward.max_force_n."""
+    task.reward.max_force_n. start_pos_err_mm_mean: how far from the goal the episodes started
+    (start_position_error_mm); success_rate_by_start_head_foot_mm: {"0-10": rate, ..., "30+": rate}
+    of the episodes that started that far head-foot from the goal (start_head_foot_mm), None for a
+    bin without any."""
     success = episodes["success"] > 0.5
     pos, ang = episodes["position_error_mm"], episodes["angle_error_deg"]
     return {
@@ -42,7 +50,22 @@ def summary(episodes: Mapping[str, torch.Tensor], dt: float) -> dict:
         "peak_force_n_median": episodes["peak_force_n"].median().item(),
         "peak_force_n_p95": episodes["peak_force_n"].quantile(0.95).item(),
         "force_violation_rate": (episodes["Cost/contact_force"] > 0).float().mean().item(),
+        "start_pos_err_mm_mean": episodes["start_position_error_mm"].mean().item(),
+        "success_rate_by_start_head_foot_mm": rate_by_bin(success, episodes["start_head_foot_mm"]),
     }
+
+
+def rate_by_bin(success: torch.Tensor, value: torch.Tensor) -> dict[str, float | None]:
+    """{"<low>-<high>": success rate, ..., "<last>+": rate} of episodes (N,) bool by value (N,) in
+    the bins of START_HEAD_FOOT_BINS_MM; None where no episode falls in a bin."""
+    edges = torch.tensor(START_HEAD_FOOT_BINS_MM[1:], device=value.device)
+    index = torch.bucketize(value, edges, right=True)  # each episode's bin
+    bins = len(START_HEAD_FOOT_BINS_MM)
+    counts = torch.bincount(index, minlength=bins).tolist()
+    hits = torch.bincount(index, weights=success.float(), minlength=bins).tolist()
+    low, high = START_HEAD_FOOT_BINS_MM, START_HEAD_FOOT_BINS_MM[1:]
+    names = [f"{a:g}-{b:g}" for a, b in zip(low, high)] + [f"{low[-1]:g}+"]
+    return {name: (hit / count if count else None) for name, hit, count in zip(names, hits, counts)}
 
 
 def sim_session(env) -> Session:

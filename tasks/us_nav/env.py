@@ -110,6 +110,7 @@ class UsNavEnv(BatchedEnv):
         self.pos_err = torch.zeros(n, device=dev)
         self.ang_err = torch.zeros(n, device=dev)
         self.hold = torch.zeros(n, dtype=torch.long, device=dev)
+        self.start_error = torch.zeros(n, 2, device=dev)  # each episode's start: position error, head-foot offset; m
         names = [
             "patient_idx",
             "goal_idx",
@@ -125,6 +126,7 @@ class UsNavEnv(BatchedEnv):
             "pos_err",
             "ang_err",
             "hold",
+            "start_error",
         ]
         self.renderer = None
         if cfg.observation.images:
@@ -254,6 +256,8 @@ class UsNavEnv(BatchedEnv):
             "steps": self.episode_length_buf.clone(),
             "force_n": self.force,
             "peak_force_n": self.peak_force,
+            "start_position_error_mm": self.start_error[:, 0] * 1000.0,
+            "start_head_foot_mm": self.start_error[:, 1] * 1000.0,
         }
         return reward, success, metrics
 
@@ -278,6 +282,8 @@ class UsNavEnv(BatchedEnv):
         self.peak_force[ids] = self.force[ids]
         pos_err, ang_err = terminations.pose_errors(poses, self.goal_poses[patient, self.goal_idx[ids]])
         self.pos_err[ids], self.ang_err[ids] = pos_err, ang_err
+        head_foot = (xz[:, 1] - self.goal_xz[patient, self.goal_idx[ids], 1]).abs()
+        self.start_error[ids] = torch.stack([pos_err, head_foot], -1)
         self.hold[ids] = 0
         self.action[ids] = 0.0
         self.last_action[ids] = 0.0
