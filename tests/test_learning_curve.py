@@ -52,9 +52,10 @@ def test_every_checkpoint_is_evaluated_on_each_set(tmp_path):
 @pytest.mark.slow
 def test_a_short_us_nav_training_run_succeeds_on_held_out_phantoms(tmp_path):
     """The main job's defaults (us_nav: the phantom family, randomised imaging, biplane images, the
-    correlation actor) for 50 PPO iterations, 10 minutes on 2 cores: held-out phantoms, never
-    seen in training, are reached far more often than by the untrained policy (1-2 %: chance).
-    Measured: 10.5 % against 1.2 %, 19.2 mm against 31.8 mm (BENCHMARKS.md: the issue 16 curves)."""
+    correlation actor, starts on the goal's level) for 50 PPO iterations, 8 minutes on 2 cores:
+    held-out phantoms, never seen in training, are reached far more often than by the untrained
+    policy (1-2 %: chance). Measured: 21.5 % against 1.6 %, 11.7 mm against 20.1 mm (BENCHMARKS.md:
+    the issue 16 curves)."""
     run = script(
         "train.py",
         "task=us_nav",
