@@ -114,9 +114,7 @@ def rocked(image: torch.Tensor, angle_rad: float) -> torch.Tensor:
     """(B, H, W) images as a probe rocked by angle_rad in its image plane sees them: turned about
     the middle of the top row (the probe face), so what lies at depth d moves across by d tan(angle)."""
     b, h, w = image.shape
-    rows, cols = torch.meshgrid(
-        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
-    )
+    rows, cols = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in (h, w)), indexing="ij")
     x, d = cols - (w - 1) / 2, rows
     c, s = math.cos(angle_rad), math.sin(angle_rad)
     src_x, src_d = c * x + s * d, -s * x + c * d  # where each pixel of the rocked image comes from
@@ -130,9 +128,8 @@ def test_depth_bands_read_the_rock_of_the_probe():
     a larger rock; the volume over the whole plane is the mean of the bands'."""
     from policies.models.correlation import FrameCorrelations, MatchPeaks
 
-    smooth = F.interpolate(torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)), size=64, mode="bicubic")[
-        :, 0
-    ]
+    coarse = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    smooth = F.interpolate(coarse, size=64, mode="bicubic")[:, 0]  # structure larger than a cell
     banded = ShiftCorrelation((64, 64), pool=4, max_shift_rows=2, max_shift_columns=4, bands=2)
     whole = ShiftCorrelation((64, 64), pool=4, max_shift_rows=2, max_shift_columns=4)
     peaks = MatchPeaks(planes=2, max_shift_rows=2, max_shift_columns=4, sharpness=20.0)

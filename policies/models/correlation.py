@@ -59,9 +59,8 @@ class ShiftCorrelation(nn.Module):
         self.dy, self.dx = max_shift_rows, max_shift_columns
         self.output_dim = self.planes * (2 * self.dy + 1) * (2 * self.dx + 1)
         rows = torch.arange(self.cells) // (self.cells // bands)
-        band_rows = (
-            rows[None, :] == torch.arange(bands)[:, None]
-        ).float()  # (bands, cells): which rows each band holds
+        # (bands, cells): which rows of cells each band holds
+        band_rows = (rows[None, :] == torch.arange(bands)[:, None]).float()
         self.register_buffer("band_rows", band_rows[:, :, None], persistent=False)
 
     def cells_of(self, images: torch.Tensor) -> torch.Tensor:
@@ -81,9 +80,10 @@ class ShiftCorrelation(nn.Module):
         size = padded.shape[-2:]
         # Every shift at once as a cross-correlation by FFT: the goal, zero-padded to the padded
         # size, never wraps onto the shifts kept (7 times faster than shifted windows on the CPU).
-        spectrum = (
-            torch.fft.rfft2(padded[:, None], s=size) * torch.fft.rfft2(ref[:, None] * self.band_rows, s=size).conj()
-        )
+        # Each band is the goal with its other rows zeroed; the band axis is added on the real
+        # side, before the FFT (ONNX has no unsqueeze of a complex tensor).
+        bands = ref[:, None] * self.band_rows
+        spectrum = torch.fft.rfft2(padded[:, None], s=size) * torch.fft.rfft2(bands, s=size).conj()
         match = torch.fft.irfft2(spectrum, s=size)[..., : 2 * self.dy + 1, : 2 * self.dx + 1]
         match = match / (self.cells * self.cells // self.bands)
         return match.reshape(newest.shape[0], self.planes, self.bands, *match.shape[-2:])
@@ -164,9 +164,10 @@ class FrameCorrelations(nn.Module):
 class CorrelationModel(ImageEncoderModel):
     """rsl-rl's `CNNModel` whose 2-D groups are read by `FrameCorrelations` (configured by
     correlation_cfg: pool, max_shift_rows, max_shift_columns and optionally bands of
-    `ShiftCorrelation`, optionally peak_sharpness of `MatchPeaks`) instead of a CNN; the 1-D groups and the MLP head are
-    CNNModel's. Chosen in an agent config by `class_name: policies.models.correlation:CorrelationModel`;
-    other arguments: those of `CNNModel` (its cnn_cfg is not used)."""
+    `ShiftCorrelation`, optionally peak_sharpness of `MatchPeaks`) instead of a CNN; the 1-D
+    groups and the MLP head are CNNModel's. Chosen in an agent config by
+    `class_name: policies.models.correlation:CorrelationModel`; other arguments: those of
+    `CNNModel` (its cnn_cfg is not used)."""
 
     settings_key = "correlation_cfg"
     settings_expected = "pool, max_shift_rows, max_shift_columns (and optionally bands, peak_sharpness)"
