@@ -137,7 +137,7 @@ def test_depth_bands_read_the_rock_of_the_probe():
     def spread(angle_deg: float) -> torch.Tensor:
         """Deep band's column shift minus the shallow band's (cells), per image."""
         newest = rocked(smooth, math.radians(angle_deg))
-        volumes = banded.band_volumes(newest, smooth)  # (2 images, 1 plane, 2 bands, 5, 9)
+        volumes = banded.volumes(newest[:, None], smooth)[:, 0, :, 0]  # (2 images, 1 plane, 2 bands, 5, 9)
         assert torch.allclose(volumes.mean(2).flatten(1), whole(newest, smooth), atol=1e-5)
         shallow, deep = peaks(volumes.flatten(1)).reshape(2, 2, 3)[:, :, 1].T
         return deep - shallow
@@ -151,6 +151,36 @@ def test_depth_bands_read_the_rock_of_the_probe():
     for bad in (0, 3, "2"):  # 16 rows of cells: 3 bands do not divide them
         with pytest.raises(InputError, match="shift correlation bands"):
             ShiftCorrelation((64, 64), pool=4, max_shift_rows=1, max_shift_columns=1, bands=bad)
+
+
+def test_rock_angles_read_the_rock_of_the_probe():
+    """The goal turned about the probe face matches best at the angle the probe is rocked by:
+    for texture, and for a bone surface across the image (its depth changes across the image,
+    which depth bands do not see); rocked back, the other way. The unturned volume is the one
+    without rock angles."""
+    from policies.models.correlation import FrameCorrelations
+
+    coarse = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    texture = F.interpolate(coarse, size=64, mode="bicubic")[:, 0]
+    bone = torch.full((1, 64, 64), 0.3)  # soft tissue, a bright bone surface 28 px deep, its shadow
+    bone[:, 28:31, 8:56], bone[:, 31:, 8:56] = 1.0, 0.1
+    images = torch.cat([texture, F.avg_pool2d(bone[:, None], 3, 1, 1)[:, 0]])
+    rocking = ShiftCorrelation((64, 64), pool=4, max_shift_rows=3, max_shift_columns=4, rocks=3, rock_step_deg=4.0)
+    plain = ShiftCorrelation((64, 64), pool=4, max_shift_rows=3, max_shift_columns=4)
+    for angle_deg in (-12, -8, 0, 8, 12):
+        newest = rocked(images, math.radians(angle_deg))
+        volumes = rocking.volumes(newest[:, None], images)[:, 0]  # (3 images, 1 plane, 7 angles, 1 band, 7, 9)
+        best = volumes.flatten(3).amax(-1)[:, 0].argmax(-1)  # the angle of the highest match, per image
+        assert best.tolist() == [3 + angle_deg // 4] * 3, angle_deg
+        assert torch.allclose(rocking(newest, images), plain(newest, images), atol=1e-6)
+    frames = FrameCorrelations((3, 64, 64), peak_sharpness=20.0, pool=4, max_shift_rows=3, max_shift_columns=4, rocks=3)
+    assert frames.output_dim == 2 * (7 * 9 + 7 * 3)  # per frame: the unturned volume, then each angle's peak
+    for bad in (-1, 1.0, True):
+        with pytest.raises(InputError, match="shift correlation rocks"):
+            ShiftCorrelation((64, 64), pool=4, max_shift_rows=1, max_shift_columns=1, rocks=bad)
+    for bad in (0.0, 16.0, "4"):  # 3 x 16 deg: beyond 45
+        with pytest.raises(InputError, match="shift correlation rock_step_deg"):
+            ShiftCorrelation((64, 64), pool=4, max_shift_rows=1, max_shift_columns=1, rocks=3, rock_step_deg=bad)
 
 
 def test_the_correlation_actor_reads_matches_not_pixels():
@@ -186,7 +216,7 @@ def test_the_correlation_actor_exports_to_onnx_and_torchscript(tmp_path):
     from policies.export import write_graphs
     from policies.models.correlation import CorrelationModel
 
-    cfg = {"pool": 2, "max_shift_rows": 2, "max_shift_columns": 4, "bands": 2, "peak_sharpness": 20.0}
+    cfg = {"pool": 2, "max_shift_rows": 2, "max_shift_columns": 4, "bands": 2, "rocks": 1, "peak_sharpness": 20.0}
     obs = TensorDict({"policy": torch.rand(3, 10), "image": torch.rand(3, 3, 32, 64)}, batch_size=[3])
     actor = CorrelationModel(obs, {"actor": ["policy", "image"]}, "actor", 5, hidden_dims=[32], correlation_cfg=cfg)
     actor.eval()
