@@ -36,7 +36,8 @@ def real_patient():
     affine = seg_img.affine.copy()
     affine[:3] *= 1e-3  # mm -> m
     tmap = TissueMap.load()
-    tissue = tmap.tissue_volume(seg, names, tmap.body_mask_from_ct(ct), np.linalg.norm(affine[:3, :3], axis=0), ct)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    tissue = tmap.tissue_volume(seg, names, tmap.body_mask_from_ct(ct, spacing), spacing, ct)
     return Patient("totalseg_example", tissue, seg, names, affine, ct)
 
 

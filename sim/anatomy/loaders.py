@@ -817,7 +817,7 @@ def _build_patient(
         body_mask = body_vol.data.astype(bool)
     elif ct is not None:
         # Labelled voxels are inside the body even below body_min_hu (lungs, bowel gas at the border).
-        body_mask = TissueMap.load().body_mask_from_ct(ct.data) | (structures.data != 0)
+        body_mask = TissueMap.load().body_mask_from_ct(ct.data, structures.spacing) | (structures.data != 0)
     else:
         body_mask = body_from_labels(structures.data, structures.spacing)
     ct_data = None if ct is None else ct.data
