@@ -80,8 +80,9 @@ class UsNavEnv(BatchedEnv):
         if missing:
             raise InputError(f"task goal levels: patients lack landmarks {missing}")
         self.goal_poses = goals.goal_pose_table(
-            self.patients, self.scene.skin, cfg.goal.levels, cfg.goal.views, cfg.actions.press_m
-        )
+            self.patients, self.scene.skin, cfg.goal.levels, cfg.goal.views, cfg.actions.press_m,
+            cfg.actions.max_tilt_rad,
+        )  # fmt: skip
         anchor_xz = self.scene.anchor[:, [0, 2]]
         extent = torch.tensor(cfg.workspace_half_extent_m, device=dev)
         self.box_low, self.box_high = anchor_xz - extent, anchor_xz + extent
