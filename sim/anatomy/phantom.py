@@ -39,6 +39,10 @@ class PhantomParams:
     vertebra_jitter: extra per-vertebra size factor, uniform in +-jitter (fraction).
     disc_scale: factor on the nominal disc heights (7-11 mm).
     lordosis_deg: angle between the L1 and S1 upper endplates (sagittal curve, apex at L3).
+    back_curve: how much of that curve the back skin follows (1: parallel to the spine; 0: a flat
+        back, as a supine patient's on the CT table, over which the planes of L1 and L5 lean from
+        the skin normal by half the lordosis). The skin keeps at least half the L3 cover
+        (`fat_mm + muscle_mm`) over every spinous tip.
     rotation_deg: per-vertebra random rotation about each axis, uniform in +-rotation_deg.
     organ_scale: size factor of liver and kidneys.
     ct_noise_hu: standard deviation of the Gaussian CT noise (HU).
@@ -56,6 +60,7 @@ class PhantomParams:
     vertebra_jitter: float = 0.03
     disc_scale: Range = (0.8, 1.2)
     lordosis_deg: Range = (30.0, 55.0)
+    back_curve: Range = (1.0, 1.0)
     rotation_deg: float = 2.0
     organ_scale: Range = (0.9, 1.1)
     ct_noise_hu: float = 10.0
@@ -73,6 +78,7 @@ class PhantomParams:
             elif not (np.isfinite(value) and value >= 0):
                 raise InputError(f"phantom param {f.name}: expected a finite number >= 0, got {value}")
         _check_range(self, "lordosis_deg", 0.0, 80.0)
+        _check_range(self, "back_curve", 0.0, 1.0)
         _check_range(self, "vertebra_scale", 0.5, 1.5)
         _check_range(self, "disc_scale", 0.3, 2.0)
         _check_range(self, "organ_scale", 0.5, 1.5)
@@ -509,17 +515,27 @@ def _ids(names: Iterable[str], unlabelled: bool = True) -> np.ndarray:
 
 
 def _torso(
-    grid: _Grid, spine: list[_Vertebra], half_w: float, half_d: float, fat: float, muscle: float, back_y: float
+    grid: _Grid,
+    spine: list[_Vertebra],
+    half_w: float,
+    half_d: float,
+    fat: float,
+    muscle: float,
+    back_y: float,
+    back_curve: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Body mask and structure ids (fat shell, muscle wall) of the torso, (I, J, K) each.
 
-    The cross-section is a superellipse whose centre follows the spine's sagittal curve, so the
-    back skin runs parallel to the lordosis; at L3 the back skin is at `back_y` (mm).
+    The cross-section is a superellipse whose centre follows `back_curve` of the spine's sagittal
+    curve (1: the back skin runs parallel to the lordosis), keeping at least half the L3 cover
+    over the spine; at L3 the back skin is at `back_y` (mm).
     """
     z = grid.axis(2, 0, grid.shape[2])
     cz = np.array([v.centre[2] for v in spine])
     cy = np.array([v.centre[1] for v in spine])
-    centre_y = np.interp(z, cz, cy).astype(np.float32) + np.float32(back_y + half_d)
+    curve = np.interp(z, cz, cy)  # spine centre y (mm), 0 at L3, negative (posterior) above and below
+    follow = np.minimum(back_curve * curve, curve + 0.5 * (fat + muscle))
+    centre_y = follow.astype(np.float32) + np.float32(back_y + half_d)
     x = grid.axis(0, 0, grid.shape[0])[:, None, None]
     dy = grid.axis(1, 0, grid.shape[1])[None, :, None] - centre_y[None, None, :]
 
@@ -770,7 +786,10 @@ def make_phantom(
     l3 = next(v for v in spine if v.name == "vertebrae_L3")
     back_y = _posterior_tip(l3) - fat - muscle
     grid = _make_grid(spine, spacing, half_w, half_d, back_y, params.margin_mm)
-    body, structures = _torso(grid, spine, half_w, half_d, fat, muscle, back_y)
+    # Drawn only where it varies, so that phantoms of a fixed back_curve stay as they were.
+    low, high = params.back_curve
+    back_curve = _sample(rng, params.back_curve) if low < high else low
+    body, structures = _torso(grid, spine, half_w, half_d, fat, muscle, back_y, back_curve)
     _rasterise(grid, spine, structures, organ_scale, extend=params.margin_mm + 40.0)
     structures[~body] = 0
     septa = {"fat": (params.fat_septa, FAT_SEPTA_SIGMA_MM), "muscle": (params.muscle_septa, MUSCLE_SEPTA_SIGMA_MM)}
