@@ -13,8 +13,11 @@ from sim.anatomy.patient_set import load_patients
 from sim.envs.adapters.gymnasium import GymVectorEnv
 from sim.envs.adapters.rsl_rl import RslRlVecEnv
 from sim.errors import InputError
+from sim.transforms import quat_to_matrix, rotation_log
+from sim.ultrasound.placement import skin_state_from_pose
 from tasks import make_env
 from tasks.us_nav.expert import expert_actions
+from tasks.us_nav.mdp.goals import goal_pose_table
 from tests.tasks_helpers import SMALL_RUN, small_patient_set
 
 STATE = {"name": "us_nav_state", "observation": {"images": False}}
@@ -111,6 +114,33 @@ def test_episodes_start_near_the_goal_plane(patients):
     assert torch.equal(env.start_error[1:], start[1:]) and not torch.equal(env.pos_err[1:], start[1:, 0])
     with pytest.raises(InputError, match="task.start.around"):
         make_env({**STATE, "start": {"around": "navel"}}, patients, 2)
+
+
+def test_goals_leaning_past_the_probes_tilt_get_the_nearest_pose_it_can_take(patients):
+    """A plane that leans more than max_tilt_rad from the skin normal is not a pose the probe can
+    take; its goal is the probe tilted that far toward it. The others are the planes themselves."""
+    env = make_env(STATE, patients, 2, seed=0)
+    levels, views, skin = env.cfg.goal.levels, env.cfg.goal.views, env.scene.skin
+    # Unpressed (press_m 0): each goal sits where its skin normal was read.
+    plane = goal_pose_table(patients, skin, levels, views, 0.0, math.inf).reshape(-1, 7)
+    p, g = len(patients), len(levels) * len(views)
+    _, normal = skin.query(torch.arange(p).repeat_interleave(g), plane[:, 0], plane[:, 2])
+
+    def lean(poses: torch.Tensor, at: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """The beam's angle to the skin normal (rad) of goals `at`."""
+        return torch.arccos(-(quat_to_matrix(poses[:, 3:])[:, :, 2] * normal[at]).sum(-1).clamp(-1, 1))
+
+    limit = float(lean(plane).median())  # half the goals lean further
+    goal = goal_pose_table(patients, skin, levels, views, 0.0, limit).reshape(-1, 7)
+    past = lean(plane) > limit
+    assert 0 < past.sum() < len(past)
+    assert torch.allclose(lean(goal[past], past), torch.tensor(limit), atol=1e-3)
+    assert torch.equal(goal[~past], plane[~past]) and torch.equal(goal[:, :3], plane[:, :3])
+    # The turn from the plane's orientation is what the limit takes off its lean, and no more.
+    turn = rotation_log(quat_to_matrix(plane[past, 3:]).transpose(-1, -2) @ quat_to_matrix(goal[past, 3:]))
+    assert torch.allclose(turn.norm(dim=-1), lean(plane[past], past) - limit, atol=1e-3)
+    yaw, tilt = skin_state_from_pose(goal, normal)  # a pose the action space reaches: tilt within the limit
+    assert (tilt.norm(dim=-1) <= limit + 0.01).all()
 
 
 def test_the_summary_groups_success_by_how_far_head_foot_episodes_started():

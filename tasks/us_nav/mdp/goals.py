@@ -9,8 +9,8 @@ import torch
 
 from sim.anatomy.patient import Patient
 from sim.robot.contact import SkinBank
-from sim.transforms import clamp_norm, matrix_to_quat
-from sim.ultrasound.placement import skin_rotation, skin_state_from_pose, standard_plane_pose
+from sim.transforms import matrix_to_quat, quat_to_matrix, rotation_exp
+from sim.ultrasound.placement import standard_plane_pose
 
 
 def goal_pose_table(
@@ -35,10 +35,14 @@ def goal_pose_table(
     p, g = poses.shape[:2]
     flat = poses.reshape(p * g, 7)
     point, normal = skin.query(torch.arange(p, device=skin.device).repeat_interleave(g), flat[:, 0], flat[:, 2])
-    yaw, tilt = skin_state_from_pose(flat, normal)
-    reachable = matrix_to_quat(skin_rotation(normal, yaw, clamp_norm(tilt, max_tilt_rad)))
-    # Only leaning planes are replaced: reading a pose as (yaw, tilt) drops a turn about the tilted beam.
-    quat = torch.where((tilt.norm(dim=-1) > max_tilt_rad)[:, None], reachable, flat[:, 3:])
+    rotation = quat_to_matrix(flat[:, 3:])
+    beam, into = rotation[:, :, 2], -normal
+    lean = torch.arccos((beam * into).sum(-1).clamp(-1.0, 1.0))  # (P*G,) the beam's angle to -normal, rad
+    # Leaning planes turn toward the skin normal (about beam x -normal, the shortest turn) until
+    # they lean max_tilt_rad: the rest of their orientation stays the plane's.
+    axis = torch.nn.functional.normalize(torch.cross(beam, into, dim=-1), dim=-1, eps=1e-12)
+    turn = rotation_exp(axis * (lean - max_tilt_rad).clamp_min(0.0)[:, None])
+    quat = torch.where((lean > max_tilt_rad)[:, None], matrix_to_quat(turn @ rotation), flat[:, 3:])
     return torch.cat([point - normal * press_m, quat], -1).reshape(p, g, 7)
 
 
