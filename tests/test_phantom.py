@@ -107,6 +107,39 @@ def test_sizes_follow_params():
     assert (thick.structures == fat).sum() > 2 * (thin.structures == fat).sum()
 
 
+def _back_and_spine_mm(p, level: str) -> tuple[float, float]:
+    """(skin y, cover) at the midline over `level`: the back skin's y and its least depth over the
+    spinous process (mm), within 20 mm head-foot of the vertebra's centre."""
+    ks = np.argwhere(p.structures == p.structure_names[f"vertebrae_{level}"])[:, 2]
+    k0 = int(np.round(ks.mean()))
+    i = _voxel(p, [0.0, 0.0, 0.0])[0]
+    reach = int(round(0.02 / p.spacing[2]))
+    columns = p.tissue[i, :, k0 - reach : k0 + reach + 1]
+    skin = np.argmax(columns != TISSUE_ID["air"], axis=0)
+    bone = np.where((columns == TISSUE_ID["bone"]).any(axis=0), np.argmax(columns == TISSUE_ID["bone"], axis=0), 10**6)
+    mm = 1000 * p.spacing[1]
+    return float(skin[reach] * mm + p.affine[1, 3] * 1000), float((bone - skin).min() * mm)
+
+
+def test_back_curve_flattens_the_back_over_the_lordosis():
+    """back_curve 1: the back skin runs parallel to the spine (the same cover over L1, L3 and L5);
+    0: a flat back (as a supine CT's), the lordosis bringing L1 and L5 nearer the skin, but never
+    nearer than half the L3 cover (here 20 mm: 10 mm)."""
+    fixed = dict(fat_mm=(10.0, 10.0), muscle_mm=(10.0, 10.0), lordosis_deg=(55.0, 55.0))
+    curved, flat = (
+        make_phantom(seed=3, spacing_mm=2.0, params=PhantomParams(**fixed, back_curve=(c, c))) for c in (1.0, 0.0)
+    )
+    (c_l1, cov_c1), (c_l3, cov_c3), (c_l5, cov_c5) = (_back_and_spine_mm(curved, v) for v in ("L1", "L3", "L5"))
+    (f_l1, cov_f1), (f_l3, cov_f3), (f_l5, cov_f5) = (_back_and_spine_mm(flat, v) for v in ("L1", "L3", "L5"))
+    assert abs(cov_c1 - cov_c3) <= 4 and abs(cov_c5 - cov_c3) <= 4
+    assert c_l1 < c_l3 - 5 and c_l5 < c_l3 - 5  # the curved back follows the lordosis (posterior: smaller y)
+    assert abs(f_l1 - f_l3) < abs(c_l1 - c_l3) - 3 and abs(f_l5 - f_l3) < abs(c_l5 - c_l3) - 3
+    assert cov_f1 < cov_c1 - 3 and cov_f5 < cov_c5 - 3
+    assert min(cov_f1, cov_f3, cov_f5) >= 10 - 2 * 2.0  # half the cover, give or take the voxels
+    with pytest.raises(InputError, match="back_curve"):
+        PhantomParams(back_curve=(0.5, 1.5))
+
+
 def test_config_matches_defaults():
     cfg = yaml.safe_load((ROOT / "conf" / "patient" / "phantom.yaml").read_text())
     assert cfg["common"]["source"] == "phantom"
