@@ -17,7 +17,7 @@ SPACING = np.array([0.003, 0.003, 0.003])
 
 def _gowned_block() -> np.ndarray:
     """(30, 30, 30) HU: a soft-tissue block (y >= 10) in air, and a one-voxel gown at y = 7 that
-    lies 6 mm off its back and touches it along one edge (x = 0)."""
+    lies 6 mm off its back and touches it along one edge (x = 3)."""
     ct = np.full((30, 30, 30), -1000.0, np.float32)
     ct[3:27, 10:27, 3:27] = 40.0
     ct[3:27, 7, 3:27] = -300.0  # the gown

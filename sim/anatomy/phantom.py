@@ -41,7 +41,7 @@ class PhantomParams:
     lordosis_deg: angle between the L1 and S1 upper endplates (sagittal curve, apex at L3).
     back_curve: how much of that curve the back skin follows (1: parallel to the spine; 0: a flat
         back, as a supine patient's on the CT table, over which the planes of L1 and L5 lean from
-        the skin normal by half the lordosis). The skin keeps at least half the L3 cover
+        the skin normal by about half the lordosis). The skin keeps at least half the L3 cover
         (`fat_mm + muscle_mm`) over every spinous tip.
     rotation_deg: per-vertebra random rotation about each axis, uniform in +-rotation_deg.
     organ_scale: size factor of liver and kidneys.
